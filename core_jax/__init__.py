@@ -1,0 +1,12 @@
+"""core_jax: the shared runtime (config, distributed init, mesh and sharding, checkpointing, data, train loop).
+
+Importing core_jax turns off Flax's eager variable sharding: models annotate parameters with *logical*
+axis names (``nnx.with_partitioning(init, ("embed", "mlp"))``) and core_jax maps them to mesh axes
+with the rules table of the run's config when it creates the state under ``jit``.
+"""
+
+import flax
+
+flax.config.update("flax_always_shard_variable", False)
+
+__version__ = "0.1.0"

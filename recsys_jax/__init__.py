@@ -1,0 +1,1 @@
+import core_jax  # noqa: F401  (sets the runtime conventions)
