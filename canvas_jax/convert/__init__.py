@@ -1,0 +1,1 @@
+"""Weight conversion between our models and diffusers / transformers (safetensors only)."""

@@ -1,0 +1,324 @@
+"""The one generic train loop. Model packages plug in through a :class:`core_jax.task.Task`.
+
+A run: mesh -> state created already sharded (``jit`` with output shardings) -> restore the latest
+checkpoint if any -> jitted, donated train steps (gradient accumulation, optax, EMA, bf16 compute,
+NaN/Inf guard) over global batches -> periodic logging, eval, checkpoints and user hooks -> a final
+checkpoint. SIGTERM/SIGINT save a checkpoint at the current step and return cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from core_jax import config as config_lib
+from core_jax import mesh as mesh_lib
+from core_jax.checkpoint import CheckpointConfig, Checkpointer
+from core_jax.metrics import MetricWriter
+from core_jax.optim import OptimConfig, make_optimizer, make_schedule
+from core_jax.task import DataContext, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 32  # global, across all processes
+    grad_accum_steps: int = 1  # the batch is split into this many micro-batches
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end
+    eval_batches: int = 0  # 0 = the whole eval set
+    ema_decay: float | None = None
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    nan_policy: Literal["skip", "stop"] = "skip"
+    run_dir: str = "runs/default"
+    resume: bool = True
+    progress: bool = True
+    tensorboard: bool = True
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+
+@dataclasses.dataclass
+class Hook:
+    """``fn(trainer, step, state)`` every ``every`` steps (and at the end when ``at_end``), on all processes."""
+
+    every: int
+    fn: Callable[["Trainer", int, dict], None]
+    at_end: bool = True
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # some backends have no cost analysis
+        return None
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else None
+    flops = (ca or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+class Trainer:
+    """Runs ``task`` with a run config that has ``train``, ``optim`` and ``mesh`` sections."""
+
+    def __init__(self, task: Task, cfg: Any, *, hooks: Sequence[Hook] = (), mesh=None):
+        self.task, self.cfg, self.hooks = task, cfg, list(hooks)
+        self.tc: TrainConfig = cfg.train
+        self.oc: OptimConfig = cfg.optim
+        self.mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+        self.rules = cfg.mesh.rules
+        self.is_main = jax.process_index() == 0
+        tc = self.tc
+        if tc.batch_size % (jax.process_count() * tc.grad_accum_steps):
+            raise config_lib.ConfigError(
+                f"config key 'train.batch_size': {tc.batch_size} must divide by processes x grad_accum_steps "
+                f"({jax.process_count()} x {tc.grad_accum_steps})")
+        micro = tc.batch_size // tc.grad_accum_steps
+        if micro % mesh_lib.batch_divisor(self.mesh):
+            raise config_lib.ConfigError(
+                f"config key 'train.batch_size': micro-batch {micro} must divide by the data-parallel "
+                f"devices ({mesh_lib.batch_divisor(self.mesh)})")
+        self.tx = make_optimizer(self.oc, tc.steps)
+        self.lr = make_schedule(self.oc, tc.steps)
+        self.compute_dtype = jnp.bfloat16 if tc.compute_dtype == "bfloat16" else jnp.float32
+        self._build_state_shardings()
+        self.checkpointer = Checkpointer(os.path.join(tc.run_dir, "checkpoints"), tc.checkpoint)
+        self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------- state
+    def _init_model_state(self, rng):
+        model = self.task.create_model(nnx.Rngs(rng))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return params, rest
+
+    def _build_state_shardings(self):
+        abstract_model = nnx.eval_shape(lambda: self.task.create_model(nnx.Rngs(0)))
+        self.graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
+        param_specs = mesh_lib.state_specs(abs_params, self.mesh, self.rules)
+        rest_specs = mesh_lib.state_specs(abs_rest, self.mesh, self.rules)
+        abs_opt = jax.eval_shape(self.tx.init, abs_params)
+        opt_specs = _opt_specs(self.tx, abs_opt, param_specs)
+        specs = {"step": P(), "params": param_specs, "rest": rest_specs, "opt": opt_specs, "nan_skips": P()}
+        if self.tc.ema_decay:
+            specs["ema"] = param_specs
+        self.state_shardings = mesh_lib.named(self.mesh, specs)
+        abs_state = jax.eval_shape(self._init_state, jax.random.key(0))
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abs_state, self.state_shardings)
+
+    def _init_state(self, rng):
+        params, rest = self._init_model_state(rng)
+        state = {"step": jnp.int32(0), "params": params, "rest": rest, "opt": self.tx.init(params),
+                 "nan_skips": jnp.int32(0)}
+        if self.tc.ema_decay:
+            state["ema"] = jax.tree.map(jnp.copy, params)
+        return state
+
+    def init_state(self) -> dict:
+        """A fresh state, created sharded (never materialised on one device)."""
+        init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+        return init(jax.random.key(self.tc.seed))
+
+    def model(self, state: dict, *, ema: bool = False) -> nnx.Module:
+        """The nnx module for ``state`` (its EMA weights with ``ema=True``)."""
+        params = state["ema"] if ema and "ema" in state else state["params"]
+        return nnx.merge(self.graphdef, params, state["rest"])
+
+    # ----------------------------------------------------------------- steps
+    def _train_step(self, state, batch):
+        tc, graphdef = self.tc, self.graphdef
+        rng = jax.random.fold_in(jax.random.key(tc.seed + 1), state["step"])
+
+        def loss_fn(params, rest, micro, r):
+            model = nnx.merge(graphdef, _cast_floats(params, self.compute_dtype), rest)
+            loss, metrics = self.task.loss(model, _cast_floats(micro, self.compute_dtype), r)
+            new_rest = nnx.state(model, nnx.Not(nnx.Param))
+            return loss.astype(jnp.float32), (metrics, new_rest)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        a = tc.grad_accum_steps
+        if a == 1:
+            (loss, (metrics, rest)), grads = grad_fn(state["params"], state["rest"], batch, rng)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // a, a, *x.shape[1:]).swapaxes(0, 1), batch)
+
+            def body(carry, xs):
+                g_sum, rest = carry
+                mb, i = xs
+                (l, (m, rest)), g = grad_fn(state["params"], rest, mb, jax.random.fold_in(rng, i))
+                return (jax.tree.map(jnp.add, g_sum, g), rest), (l, m)
+
+            zeros = jax.tree.map(jnp.zeros_like, state["params"])
+            (grads, rest), (losses, ms) = jax.lax.scan(body, (zeros, state["rest"]), (micro, jnp.arange(a)))
+            grads = jax.tree.map(lambda g: g / a, grads)
+            loss, metrics = losses.mean(), jax.tree.map(lambda m: m.mean(0), ms)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
+        updates, opt = self.tx.update(grads, state["opt"], state["params"])
+        params = jax.tree.map(jnp.add, state["params"], updates)
+        new = {"step": state["step"] + 1, "params": params, "rest": rest, "opt": opt, "nan_skips": state["nan_skips"]}
+        if tc.ema_decay:
+            d = tc.ema_decay
+            new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        # NaN/Inf guard: keep the old state (but advance the step) when the loss or a gradient is not finite
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {**state, "step": new["step"]})
+        new["nan_skips"] = state["nan_skips"] + (~finite).astype(jnp.int32)
+        metrics = {"loss": loss, **metrics, "grad_norm": _global_norm(grads), "nonfinite": ~finite}
+        return new, metrics
+
+    def _eval_step(self, state, batch):
+        params = state["ema"] if "ema" in state else state["params"]
+        model = nnx.merge(self.graphdef, _cast_floats(params, self.compute_dtype), state["rest"])
+        return self.task.eval_step(model, _cast_floats(batch, self.compute_dtype))
+
+    def _compile(self, state, batch):
+        batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
+        replicated = NamedSharding(self.mesh, P())
+        step = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_shardings),
+                       out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+        compiled = step.lower(state, batch).compile()
+        return compiled, _flops(compiled)
+
+    # ----------------------------------------------------------------- run
+    def _data_context(self, seed_offset: int = 0) -> DataContext:
+        return DataContext(seed=self.tc.seed + seed_offset, batch_size=self.tc.batch_size // jax.process_count(),
+                           process_index=jax.process_index(), process_count=jax.process_count())
+
+    def restore_or_init(self, data_iter=None) -> dict:
+        if self.tc.resume and self.checkpointer.latest_step() is not None:
+            step, state = self.checkpointer.restore(self.abstract_state, data_iter)
+            log.info("resumed from step %d in %s", step, self.checkpointer.directory)
+            return state
+        return self.init_state()
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def _should_stop(self) -> bool:
+        flag = self._stop_signal is not None
+        if jax.process_count() > 1:  # every process stops at the same step
+            flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+        return flag
+
+    def fit(self) -> tuple[dict, dict]:
+        """Train to ``train.steps``; returns (state, last metrics). Resumes from the run's checkpoints."""
+        tc = self.tc
+        os.makedirs(tc.run_dir, exist_ok=True)
+        cfg_dict = config_lib.to_dict(self.cfg)
+        if self.is_main:
+            config_lib.save(self.cfg, os.path.join(tc.run_dir, "config.yaml"))
+        data = self.task.train_data(self._data_context())
+        state = self.restore_or_init(data)
+        writer = MetricWriter(tc.run_dir, enabled=self.is_main, tensorboard=tc.tensorboard,
+                              console=tqdm.write if tc.progress else print)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        start = int(jax.device_get(state["step"]))
+        bar = tqdm(total=tc.steps, initial=start, disable=not (self.is_main and tc.progress), desc="train")
+        step_fn = flops = None
+        last, t0, n0, metrics = {}, time.perf_counter(), start, {}
+        try:
+            for step in range(start + 1, tc.steps + 1):
+                batch = mesh_lib.global_batch(next(data), self.mesh)
+                if step_fn is None:
+                    step_fn, flops = self._compile(state, batch)
+                    t0 = time.perf_counter()
+                state, metrics = step_fn(state, batch)
+                bar.update(1)
+                if step % tc.log_every == 0 or step == tc.steps:
+                    last = self._log(writer, step, metrics, state, t0, step - n0, flops)
+                    t0, n0 = time.perf_counter(), step
+                if tc.eval_every and step % tc.eval_every == 0 and step != tc.steps:
+                    writer.write(step, self.evaluate(state), prefix="eval")
+                if tc.checkpoint.every and step % tc.checkpoint.every == 0:
+                    self.checkpointer.save(step, state, data, cfg_dict)
+                for h in self.hooks:
+                    if step % h.every == 0 and step != tc.steps:
+                        h.fn(self, step, state)
+                if self._should_stop():
+                    log.warning("signal %s: saving a checkpoint at step %d and stopping", self._stop_signal, step)
+                    self.checkpointer.save(step, state, data, cfg_dict, force=True)
+                    return state, last
+            end = int(jax.device_get(state["step"]))
+            self.checkpointer.save(end, state, data, cfg_dict, force=True)
+            eval_metrics = self.evaluate(state)
+            if eval_metrics:
+                writer.write(end, eval_metrics, prefix="eval")
+                last = {**last, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
+            for h in self.hooks:
+                if h.at_end:
+                    h.fn(self, end, state)
+            return state, last
+        finally:
+            bar.close()
+            self.checkpointer.wait()
+            writer.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+
+    def _log(self, writer, step, metrics, state, t0, n_steps, flops) -> dict:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        skips = int(jax.device_get(state["nan_skips"]))
+        dt = max(time.perf_counter() - t0, 1e-9)
+        m.update(nan_skips=skips, examples_per_s=self.tc.batch_size * n_steps / dt, lr=float(self.lr(step - 1)))
+        if flops:
+            m["flops_per_s"] = flops * n_steps / dt
+        m.pop("nonfinite", None)
+        writer.write(step, m)
+        if skips and self.tc.nan_policy == "stop":
+            raise NonFiniteError(
+                f"non-finite loss or gradients at {skips} step(s) up to step {step}; stopping "
+                "(train.nan_policy=stop; use train.nan_policy=skip to skip such steps)")
+        return m
+
+    def evaluate(self, state) -> dict:
+        data = self.task.eval_data(self._data_context(seed_offset=1))
+        if data is None:
+            return {}
+        step = jax.jit(self._eval_step)
+        sums, n = None, 0
+        for i, batch in enumerate(data):
+            if self.tc.eval_batches and i >= self.tc.eval_batches:
+                break
+            m = jax.device_get(step(state, mesh_lib.global_batch(batch, self.mesh)))
+            sums = m if sums is None else jax.tree.map(np.add, sums, m)
+            n += 1
+        return {k: float(v) / n for k, v in (sums or {}).items()}
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def _opt_specs(tx, abs_opt, param_specs):
+    """Shardings for the optimizer state: parameter-shaped parts follow the parameters, the rest is replicated."""
+    return optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_specs,
+                                 transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
