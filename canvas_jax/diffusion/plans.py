@@ -1,0 +1,301 @@
+"""Host-side sampling plans: the timesteps, sigmas and per-step update coefficients of each sampler.
+
+Everything here is numpy, computed once per (schedule, sampler, step count) at trace time, so the
+jitted sampling loop sees only constant per-step coefficient vectors. Timesteps and sigmas follow
+diffusers 0.42's ``set_timesteps`` of the matching scheduler class call for call; coefficients are
+evaluated in float64 from diffusers' float32 sigmas / alphas and stored as float32.
+
+One step ``i`` of every sampler except Heun's second-order correction is the same affine update::
+
+    x0  = clip(pred_x * x + pred_out * out)          out = model_fn(in_scale * x, timesteps[i])
+    eps = eps_x * x + eps_out * out                   (only DDIM uses it)
+    x'  = c_x * x + c_x0 * x0 + c_eps * eps + c_prev * x0_prev + c_noise * z
+
+where ``x0_prev`` is the previous step's ``x0`` (DPM++ 2M) and ``z`` the step's unit normal noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from canvas_jax.diffusion.schedules import Schedule
+
+SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m")
+SIGMA_SAMPLERS = ("euler", "euler_a", "heun")  # variance-exploding state x = x0 + sigma * noise
+KARRAS_SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m")
+
+# (timestep_spacing, clip_sample) defaults of the diffusers class behind each sampler, used when the
+# schedule leaves them unset; and whether that class reads clip_sample / use_karras_sigmas at all.
+_CLASS_DEFAULTS = {
+    "ddpm": ("leading", True),
+    "ddim": ("leading", True),
+    "euler": ("linspace", False),
+    "euler_a": ("linspace", False),
+    "heun": ("linspace", False),
+    "dpmpp_2m": ("linspace", False),
+}
+_READS_CLIP = ("ddpm", "ddim", "heun")
+_READS_KARRAS = ("euler", "heun", "dpmpp_2m")
+
+STEP_KEYS = (
+    "t", "in_scale", "pred_x", "pred_out", "eps_x", "eps_out",
+    "c_x", "c_x0", "c_eps", "c_prev", "c_noise",
+    "start_signal", "start_noise", "level_signal", "level_noise",
+)  # fmt: skip
+HEUN_KEYS = ("t2", "in_scale2", "pred2_x", "pred2_out", "sigma", "sigma_next")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Per-step constants of one sampler run; every array in ``steps`` has shape (num_steps,).
+
+    ``start_signal/start_noise[i]``: img2img noising when sampling starts at step i
+    (``x = start_signal * init_latents + start_noise * noise``). ``level_signal/level_noise[i]``: the
+    noise level the original latents are brought to after step i (mask-blend inpainting; clean after
+    the last step). Heun adds the second evaluation's constants (``HEUN_KEYS``, defined for i < N-1).
+    """
+
+    sampler: str
+    num_steps: int
+    timesteps: np.ndarray  # (num_steps,) float32: the model's timestep at each step
+    sigmas: np.ndarray | None  # (num_steps + 1,) float32 for sigma-based samplers, else None
+    init_noise_sigma: float
+    clip: float | None  # clip range of the predicted x0, None for no clipping
+    stochastic: bool
+    steps: dict
+
+
+def _spaced_timesteps(sched: Schedule, spacing: str, n: int, *, as_float: bool) -> np.ndarray:
+    """DDPM/DDIM (ints) and Euler/Heun (float32) ``set_timesteps`` spacing."""
+    big_t = sched.num_train_timesteps
+    if spacing == "linspace":
+        if as_float:
+            return np.linspace(0, big_t - 1, n, dtype=np.float32)[::-1].copy()
+        return np.linspace(0, big_t - 1, n).round()[::-1].astype(np.int64)
+    dtype = np.float32 if as_float else np.int64
+    if spacing == "leading":
+        return (np.arange(0, n) * (big_t // n)).round()[::-1].astype(dtype) + dtype(sched.steps_offset)
+    # trailing; diffusers' float arange sometimes yields n + 1 values (the last one -1): keep n.
+    return np.round(np.arange(big_t, 0, -big_t / n))[:n].astype(dtype) - dtype(1)
+
+
+def _dpm_timesteps(sched: Schedule, spacing: str, n: int, acp: np.ndarray) -> np.ndarray:
+    """DPMSolverMultistepScheduler's own spacing (n + 1 points with the last dropped; lambda clipping)."""
+    lambda_t = np.log(np.sqrt(acp)) - np.log(np.sqrt(np.float32(1.0) - acp))
+    clipped = int(np.searchsorted(lambda_t[::-1], np.float32(sched.lambda_min_clipped)))
+    last = sched.num_train_timesteps - clipped
+    if spacing == "linspace":
+        return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+    if spacing == "leading":
+        ratio = last // (n + 1)
+        return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + sched.steps_offset
+    return np.arange(last, 0, -sched.num_train_timesteps / n).round()[:n].astype(np.int64) - 1
+
+
+def _karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    ramp = np.linspace(0, 1, n)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def _sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional training timestep of each sigma by log-linear interpolation (diffusers' ``_sigma_to_t``)."""
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))
+    dists = log_sigma - log_sigmas[:, None]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return (1 - w) * low + w * (low + 1)
+
+
+def _pred_coefficients(prediction_type: str, alpha, sigma):
+    """(pred_x, pred_out) with x0 = pred_x * x + pred_out * out for state x = alpha * x0 + sigma * eps."""
+    if prediction_type == "epsilon":
+        return 1.0 / alpha, -sigma / alpha
+    if prediction_type == "v_prediction":
+        return alpha, -sigma
+    return np.zeros_like(alpha), np.ones_like(alpha)
+
+
+def _ve_pred_coefficients(prediction_type: str, s):
+    """(pred_x, pred_out) in the variance-exploding state x = x0 + s * eps, as diffusers' Euler/Heun write them."""
+    if prediction_type == "epsilon":
+        return np.ones_like(s), -s
+    if prediction_type == "v_prediction":
+        return 1.0 / (s**2 + 1), -s / np.sqrt(s**2 + 1)
+    return np.zeros_like(s), np.ones_like(s)
+
+
+def _alphas_cumprod(sched: Schedule, sampler: str) -> np.ndarray:
+    acp = sched.alphas_cumprod.copy()
+    if sched.rescale_betas_zero_snr and sampler not in ("ddpm", "ddim"):
+        acp[-1] = 2.0**-24  # keeps the terminal sigma finite, as diffusers' sigma-based schedulers do
+    return acp
+
+
+def _sigma_plan(sched, sampler, n, spacing, karras, acp):
+    """Timesteps and sigmas (with the final one appended) of Euler / Euler-a / Heun / DPM++."""
+    sig_train = ((np.float32(1.0) - acp) / acp) ** np.float32(0.5)
+    log_sigmas = np.log(sig_train)
+    if sampler == "dpmpp_2m":
+        timesteps = _dpm_timesteps(sched, spacing, n, acp)
+        default_range = (sig_train[0].item(), sig_train[-1].item())
+    else:
+        timesteps = _spaced_timesteps(sched, spacing, n, as_float=True)
+    sigmas = np.interp(timesteps, np.arange(len(sig_train)), sig_train)
+    if sampler != "dpmpp_2m":
+        default_range = (sigmas[-1].item(), sigmas[0].item())
+    if karras:
+        lo = sched.sigma_min if sched.sigma_min is not None else default_range[0]
+        hi = sched.sigma_max if sched.sigma_max is not None else default_range[1]
+        sigmas = _karras(lo, hi, n)
+        timesteps = _sigma_to_t(sigmas, log_sigmas)
+        if sampler == "dpmpp_2m" and sched.beta_schedule != "squaredcos_cap_v2":
+            timesteps = timesteps.round()
+    final = 0.0
+    if sched.final_sigmas_type == "sigma_min" and sampler in ("euler", "dpmpp_2m"):
+        final = (((np.float32(1.0) - acp[0]) / acp[0]) ** np.float32(0.5)).item()
+    sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
+    return timesteps, sigmas
+
+
+@functools.lru_cache(maxsize=256)
+def make_plan(
+    sched: Schedule,
+    sampler: str,
+    num_steps: int,
+    *,
+    start_step: int = 0,
+    eta: float = 0.0,
+    use_karras_sigmas: bool | None = None,
+) -> Plan:
+    """The plan of ``sampler`` run for ``num_steps`` steps on ``sched`` (see the module docstring)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is not supported; expected one of {list(SAMPLERS)}")
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= sched.num_train_timesteps:
+        raise ValueError(f"num_steps must be an int in [1, {sched.num_train_timesteps}], got {num_steps!r}")
+    if not isinstance(start_step, int) or not 0 <= start_step < num_steps:
+        raise ValueError(f"start_step must be an int in [0, num_steps={num_steps}), got {start_step!r}")
+    if eta != 0.0 and sampler != "ddim":
+        raise ValueError(f"eta={eta} only applies to sampler='ddim', got sampler={sampler!r}")
+    if use_karras_sigmas is None:
+        karras = sched.use_karras_sigmas and sampler in _READS_KARRAS
+    elif use_karras_sigmas and sampler not in KARRAS_SAMPLERS:
+        raise ValueError(f"use_karras_sigmas=True needs one of {list(KARRAS_SAMPLERS)}, got sampler={sampler!r}")
+    else:
+        karras = bool(use_karras_sigmas)
+    default_spacing, default_clip = _CLASS_DEFAULTS[sampler]
+    spacing = sched.timestep_spacing or default_spacing
+    clip_sample = default_clip if sched.clip_sample is None else sched.clip_sample
+    clip = sched.clip_sample_range if (clip_sample and sampler in _READS_CLIP) else None
+    n = num_steps
+    acp = _alphas_cumprod(sched, sampler)
+    f64 = np.float64
+    ones, zeros = np.ones(n), np.zeros(n)
+    st = dict(
+        in_scale=ones, eps_x=zeros, eps_out=zeros, c_x=zeros, c_eps=zeros, c_prev=zeros, c_noise=zeros
+    )
+    sigmas, init_sigma = None, 1.0
+    pt = sched.prediction_type
+
+    if sampler in ("ddpm", "ddim"):
+        ts = _spaced_timesteps(sched, spacing, n, as_float=False)
+        a = acp[ts].astype(f64)
+        a_next = np.append(acp[ts[1:]], np.float32(1.0)).astype(f64)  # what the inpainting blend uses
+        st["pred_x"], st["pred_out"] = _pred_coefficients(pt, np.sqrt(a), np.sqrt(1 - a))
+        st["start_signal"], st["start_noise"] = np.sqrt(a), np.sqrt(1 - a)
+        st["level_signal"], st["level_noise"] = np.sqrt(a_next), np.sqrt(1 - a_next)
+        if sampler == "ddpm":
+            a_prev = a_next
+            cur_alpha = a / a_prev
+            cur_beta = 1 - cur_alpha
+            st["c_x0"] = np.sqrt(a_prev) * cur_beta / (1 - a)
+            st["c_x"] = np.sqrt(cur_alpha) * (1 - a_prev) / (1 - a)
+            if sched.variance_type == "fixed_small":
+                var = np.maximum((1 - a_prev) / (1 - a) * cur_beta, 1e-20)
+            else:
+                var = cur_beta
+            st["c_noise"] = np.where(ts > 0, np.sqrt(var), 0.0)
+        else:
+            prev = ts - sched.num_train_timesteps // n  # diffusers' DDIM steps back by T // N whatever the spacing
+            final_alpha = np.float32(1.0) if sched.set_alpha_to_one else acp[0]
+            a_prev = np.where(prev >= 0, acp[np.maximum(prev, 0)], final_alpha).astype(f64)
+            if pt == "epsilon":
+                st["eps_x"], st["eps_out"] = zeros, ones
+            elif pt == "sample":
+                st["eps_x"], st["eps_out"] = 1 / np.sqrt(1 - a), -np.sqrt(a) / np.sqrt(1 - a)
+            else:
+                st["eps_x"], st["eps_out"] = np.sqrt(1 - a), np.sqrt(a)
+            std = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+            st["c_x0"] = np.sqrt(a_prev)
+            st["c_eps"] = np.sqrt(1 - a_prev - std**2)
+            st["c_noise"] = std
+        timesteps = ts.astype(np.float32)
+
+    elif sampler in SIGMA_SAMPLERS:
+        timesteps, sigmas = _sigma_plan(sched, sampler, n, spacing, karras, acp)
+        s, sn = sigmas[:-1].astype(f64), sigmas[1:].astype(f64)
+        max_sigma = sigmas.max()
+        init_sigma = float(max_sigma if spacing in ("linspace", "trailing") else (max_sigma**2 + 1) ** 0.5)
+        st["in_scale"] = 1 / np.sqrt(s**2 + 1)
+        st["pred_x"], st["pred_out"] = _ve_pred_coefficients(pt, s)
+        target = sn
+        if sampler == "euler_a":
+            sigma_up = np.sqrt(sn**2 * (s**2 - sn**2) / s**2)
+            target = np.sqrt(sn**2 - sigma_up**2)
+            st["c_noise"] = sigma_up
+        st["c_x"], st["c_x0"] = 1 + (target - s) / s, -(target - s) / s
+        st["start_signal"], st["start_noise"] = ones, s
+        st["level_signal"], st["level_noise"] = ones, np.append(sn[:-1], 0.0)
+        if sampler == "heun":
+            st["t2"] = np.append(timesteps[1:], timesteps[-1])
+            st["in_scale2"] = 1 / np.sqrt(sn**2 + 1)
+            st["pred2_x"], st["pred2_out"] = _ve_pred_coefficients(pt, sn)
+            st["sigma"], st["sigma_next"] = s, sn
+
+    else:  # dpmpp_2m: DPM-Solver++ (2M) in the variance-preserving state x = alpha * x0 + sigma * eps
+        timesteps, sigmas = _sigma_plan(sched, sampler, n, spacing, karras, acp)
+        sig = sigmas.astype(f64)
+        alpha = 1 / np.sqrt(sig**2 + 1)
+        sigma_vp = sig * alpha
+        with np.errstate(divide="ignore"):
+            lam = np.log(alpha) - np.log(sigma_vp)  # +inf at a zero final sigma
+        a_s, s_s, a_t, s_t = alpha[:-1], sigma_vp[:-1], alpha[1:], sigma_vp[1:]
+        h = lam[1:] - lam[:-1]
+        st["pred_x"], st["pred_out"] = _pred_coefficients(pt, a_s, s_s)
+        c_d = -a_t * (np.exp(-h) - 1.0)
+        st["c_x"] = s_t / s_s
+        idx = np.arange(n)
+        final_low = sched.euler_at_final or (sched.lower_order_final and n < 15) or sched.final_sigmas_type == "zero"
+        first_order = (idx <= start_step) | ((idx == n - 1) & final_low)  # a run starts first-order
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r0 = np.append(np.nan, h[:-1]) / h  # h_0 / h, with h_0 = lambda_s0 - lambda_s1
+            if sched.solver_type == "midpoint":
+                c_d1 = 0.5 * c_d / r0
+            else:
+                c_d1 = a_t * ((np.exp(-h) - 1.0) / h + 1.0) / r0
+        c_d1 = np.where(first_order, 0.0, c_d1)
+        st["c_x0"], st["c_prev"] = c_d + c_d1, -c_d1
+        st["start_signal"], st["start_noise"] = a_s, s_s
+        st["level_signal"] = np.append(a_t[:-1], 1.0)
+        st["level_noise"] = np.append(s_t[:-1], 0.0)
+        timesteps = timesteps.astype(np.float32)
+
+    st["t"] = timesteps.astype(np.float32)
+    steps = {k: np.asarray(v, np.float32) for k, v in st.items()}
+    for v in steps.values():
+        v.flags.writeable = False
+    stochastic = sampler in ("ddpm", "euler_a") or (sampler == "ddim" and eta != 0.0)
+    return Plan(sampler, n, steps["t"], sigmas, init_sigma, clip, stochastic, steps)
+
+
+def strength_to_start_step(num_steps: int, strength: float) -> int:
+    """The first step an img2img run of ``strength`` in [0, 1] executes (diffusers' ``get_timesteps``)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    init_timestep = min(int(num_steps * strength), num_steps)
+    if init_timestep < 1:
+        raise ValueError(f"strength={strength} with num_steps={num_steps} runs no step; use strength >= {1 / num_steps}")
+    return num_steps - init_timestep

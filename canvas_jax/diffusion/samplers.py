@@ -1,0 +1,169 @@
+"""Samplers (DDPM, DDIM, Euler, Euler ancestral, Heun, DPM++ 2M) as one ``lax.scan`` each.
+
+``sample`` reproduces what a diffusers pipeline does around its scheduler, number for number:
+``latents * init_noise_sigma``, ``scale_model_input``, ``step``; img2img's ``add_noise`` at the first
+used timestep; and the mask blend of the inpainting pipeline after every scheduler step. The loop over
+steps is one ``lax.scan``, so under ``jax.jit`` (with ``sampler``, ``num_steps``, ``start_step``,
+``eta`` and ``use_karras_sigmas`` static) ``model_fn`` is traced once per evaluation site, not per step.
+
+Per-step noise of the stochastic samplers (ddpm, euler_a, ddim with eta > 0) is, for step ``i``
+counted from 0 over all ``num_steps`` steps (img2img runs keep the same numbering)::
+
+    z_i = jax.random.normal(jax.random.fold_in(rng, i), noise.shape, jnp.float32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from canvas_jax.diffusion.plans import HEUN_KEYS, STEP_KEYS, Plan, make_plan
+from canvas_jax.diffusion.schedules import Schedule
+
+ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class NoiseLevel(NamedTuple):
+    """How noisy the sampler's state is at some step: clean latents there are ``signal * x0 + noise * eps``."""
+
+    signal: jax.Array
+    noise: jax.Array
+
+    def apply(self, x0: jax.Array, eps: jax.Array) -> jax.Array:
+        return self.signal * x0 + self.noise * eps
+
+
+BlendFn = Callable[[jax.Array, NoiseLevel], jax.Array]
+
+
+def step_noise(rng: jax.Array, step: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The unit normal noise a stochastic sampler adds at step ``step`` (see the module docstring)."""
+    return jax.random.normal(jax.random.fold_in(rng, step), shape, jnp.float32)
+
+
+def inpaint_blend(init_latents: jax.Array, mask: jax.Array, noise: jax.Array) -> BlendFn:
+    """diffusers' inpainting blend for a 4-channel UNet: keep ``init_latents`` (noised to the sampler's
+    current level with ``noise``) where ``mask`` is 0, the sample where it is 1 (mask broadcasts)."""
+
+    def blend(x: jax.Array, level: NoiseLevel) -> jax.Array:
+        return (1.0 - mask) * level.apply(init_latents, noise) + mask * x
+
+    return blend
+
+
+def noise_latents(
+    sched: Schedule,
+    init_latents: jax.Array,
+    noise: jax.Array,
+    *,
+    sampler: str,
+    num_steps: int,
+    start_step: int,
+    use_karras_sigmas: bool | None = None,
+) -> jax.Array:
+    """img2img start: ``init_latents`` noised to the first step run, as the sampler's ``add_noise`` does."""
+    plan = make_plan(sched, sampler, num_steps, start_step=start_step, use_karras_sigmas=use_karras_sigmas)
+    level = NoiseLevel(plan.steps["start_signal"][start_step], plan.steps["start_noise"][start_step])
+    return level.apply(init_latents.astype(jnp.float32), noise.astype(jnp.float32))
+
+
+def _clip(x0: jax.Array, clip: float | None) -> jax.Array:
+    return x0 if clip is None else jnp.clip(x0, -clip, clip)
+
+
+def sample(
+    model_fn: ModelFn,
+    noise: jax.Array,
+    sched: Schedule,
+    *,
+    sampler: str,
+    num_steps: int,
+    rng: jax.Array | None = None,
+    eta: float = 0.0,
+    use_karras_sigmas: bool | None = None,
+    start_step: int = 0,
+    init_latents: jax.Array | None = None,
+    blend_fn: BlendFn | None = None,
+) -> jax.Array:
+    """Run ``sampler`` for ``num_steps`` steps and return the final latents (dtype of ``noise``).
+
+    Args:
+      model_fn: ``model_fn(x, t) -> output`` in the schedule's prediction_type, already guided; ``x`` is
+        the scaled model input (dtype of ``noise``), ``t`` a float32 scalar timestep.
+      noise: unit-variance initial noise; the sampler applies ``init_noise_sigma`` itself.
+      sched: the noise schedule (hashable, static).
+      sampler: one of ``plans.SAMPLERS``.
+      rng: key for the per-step noise of stochastic samplers (required by them, unused otherwise).
+      eta: DDIM's stochasticity (a Python float; 0 is deterministic DDIM).
+      use_karras_sigmas: override the schedule's ``use_karras_sigmas`` (sigma-based samplers only).
+      start_step: first step to run (img2img; see ``plans.strength_to_start_step``).
+      init_latents: clean latents to start from (img2img / inpainting with strength < 1); they are
+        noised with ``noise`` to the level of ``start_step``. ``None`` starts from pure noise.
+      blend_fn: ``blend_fn(x, level) -> x`` called after every scheduler step (Heun: after each of
+        its two sub-steps, like diffusers), ``level`` being the noise level the sampler is at (clean
+        after the last step); see ``inpaint_blend``.
+    """
+    plan = make_plan(
+        sched, sampler, num_steps, start_step=start_step, eta=float(eta), use_karras_sigmas=use_karras_sigmas
+    )
+    if plan.stochastic and rng is None:
+        raise ValueError(f"sampler={sampler!r} (eta={eta}) adds noise at every step: pass rng=jax.random.key(...)")
+    dtype = noise.dtype
+    if init_latents is None:
+        x = noise.astype(jnp.float32) * plan.init_noise_sigma
+    else:
+        if init_latents.shape != noise.shape:
+            raise ValueError(f"init_latents shape {init_latents.shape} must equal noise shape {noise.shape}")
+        x = noise_latents(
+            sched, init_latents, noise, sampler=sampler, num_steps=num_steps, start_step=start_step,
+            use_karras_sigmas=use_karras_sigmas,
+        )  # fmt: skip
+    blend = blend_fn if blend_fn is not None else (lambda x, level: x)
+
+    def predict_x0(x, t, in_scale, pred_x, pred_out):
+        out = model_fn((in_scale * x).astype(dtype), t).astype(jnp.float32)
+        return out, _clip(pred_x * x + pred_out * out, plan.clip)
+
+    def affine_step(carry, k):
+        x, x0_prev = carry
+        out, x0 = predict_x0(x, k["t"], k["in_scale"], k["pred_x"], k["pred_out"])
+        x_new = k["c_x"] * x + k["c_x0"] * x0
+        if sampler == "ddim":
+            x_new = x_new + k["c_eps"] * (k["eps_x"] * x + k["eps_out"] * out)
+        if sampler == "dpmpp_2m":
+            x_new = x_new + k["c_prev"] * x0_prev
+        if plan.stochastic:
+            x_new = x_new + k["c_noise"] * step_noise(rng, k["index"], x.shape)
+        return (blend(x_new, NoiseLevel(k["level_signal"], k["level_noise"])), x0), None
+
+    def heun_step(carry, k):
+        x, _ = carry
+        level = NoiseLevel(k["level_signal"], k["level_noise"])
+        sigma, sigma_next = k["sigma"], k["sigma_next"]
+        _, x0 = predict_x0(x, k["t"], k["in_scale"], k["pred_x"], k["pred_out"])
+        d1 = (x - x0) / sigma
+        dt = sigma_next - sigma
+        x_mid = blend(x + d1 * dt, level)
+        _, x0_mid = predict_x0(x_mid, k["t2"], k["in_scale2"], k["pred2_x"], k["pred2_out"])
+        d2 = (x_mid - x0_mid) / sigma_next
+        return (blend(x + 0.5 * (d1 + d2) * dt, level), x0_mid), None
+
+    carry = (x, jnp.zeros_like(x))
+    last = num_steps if sampler != "heun" else num_steps - 1  # Heun's last step is a plain Euler step
+    keys = STEP_KEYS + (HEUN_KEYS if sampler == "heun" else ())
+    xs = _slice_steps(plan, keys, start_step, last)
+    carry, _ = jax.lax.scan(heun_step if sampler == "heun" else affine_step, carry, xs)
+    if sampler == "heun":
+        carry, _ = affine_step(carry, _slice_steps(plan, STEP_KEYS, num_steps - 1, num_steps, squeeze=True))
+    return carry[0].astype(dtype)
+
+
+def _slice_steps(plan: Plan, keys, begin: int, end: int, squeeze: bool = False) -> dict:
+    xs = {k: jnp.asarray(plan.steps[k][begin:end]) for k in keys}
+    xs["index"] = jnp.arange(begin, end, dtype=jnp.int32)
+    if squeeze:
+        xs = {k: v[0] for k, v in xs.items()}
+    return xs

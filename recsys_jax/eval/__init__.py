@@ -1,0 +1,1 @@
+"""Evaluation for recsys_jax: full-corpus ranking metrics and top-k retrieval."""

@@ -1,0 +1,93 @@
+"""Shared pieces of the sequential encoders: the item table, positions counted over real items, masks.
+
+Conventions (all models):
+
+* item ids are dense ints ``1..N``; ``0`` is padding. The table has ``N + 1`` rows and row 0 is kept
+  at zero in :meth:`ItemEmbedding.table` output, so a padded id never contributes.
+* Sequences may be padded on the LEFT or on the RIGHT, but the real items must form one contiguous
+  block (no padding between real items). Absolute positions are counted from the FIRST REAL item
+  (``cumsum(mask) - 1``), so the same sequence gets the same positions whichever side it is padded
+  on, and a position only depends on earlier items (no look-ahead, same at training and serving).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``x / max(||x||, eps)`` over the last axis (zero rows stay zero)."""
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return x / jnp.maximum(norm, eps)
+
+
+def check_sequence_inputs(item_ids: jax.Array, timestamps: jax.Array | None, max_seq_len: int) -> None:
+    """Shape checks done at trace time; raise ``ValueError`` naming what is wrong."""
+    if item_ids.ndim != 2:
+        raise ValueError(f"item_ids must be [batch, seq_len] int32, got shape {item_ids.shape}")
+    if not jnp.issubdtype(item_ids.dtype, jnp.integer):
+        raise ValueError(f"item_ids must be an integer array, got dtype {item_ids.dtype}")
+    if item_ids.shape[1] > max_seq_len:
+        raise ValueError(
+            f"sequence length {item_ids.shape[1]} exceeds config.max_seq_len={max_seq_len}; "
+            "truncate the history to the most recent max_seq_len items or raise max_seq_len"
+        )
+    if timestamps is not None and timestamps.shape != item_ids.shape:
+        raise ValueError(
+            f"timestamps must have the same shape as item_ids {item_ids.shape}, got {timestamps.shape}"
+        )
+
+
+def real_positions(mask: jax.Array) -> jax.Array:
+    """Index of each position among the real items, counted from the first real one (pads: 0)."""
+    m = mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0) * m
+
+
+def causal_key_mask(mask: jax.Array) -> jax.Array:
+    """``[B, L, L]`` bool: query ``i`` may attend key ``j`` iff ``j <= i`` and ``j`` is a real item."""
+    length = mask.shape[-1]
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    return causal[None, :, :] & mask[:, None, :].astype(bool)
+
+
+class ItemEmbedding(nnx.Module):
+    """``[N + 1, D]`` item table, row-sharded with logical axes ``("items", "embed")``."""
+
+    def __init__(self, num_items: int, dim: int, *, rngs: nnx.Rngs, init_std: float = 0.02):
+        if num_items < 1:
+            raise ValueError(f"num_items must be >= 1 (ids are 1..num_items), got {num_items}")
+        if dim < 1:
+            raise ValueError(f"embedding dim must be >= 1, got {dim}")
+        self.num_items = num_items
+        init = nnx.with_partitioning(
+            nnx.initializers.truncated_normal(stddev=init_std), ("items", "embed")
+        )
+        self.embedding = nnx.Param(init(rngs.params(), (num_items + 1, dim), jnp.float32))
+
+    def table(self, normalize: bool) -> jax.Array:
+        """The full table with row 0 zeroed, L2-normalised per row when ``normalize``."""
+        t = self.embedding[...]
+        not_pad = (jnp.arange(t.shape[0]) > 0)[:, None]
+        t = jnp.where(not_pad, t, 0.0)
+        return l2_normalize(t) if normalize else t
+
+    def __call__(self, item_ids: jax.Array) -> jax.Array:
+        """Raw embeddings of ``item_ids`` (any shape), zero at padding (id 0)."""
+        emb = jnp.take(self.embedding[...], item_ids, axis=0)
+        return jnp.where((item_ids > 0)[..., None], emb, 0.0)
+
+
+class PositionalEmbedding(nnx.Module):
+    """Learnable absolute position embedding indexed by :func:`real_positions`."""
+
+    def __init__(self, max_seq_len: int, dim: int, *, rngs: nnx.Rngs):
+        init = nnx.with_partitioning(
+            nnx.initializers.truncated_normal(stddev=dim**-0.5), (None, "embed")
+        )
+        self.embedding = nnx.Param(init(rngs.params(), (max_seq_len, dim), jnp.float32))
+
+    def __call__(self, mask: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], real_positions(mask), axis=0)

@@ -1,0 +1,167 @@
+"""HSTU: Hierarchical Sequential Transduction Units ("Actions Speak Louder than Words", ICML 2024).
+
+Each layer (no feed-forward block)::
+
+    U, V, Q, K = split(silu(LN(x) @ W_uvqk))
+    A          = silu(Q K^T + rab_pos + rab_time) / n      (causal, real keys only, no softmax)
+    x          = x + W_o(dropout(U * LN(A V)))
+
+``rab_pos`` is a learned bias per relative position ``i - j``; ``rab_time`` a learned bias per
+log-bucket of the time gap ``t_i - t_j`` (see :func:`time_buckets`). ``n`` is ``config.max_seq_len``
+(a constant, so outputs do not depend on how far a batch is padded). Inputs are
+``sqrt(D) * item_emb + pos_emb`` with positions counted from the first real item (see
+``embeddings.py``), so left and right padding give the same outputs at real positions.
+
+The time gap for query ``i`` uses the query's own timestamp ``t_i`` (the reference implementation
+uses the *next* item's timestamp, i.e. the request time); ``t_i`` keeps outputs strictly causal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recsys_jax.models.embeddings import (
+    ItemEmbedding,
+    PositionalEmbedding,
+    causal_key_mask,
+    check_sequence_inputs,
+    l2_normalize,
+)
+
+# floor(log(dt) / 0.301): ~0.7 of a bucket per doubling of the gap (log base e, as in the paper's code).
+TIME_BUCKET_DIVISOR = 0.301
+
+
+@dataclasses.dataclass(frozen=True)
+class HSTUConfig:
+    embed_dim: int = 50
+    num_layers: int = 2
+    num_heads: int = 1
+    attention_dim: int = 50  # per-head size of Q and K
+    linear_dim: int = 50  # per-head size of U and V
+    max_seq_len: int = 200
+    dropout: float = 0.2  # on input embeddings and before W_o
+    num_time_buckets: int = 128
+    use_position_bias: bool = True
+    use_time_bias: bool = True
+    l2_normalize: bool = True
+    layer_norm_eps: float = 1e-6
+
+
+def time_buckets(dt: jax.Array, num_buckets: int) -> jax.Array:
+    """``clip(floor(log(max(1, |dt|)) / 0.301), 0, num_buckets)`` as int32 (``dt`` in seconds)."""
+    dt = jnp.maximum(jnp.abs(dt), 1).astype(jnp.float32)
+    return jnp.clip(jnp.floor(jnp.log(dt) / TIME_BUCKET_DIVISOR), 0, num_buckets).astype(jnp.int32)
+
+
+def relative_position_index(length: int, max_seq_len: int) -> np.ndarray:
+    """Static ``[L, L]`` index into a ``2 * max_seq_len - 1`` table: ``max_seq_len - 1 + j - i``."""
+    i = np.arange(length)[:, None]
+    j = np.arange(length)[None, :]
+    return (max_seq_len - 1 + j - i).astype(np.int32)
+
+
+def _layer_norm(x: jax.Array, eps: float) -> jax.Array:
+    """Parameter-free layer norm over the last axis (as in the reference HSTU)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+class HSTULayer(nnx.Module):
+    def __init__(self, cfg: HSTUConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        h, dqk, dv, d = cfg.num_heads, cfg.attention_dim, cfg.linear_dim, cfg.embed_dim
+        uvqk_init = nnx.with_partitioning(nnx.initializers.normal(0.02), ("embed", "mlp"))
+        self.uvqk = nnx.Param(uvqk_init(rngs.params(), (d, 2 * h * dv + 2 * h * dqk), jnp.float32))
+        self.out = nnx.Linear(
+            h * dv,
+            d,
+            kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), ("mlp", "embed")),
+            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)),
+            rngs=rngs,
+        )
+        bias_init = nnx.with_partitioning(nnx.initializers.normal(0.02), (None,))
+        if cfg.use_position_bias:
+            self.pos_bias = nnx.Param(bias_init(rngs.params(), (2 * cfg.max_seq_len - 1,), jnp.float32))
+        if cfg.use_time_bias:
+            self.time_bias = nnx.Param(bias_init(rngs.params(), (cfg.num_time_buckets + 1,), jnp.float32))
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def attention_bias(self, rel_pos: np.ndarray, buckets: jax.Array | None) -> jax.Array:
+        """``[B or 1, L, L]`` additive bias from relative positions and time buckets."""
+        bias = jnp.zeros((1,) + rel_pos.shape, jnp.float32)
+        if self.cfg.use_position_bias:
+            bias = bias + jnp.take(self.pos_bias[...], rel_pos, axis=0)[None]
+        if self.cfg.use_time_bias and buckets is not None:
+            bias = bias + jnp.take(self.time_bias[...], buckets, axis=0)
+        return bias
+
+    def __call__(
+        self,
+        x: jax.Array,
+        attn_mask: jax.Array,
+        rel_pos: np.ndarray,
+        buckets: jax.Array | None,
+        *,
+        deterministic: bool,
+    ) -> jax.Array:
+        cfg = self.cfg
+        b, length, _ = x.shape
+        h, dqk, dv = cfg.num_heads, cfg.attention_dim, cfg.linear_dim
+        proj = jax.nn.silu(_layer_norm(x, cfg.layer_norm_eps) @ self.uvqk[...])
+        u, v, q, k = jnp.split(proj, [h * dv, 2 * h * dv, 2 * h * dv + h * dqk], axis=-1)
+        q = q.reshape(b, length, h, dqk)
+        k = k.reshape(b, length, h, dqk)
+        v = v.reshape(b, length, h, dv)
+        scores = jnp.einsum("bihd,bjhd->bhij", q, k)
+        scores = scores + self.attention_bias(rel_pos, buckets)[:, None]
+        weights = jax.nn.silu(scores) / cfg.max_seq_len
+        weights = jnp.where(attn_mask[:, None], weights, 0.0)
+        attn = jnp.einsum("bhij,bjhd->bihd", weights, v).reshape(b, length, h * dv)
+        gated = u * _layer_norm(attn, cfg.layer_norm_eps)
+        return x + self.out(self.dropout(gated, deterministic=deterministic))
+
+
+class HSTU(nnx.Module):
+    """``model(item_ids, timestamps, *, deterministic) -> [B, L, D]`` causal user embeddings."""
+
+    def __init__(self, cfg: HSTUConfig, num_items: int, *, rngs: nnx.Rngs):
+        if cfg.embed_dim < 1 or cfg.num_layers < 0 or cfg.num_heads < 1 or cfg.max_seq_len < 1:
+            raise ValueError(f"invalid HSTUConfig {cfg}: sizes must be positive")
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"HSTUConfig.dropout must be in [0, 1), got {cfg.dropout}")
+        self.cfg = cfg
+        self.num_items = num_items
+        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs)
+        self.positions = PositionalEmbedding(cfg.max_seq_len, cfg.embed_dim, rngs=rngs)
+        self.input_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.layers = nnx.List([HSTULayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+
+    def item_embeddings(self) -> jax.Array:
+        """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
+        return self.items.table(self.cfg.l2_normalize)
+
+    def __call__(self, item_ids: jax.Array, timestamps: jax.Array, *, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
+        mask = item_ids > 0
+        x = self.items(item_ids) * math.sqrt(cfg.embed_dim) + self.positions(mask)
+        x = self.input_dropout(x, deterministic=deterministic) * mask[..., None]
+
+        attn_mask = causal_key_mask(mask)
+        rel_pos = relative_position_index(item_ids.shape[1], cfg.max_seq_len)
+        buckets = None
+        if cfg.use_time_bias:
+            ts = jnp.asarray(timestamps)
+            buckets = time_buckets(ts[:, :, None] - ts[:, None, :], cfg.num_time_buckets)
+        for layer in self.layers:
+            x = layer(x, attn_mask, rel_pos, buckets, deterministic=deterministic)
+        x = x * mask[..., None]
+        return l2_normalize(x) if cfg.l2_normalize else x

@@ -1,0 +1,106 @@
+"""The loop's features on a tiny in-memory task: accumulation, NaN guard, EMA, bf16, eval, metrics."""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from core_jax import config as config_lib
+from core_jax.data import make_iterator
+from core_jax.loop import NonFiniteError, Trainer
+from core_jax.metrics import read_jsonl
+from core_jax.toy import ToyConfig
+
+DIM = 8
+
+
+def _examples(n=64):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    return [{"x": x[i], "y": x[i] @ np.arange(DIM, dtype=np.float32), "poison": np.float32(0)} for i in range(n)]
+
+
+class LinearTask:
+    def __init__(self, examples):
+        self.examples = examples
+
+    def create_model(self, rngs):
+        return nnx.Linear(DIM, 1, kernel_init=nnx.with_partitioning(nnx.initializers.normal(1.0), ("embed", None)),
+                          rngs=rngs)
+
+    def loss(self, model, batch, rng):
+        pred = model(batch["x"])[:, 0]
+        # a poisoned example makes the loss NaN (to exercise the guard)
+        loss = jnp.mean(jnp.square(pred - batch["y"])) + jnp.sum(jnp.where(batch["poison"] > 0, jnp.nan, 0.0))
+        return loss, {"pred_mean": jnp.mean(pred)}
+
+    def eval_step(self, model, batch):
+        return {"mse": jnp.mean(jnp.square(model(batch["x"])[:, 0] - batch["y"]))}
+
+    def train_data(self, ctx):
+        return make_iterator(self.examples, batch_size=ctx.batch_size, seed=ctx.seed, shuffle=False)
+
+    def eval_data(self, ctx):
+        return make_iterator(self.examples, batch_size=ctx.batch_size, shuffle=False, num_epochs=1)
+
+
+def _cfg(tmp_path, *overrides):
+    return config_lib.load(ToyConfig, None, [f"train.run_dir={tmp_path}", "train.progress=false", "train.tensorboard=false",
+                                             "train.batch_size=16", "train.log_every=1", "train.checkpoint.every=0",
+                                             "optim.name=sgd", "optim.learning_rate=0.01", "optim.grad_clip_norm=null",
+                                             *overrides])
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    one, _ = Trainer(LinearTask(_examples()), _cfg(tmp_path / "a", "train.steps=3")).fit()
+    acc, _ = Trainer(LinearTask(_examples()), _cfg(tmp_path / "b", "train.steps=3", "train.grad_accum_steps=4")).fit()
+    for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(acc["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_guard_skips_and_counts(tmp_path):
+    ex = _examples()
+    ex[20]["poison"] = np.float32(1)  # batch 2 (examples 16..31) is poisoned
+    trainer = Trainer(LinearTask(ex), _cfg(tmp_path, "train.steps=3"))
+    state, metrics = trainer.fit()
+    assert metrics["nan_skips"] == 1
+    rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"), "train")
+    assert [r["nan_skips"] for r in rows] == [0, 1, 1]
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_nan_guard_stop_policy_raises_clearly(tmp_path):
+    ex = _examples()
+    ex[3]["poison"] = np.float32(1)
+    with pytest.raises(NonFiniteError, match="train.nan_policy=stop"):
+        Trainer(LinearTask(ex), _cfg(tmp_path, "train.steps=3", "train.nan_policy=stop")).fit()
+
+
+def test_ema_bf16_eval_and_throughput_metrics(tmp_path):
+    trainer = Trainer(LinearTask(_examples()), _cfg(tmp_path, "train.steps=4", "train.ema_decay=0.5",
+                                                    "train.compute_dtype=bfloat16"))
+    state, metrics = trainer.fit()
+    params = jax.tree.leaves(state["params"])
+    assert all(p.dtype == jnp.float32 for p in params)
+    assert not all(np.allclose(a, b) for a, b in zip(params, jax.tree.leaves(state["ema"])))
+    assert np.isfinite(metrics["loss"]) and metrics["examples_per_s"] > 0 and metrics["flops_per_s"] > 0
+    assert "eval_mse" in metrics
+    assert set(read_jsonl(os.path.join(tmp_path, "metrics.jsonl"), "eval")[-1]) >= {"step", "mse"}
+    assert os.path.exists(os.path.join(tmp_path, "config.yaml"))
+
+
+def test_ema_update_rule(tmp_path):
+    trainer = Trainer(LinearTask(_examples()), _cfg(tmp_path, "train.steps=1", "train.ema_decay=0.9"))
+    init = jax.device_get(trainer.init_state()["params"])
+    state, _ = trainer.fit()
+    for e, p0, p1 in zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(init), jax.tree.leaves(state["params"])):
+        np.testing.assert_allclose(e, 0.9 * p0 + 0.1 * np.asarray(p1), rtol=1e-6)
+
+
+def test_batch_must_divide(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
+        Trainer(LinearTask(_examples()), _cfg(tmp_path, "train.batch_size=10", "train.grad_accum_steps=4"))
