@@ -9,6 +9,7 @@ checkpoint. SIGTERM/SIGINT save a checkpoint at the current step and return clea
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -47,6 +48,9 @@ class TrainConfig:
     ema_decay: float | None = None
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     nan_policy: Literal["skip", "stop"] = "skip"
+    best_metric: str | None = None  # an eval metric: its best value's state is kept in RUN_DIR/best
+    best_mode: Literal["max", "min"] = "max"
+    early_stop_patience: int = 0  # stop after this many evals without a new best (0 = never)
     run_dir: str = "runs/default"
     resume: bool = True
     progress: bool = True
@@ -112,6 +116,9 @@ class Trainer:
         self.compute_dtype = jnp.bfloat16 if tc.compute_dtype == "bfloat16" else jnp.float32
         self._build_state_shardings()
         self.checkpointer = Checkpointer(os.path.join(tc.run_dir, "checkpoints"), tc.checkpoint)
+        self.best_checkpointer = Checkpointer(os.path.join(tc.run_dir, "best"), CheckpointConfig(keep=1)) \
+            if tc.best_metric else None
+        self._last_eval, self._last_eval_step = {}, None
         self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- state
@@ -257,7 +264,11 @@ class Trainer:
                     last = self._log(writer, step, metrics, state, t0, step - n0, flops)
                     t0, n0 = time.perf_counter(), step
                 if tc.eval_every and step % tc.eval_every == 0 and step != tc.steps:
-                    writer.write(step, self.evaluate(state), prefix="eval")
+                    if self._eval_and_track(writer, step, state, cfg_dict):
+                        log.warning("early stopping at step %d: no new best %s for %d evals",
+                                    step, tc.best_metric, tc.early_stop_patience)
+                        self.checkpointer.save(step, state, data, cfg_dict, force=True)
+                        return state, last
                 if tc.checkpoint.every and step % tc.checkpoint.every == 0:
                     self.checkpointer.save(step, state, data, cfg_dict)
                 for h in self.hooks:
@@ -269,10 +280,11 @@ class Trainer:
                     return state, last
             end = int(jax.device_get(state["step"]))
             self.checkpointer.save(end, state, data, cfg_dict, force=True)
-            eval_metrics = self.evaluate(state)
-            if eval_metrics:
-                writer.write(end, eval_metrics, prefix="eval")
-                last = {**last, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
+            eval_metrics = self._last_eval if self._last_eval_step == end else None
+            if eval_metrics is None:
+                self._eval_and_track(writer, end, state, cfg_dict)
+                eval_metrics = self._last_eval
+            last = {**last, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
             for h in self.hooks:
                 if h.at_end:
                     h.fn(self, end, state)
@@ -280,6 +292,8 @@ class Trainer:
         finally:
             bar.close()
             self.checkpointer.wait()
+            if self.best_checkpointer:
+                self.best_checkpointer.wait()
             writer.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
@@ -298,6 +312,33 @@ class Trainer:
                 f"non-finite loss or gradients at {skips} step(s) up to step {step}; stopping "
                 "(train.nan_policy=stop; use train.nan_policy=skip to skip such steps)")
         return m
+
+    def _eval_and_track(self, writer, step, state, cfg_dict) -> bool:
+        """Evaluate, log, keep the best state; True when early stopping says stop."""
+        metrics = self.evaluate(state)
+        self._last_eval, self._last_eval_step = metrics, step
+        if not metrics:
+            return False
+        writer.write(step, metrics, prefix="eval")
+        tc = self.tc
+        if not tc.best_metric:
+            return False
+        if tc.best_metric not in metrics:
+            raise config_lib.ConfigError(f"config key 'train.best_metric': '{tc.best_metric}' is not an eval "
+                                         f"metric (have {sorted(metrics)})")
+        path = os.path.join(tc.run_dir, "best.json")
+        best = json.load(open(path)) if os.path.exists(path) else {"step": None, "value": None, "evals_since": 0}
+        value = metrics[tc.best_metric]
+        better = best["value"] is None or (value > best["value"] if tc.best_mode == "max" else value < best["value"])
+        if better:
+            best = {"step": step, "value": value, "metric": tc.best_metric, "evals_since": 0}
+            self.best_checkpointer.save(step, state, config=cfg_dict, force=True)
+        else:
+            best["evals_since"] += 1
+        if self.is_main:
+            with open(path, "w") as f:
+                json.dump(best, f)
+        return bool(tc.early_stop_patience) and best["evals_since"] >= tc.early_stop_patience
 
     def evaluate(self, state) -> dict:
         data = self.task.eval_data(self._data_context(seed_offset=1))

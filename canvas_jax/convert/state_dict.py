@@ -76,7 +76,7 @@ def to_state_dict(module: nnx.Module, rename: Callable[[str], str] | None = None
     out = {}
     for key, _, var, is_kernel in _param_entries(module, rename):
         x = np.asarray(jax.device_get(var[...]), dtype=np.float32)
-        out[key] = _to_torch_layout(x) if is_kernel else x
+        out[key] = np.ascontiguousarray(_to_torch_layout(x) if is_kernel else x)
     return out
 
 
@@ -110,9 +110,9 @@ def load_state_dict(
             torch_shape = _torch_shape(expected) if is_kernel else expected
             shapes.append((key, torch_shape, tuple(np.asarray(state_dict[key]).shape)))
             continue
-        updates.append((var, x.astype(var[...].dtype)))
+        updates.append((var, x.astype(var.dtype)))
     if missing or remaining or shapes:
         raise StateDictMismatch(what, sorted(missing), sorted(remaining), shapes)
-    for var, x in updates:
-        var[...] = jax.numpy.asarray(x)
+    for var, x in updates:  # also fills an abstract module made with nnx.eval_shape
+        var.set_value(jax.numpy.asarray(x))
     return module

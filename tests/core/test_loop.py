@@ -104,3 +104,26 @@ def test_ema_update_rule(tmp_path):
 def test_batch_must_divide(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
         Trainer(LinearTask(_examples()), _cfg(tmp_path, "train.batch_size=10", "train.grad_accum_steps=4"))
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path):
+    import json
+
+    from core_jax.checkpoint import Checkpointer
+
+    # lr 0 after warm-up-free constant schedule: eval mse never improves after the first eval
+    cfg = _cfg(tmp_path, "train.steps=50", "train.eval_every=2", "train.best_metric=mse", "train.best_mode=min",
+               "train.early_stop_patience=3", "optim.learning_rate=0.0")
+    state, _ = Trainer(LinearTask(_examples()), cfg).fit()
+    best = json.load(open(tmp_path / "best.json"))
+    assert best["step"] == 2 and best["metric"] == "mse"
+    assert int(state["step"]) == 8  # evals at 2 (best), 4, 6, 8 -> 3 without improvement
+    assert Checkpointer(tmp_path / "best").latest_step() == 2
+
+
+def test_best_checkpoint_follows_improvement(tmp_path):
+    import json
+
+    cfg = _cfg(tmp_path, "train.steps=6", "train.eval_every=2", "train.best_metric=mse", "train.best_mode=min")
+    Trainer(LinearTask(_examples()), cfg).fit()
+    assert json.load(open(tmp_path / "best.json"))["step"] == 6

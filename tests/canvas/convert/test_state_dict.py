@@ -34,3 +34,16 @@ def test_mismatch_lists_every_offending_key():
     assert err.value.unexpected == ["extra.weight"]
     assert err.value.shapes == [("blocks.0.weight", (4, 3), (2, 2))]
     assert "tiny" in str(err.value)
+
+
+def test_saved_tensors_are_contiguous_and_abstract_models_load(tmp_path):
+    import safetensors.numpy
+
+    sd = to_state_dict(_Tiny(nnx.Rngs(0)))
+    safetensors.numpy.save_file(sd, tmp_path / "w.safetensors")
+    back = safetensors.numpy.load_file(tmp_path / "w.safetensors")
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k])
+    abstract = nnx.eval_shape(lambda: _Tiny(nnx.Rngs(1)))
+    for k, v in to_state_dict(load_state_dict(abstract, back)).items():
+        np.testing.assert_array_equal(v, sd[k])
