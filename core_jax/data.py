@@ -37,7 +37,7 @@ def build_dataset(
     ``Tensor(shape=(None, None, 3), dtype=np.uint8, encoding='zlib')`` or encoded bytes.
     """
 
-    class _Builder(tfds.core.GeneratorBasedBuilder):
+    class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version(version)
         RELEASE_NOTES = {version: "built by core_jax.data.build_dataset"}
 
@@ -46,6 +46,7 @@ def build_dataset(
                 description=description,
                 features=tfds.features.FeaturesDict(dict(features)),
                 metadata=tfds.core.MetadataDict(metadata or {}),
+                disable_shuffling=True,  # records keep generation order; Grain shuffles at read time
             )
 
         def _split_generators(self, dl_manager):

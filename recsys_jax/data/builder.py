@@ -120,7 +120,8 @@ def build(
         raise ValueError(f"no users left to write (read {read_stats.lines} lines; filters: min_rating={min_rating}, "
                          f"min_user_interactions={min_user_interactions})")
     source = {"format": spec.format, "input": spec.input, "items": items_path, "columns": spec.columns,
-              "synthetic": dataclasses.asdict(spec.synthetic or SyntheticConfig()) if spec.format == "synthetic" else None}
+              "synthetic": (dataclasses.asdict(spec.synthetic or SyntheticConfig())
+                            if spec.format == "synthetic" else None)}
     return write_dataset(seqs, side, out_dir, name=name, max_seq_len=max_seq_len, verbose=verbose,
                          extra_report={"source": source, "lines_read": read_stats.lines,
                                        "bad_lines_skipped": read_stats.bad_lines,
@@ -148,7 +149,7 @@ def write_dataset(seqs: Sequences, side_info: dict[str, dict] | None, out_dir, *
     path = data_lib.build_dataset(name, out_dir, features, {SPLIT: users}, version=VERSION, metadata=metadata,
                                   description="per-user item sequences (recsys_jax.data.builder)")
 
-    # TFDS shuffles records by key on write: record the user and length of every record.
+    # record the user and length of every record.
     src = data_lib.open_split(path, SPLIT)
     rec_user = np.empty(len(src), np.int64)
     for start in range(0, len(src), 4096):

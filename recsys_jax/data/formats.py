@@ -148,7 +148,8 @@ def read_movielens_items(path) -> dict[str, dict]:
                 continue
             parts = line.rstrip("\r\n").split("::")
             if len(parts) != 3 or not parts[0]:
-                raise DataFormatError(f"{_where(path, n)}: expected 'item::title::genre|genre' (3 fields), got {_short(line)}")
+                raise DataFormatError(
+                    f"{_where(path, n)}: expected 'item::title::genre|genre' (3 fields), got {_short(line)}")
             genres = [g for g in parts[2].split("|") if g]
             items[parts[0].strip()] = {"title": parts[1], "genres": genres}
     return items
@@ -164,7 +165,8 @@ def _recbole_header(path, header: str) -> list[tuple[str, str]]:
         name, sep, kind = field.partition(":")
         if not sep or not name:
             raise DataFormatError(
-                f"{_where(path, 1)}: expected a RecBole header of tab-separated 'name:type' fields, got {_short(header)}"
+                f"{_where(path, 1)}: expected a RecBole header of tab-separated 'name:type' fields, "
+                f"got {_short(header)}"
             )
         cols.append((name, kind))
     return cols
@@ -228,7 +230,8 @@ def read_recbole_items(path) -> dict[str, dict]:
                 continue
             parts = line.rstrip("\r\n").split("\t")
             if len(parts) != len(cols):
-                raise DataFormatError(f"{_where(path, n)}: expected {len(cols)} tab-separated fields {names}, got {_short(line)}")
+                raise DataFormatError(
+                    f"{_where(path, n)}: expected {len(cols)} tab-separated fields {names}, got {_short(line)}")
             info: dict[str, Any] = {}
             for (name, kind), value in zip(cols, parts):
                 if name == "item_id":
@@ -371,7 +374,8 @@ def read_csv(path, *, columns=None, skip_bad_lines: bool = False, stats: ReadSta
             stats.lines += 1
             try:
                 if len(parts) != len(header):
-                    raise DataFormatError(f"{_where(path, n)}: expected {len(header)} fields {header}, got {len(parts)}")
+                    raise DataFormatError(
+                        f"{_where(path, n)}: expected {len(header)} fields {header}, got {len(parts)}")
                 yield _table_row(path, n, dict(zip(header, parts)), cols)
             except DataFormatError as e:
                 stats.bad(e, skip_bad_lines)

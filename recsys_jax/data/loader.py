@@ -14,7 +14,11 @@ import numpy as np
 from core_jax import data as data_lib
 from recsys_jax.data.builder import SPLIT
 from recsys_jax.data.sequences import IdMap
-from recsys_jax.data.splits import SPLITS, RecordSubset, eval_example, random_train_example, split_indices, train_example
+from recsys_jax.data.splits import (SPLITS, RecordSubset, eval_example, random_train_example, split_indices,
+                                    train_example)
+
+
+IN_MEMORY_MAX_USERS = 500_000
 
 
 def find_dataset_dir(folder: str | os.PathLike) -> str:
@@ -50,13 +54,14 @@ class RecsysDataset:
     ``has_timestamps``, ``item_map`` / ``user_map`` (:class:`IdMap`), ``item_counts`` (``[N + 1]``
     int64, training part only: use it for logQ and most-popular), ``item_counts_all`` (whole
     sequences), ``side_info`` (list by dense id or None), ``report`` (the build report), and
-    ``lengths`` / ``record_users`` (per record of the ``users`` split).
+    ``lengths`` / ``record_users`` (per record of the ``users`` split), ``in_memory``.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, *, in_memory: bool | None = None):
         path = find_dataset_dir(folder)
         if not os.path.isfile(os.path.join(path, "build_report.json")):
-            raise FileNotFoundError(f"'{path}' is an incomplete build (no build_report.json): rebuild it with --overwrite")
+            raise FileNotFoundError(
+                f"'{path}' is an incomplete build (no build_report.json): rebuild it with --overwrite")
         self.path = path
         self.metadata = data_lib.dataset_metadata(path)
         self.report = _load_json(path, "build_report.json")
@@ -70,10 +75,13 @@ class RecsysDataset:
         self.record_users = np.asarray(index["user"], dtype=np.int64)
         self.lengths = np.asarray(index["length"], dtype=np.int64)
         items_file = os.path.join(path, "items.json")
-        self.side_info: list[dict | None] | None = _load_json(path, "items.json") if os.path.isfile(items_file) else None
+        self.side_info: list[dict | None] | None = (
+            _load_json(path, "items.json") if os.path.isfile(items_file) else None)
         self.num_items = len(self.item_map)
         self.num_users = len(self.user_map)
         self.has_timestamps = bool(self.metadata.get("has_timestamps", True))
+        # the sequences are small: keep them in memory unless there are very many users
+        self.in_memory = self.num_users <= IN_MEMORY_MAX_USERS if in_memory is None else bool(in_memory)
         self._record_of_user = np.empty(self.num_users, np.int64)
         self._record_of_user[self.record_users] = np.arange(len(self.record_users))
 
@@ -82,8 +90,15 @@ class RecsysDataset:
 
     @functools.cached_property
     def source(self):
-        """Random-access source over every user's full sequence (records in TFDS order)."""
-        return data_lib.open_split(self.path, SPLIT)
+        """Random-access source over every user's full sequence (records in TFDS order); a list
+        in memory when ``in_memory`` (read once, in chunks: far faster than per-record reads)."""
+        disk = data_lib.open_split(self.path, SPLIT)
+        if not self.in_memory:
+            return disk
+        records = []
+        for start in range(0, len(disk), 4096):
+            records.extend(disk.__getitems__(list(range(start, min(start + 4096, len(disk))))))
+        return records
 
     def sequence(self, user: int) -> dict[str, Any]:
         """The stored record of dense user id ``user``."""
@@ -104,12 +119,16 @@ class RecsysDataset:
         """Shuffled, repeating, checkpointable Grain iterator of autoregressive training batches
         (:func:`splits.train_example` fields, ``[batch_size, max_len]``); ``random_windows`` takes a
         random window of long sequences, else the most recent one."""
+        source = self.split_source("train")
+        if len(source) == 0:
+            raise ValueError(f"no training examples in {self.path}: training needs users with 2 or at least 4 "
+                             "items (see recsys_jax.data.splits)")
         kw = dict(max_len=max_len, padding=padding)
         if random_windows:
             fns = dict(random_transforms=[functools.partial(random_train_example, **kw)])
         else:
             fns = dict(transforms=[functools.partial(train_example, **kw)])
-        return data_lib.make_iterator(self.split_source("train"), batch_size=batch_size, seed=seed, shuffle=True,
+        return data_lib.make_iterator(source, batch_size=batch_size, seed=seed, shuffle=True,
                                       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
                                       worker_count=worker_count, **fns)
 
@@ -144,6 +163,10 @@ class RecsysDataset:
         return out
 
 
-def load_dataset(folder: str | os.PathLike) -> RecsysDataset:
-    """Open a dataset folder written by ``recsys-jax data build`` (or its ``--out`` folder)."""
-    return RecsysDataset(folder)
+def load_dataset(folder: str | os.PathLike, *, in_memory: bool | None = None) -> RecsysDataset:
+    """Open a dataset folder written by ``recsys-jax data build`` (or its ``--out`` folder).
+
+    ``in_memory``: read all sequences into memory on first use (default: when there are at most
+    ``IN_MEMORY_MAX_USERS`` users), else read records from the ArrayRecord file on demand.
+    """
+    return RecsysDataset(folder, in_memory=in_memory)

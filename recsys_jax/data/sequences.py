@@ -41,6 +41,9 @@ class IdMap:
     def __len__(self) -> int:
         return len(self.keys) - self.offset
 
+    def __contains__(self, key: object) -> bool:
+        return str(key) in self._index
+
     def to_dense(self, key: str) -> int:
         try:
             return self._index[str(key)]
@@ -130,8 +133,8 @@ def build_sequences(
             ts = int(x.timestamp)
         per_user.setdefault(x.user, []).append((ts, x.item))
     if with_ts and without_ts:
-        raise ValueError(f"some interactions have timestamps and some do not (first without: line {first_missing.line}); "
-                         "expected all or none")
+        raise ValueError("some interactions have timestamps and some do not "
+                         f"(first without: line {first_missing.line}); expected all or none")
 
     kept: dict[str, list[tuple[int, str]]] = {}
     for user, events in per_user.items():
@@ -158,7 +161,8 @@ def build_sequences(
     return Sequences(items, timestamps, item_map, user_map, has_timestamps=bool(with_ts), stats=stats)
 
 
-def dense_side_info(item_map: IdMap, side_info: dict[str, dict] | None) -> tuple[list[dict | None] | None, dict[str, int]]:
+def dense_side_info(item_map: IdMap, side_info: dict[str, dict] | None
+                    ) -> tuple[list[dict | None] | None, dict[str, int]]:
     """Side info keyed by original id -> a list indexed by dense id (``[0]`` and unknown items: None)."""
     if not side_info:
         return None, {}
@@ -168,7 +172,7 @@ def dense_side_info(item_map: IdMap, side_info: dict[str, dict] | None) -> tuple
         info = side_info.get(item_map.to_original(dense))
         out[dense] = info
         missing += info is None
-    unused = sum(1 for k in side_info if k not in item_map._index)
+    unused = sum(1 for k in side_info if k not in item_map)
     return out, {"items_without_side_info": missing, "side_info_without_interactions": unused}
 
 

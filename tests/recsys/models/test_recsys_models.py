@@ -19,8 +19,23 @@ TINY = {
 NAMES = sorted(TINY)
 
 
-def _model(name, **overrides):
-    return build_model(name, {**TINY[name], **overrides}, NUM_ITEMS, nnx.Rngs(0))
+_CACHE = {}
+
+
+def _model(name):
+    """One model per name for the whole module (building one compiles its initialisers)."""
+    if name not in _CACHE:
+        _CACHE[name] = build_model(name, TINY[name], NUM_ITEMS, nnx.Rngs(0))
+    return _CACHE[name]
+
+
+@nnx.jit
+def _apply(model, ids, ts):
+    return model(ids, ts, deterministic=True)
+
+
+def _run(model, ids, ts):
+    return np.asarray(_apply(model, jnp.asarray(ids), jnp.asarray(ts)))
 
 
 def _batch(seed=0, b=3):
@@ -35,7 +50,7 @@ def test_shapes_normalisation_and_padding_row(name):
     model = _model(name)
     ids, ts = _batch()
     ids[0, 5:] = 0
-    out = np.asarray(model(jnp.asarray(ids), jnp.asarray(ts), deterministic=True))
+    out = _run(model, ids, ts)
     assert out.shape == (3, L, 16)
     norms = np.linalg.norm(out, axis=-1)
     np.testing.assert_allclose(norms[ids > 0], 1.0, atol=1e-5)
@@ -50,12 +65,12 @@ def test_shapes_normalisation_and_padding_row(name):
 def test_no_future_leakage(name):
     model = _model(name)
     ids, ts = _batch(1)
-    base = np.asarray(model(jnp.asarray(ids), jnp.asarray(ts), deterministic=True))
+    base = _run(model, ids, ts)
     cut = 5
     ids2, ts2 = ids.copy(), ts.copy()
     ids2[:, cut] = (ids2[:, cut] % NUM_ITEMS) + 1  # a different item at position `cut`
     ts2[:, cut:] += 12345  # and a different (later) time from `cut` on
-    out = np.asarray(model(jnp.asarray(ids2), jnp.asarray(ts2), deterministic=True))
+    out = _run(model, ids2, ts2)
     np.testing.assert_allclose(out[:, :cut], base[:, :cut], rtol=0, atol=1e-6)
     assert np.abs(out[:, cut] - base[:, cut]).max() > 1e-3
 
@@ -71,23 +86,23 @@ def test_left_and_right_padding_agree(name):
     left_ids = np.zeros_like(ids)
     left_ts = np.zeros_like(ts)
     left_ids[:, L - n :], left_ts[:, L - n :] = ids[:, :n], ts[:, :n]
-    right = np.asarray(model(jnp.asarray(right_ids), jnp.asarray(right_ts), deterministic=True))
-    left = np.asarray(model(jnp.asarray(left_ids), jnp.asarray(left_ts), deterministic=True))
+    right = _run(model, right_ids, right_ts)
+    left = _run(model, left_ids, left_ts)
     np.testing.assert_allclose(left[:, L - n :], right[:, :n], atol=2e-5)
     # Shorter padding (a batch padded less far) gives the same embeddings too.
-    short = np.asarray(model(jnp.asarray(ids[:, :n]), jnp.asarray(ts[:, :n]), deterministic=True))
+    short = _run(model, ids[:, :n], ts[:, :n])
     np.testing.assert_allclose(short, right[:, :n], atol=2e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_dropout_only_in_training_and_jit_matches_eager(name):
-    model = _model(name, dropout=0.5)
+    model = _model(name)
+    assert model.cfg.dropout > 0
     ids, ts = map(jnp.asarray, _batch(3))
-    eval_a = model(ids, ts, deterministic=True)
+    eager = model(ids, ts, deterministic=True)
     train = model(ids, ts, deterministic=False)
-    assert np.abs(np.asarray(train - eval_a)).max() > 1e-3
-    jitted = nnx.jit(lambda m, i, t: m(i, t, deterministic=True))(model, ids, ts)
-    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eval_a), atol=1e-5)
+    assert np.abs(np.asarray(train - eager)).max() > 1e-3
+    np.testing.assert_allclose(_run(model, ids, ts), np.asarray(eager), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)
