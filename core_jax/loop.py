@@ -341,6 +341,8 @@ class Trainer:
         return bool(tc.early_stop_patience) and best["evals_since"] >= tc.early_stop_patience
 
     def evaluate(self, state) -> dict:
+        """Eval metrics over ``task.eval_data``: per-batch values averaged, or, when the task's eval_step
+        returns a ``count``, per-batch sums divided by the total count (exact weighted means)."""
         data = self.task.eval_data(self._data_context(seed_offset=1))
         if data is None:
             return {}
@@ -352,7 +354,12 @@ class Trainer:
             m = jax.device_get(step(state, mesh_lib.global_batch(batch, self.mesh)))
             sums = m if sums is None else jax.tree.map(np.add, sums, m)
             n += 1
-        return {k: float(v) / n for k, v in (sums or {}).items()}
+        if not sums:
+            return {}
+        if "count" in sums:  # the task returned per-batch sums: normalise by the total count
+            count = float(sums.pop("count"))
+            return {k: float(v) / max(count, 1.0) for k, v in sums.items()}
+        return {k: float(v) / n for k, v in sums.items()}
 
 
 def _global_norm(tree) -> jax.Array:

@@ -34,7 +34,9 @@ class Task(Protocol):
 
     def loss(self, model: nnx.Module, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]: ...
 
-    def eval_step(self, model: nnx.Module, batch: Batch) -> Metrics: ...
+    def eval_step(self, model: nnx.Module, batch: Batch) -> Metrics:
+        """Per-batch metric means, or per-batch sums plus a ``count`` (the loop then divides by the total)."""
+        ...
 
     def train_data(self, ctx: DataContext) -> Iterator[Batch]:
         """A checkpointable Grain iterator (``get_state``/``set_state``) of per-process numpy batches."""

@@ -127,3 +127,19 @@ def test_best_checkpoint_follows_improvement(tmp_path):
     cfg = _cfg(tmp_path, "train.steps=6", "train.eval_every=2", "train.best_metric=mse", "train.best_mode=min")
     Trainer(LinearTask(_examples()), cfg).fit()
     assert json.load(open(tmp_path / "best.json"))["step"] == 6
+
+
+def test_eval_with_count_is_an_exact_weighted_mean(tmp_path):
+    class CountTask(LinearTask):
+        def eval_step(self, model, batch):
+            err = jnp.square(model(batch["x"])[:, 0] - batch["y"])
+            keep = jnp.arange(err.shape[0]) < 3  # an uneven number of valid examples per batch
+            return {"mse": jnp.sum(jnp.where(keep, err, 0.0)), "count": jnp.sum(keep)}
+
+    trainer = Trainer(CountTask(_examples()), _cfg(tmp_path, "train.steps=1"))
+    state = trainer.init_state()
+    model = trainer.model(state)
+    x = np.stack([e["x"] for e in _examples()]).reshape(4, 16, DIM)[:, :3].reshape(-1, DIM)
+    y = np.stack([e["y"] for e in _examples()]).reshape(4, 16)[:, :3].reshape(-1)
+    expected = float(np.mean((np.asarray(model(x))[:, 0] - y) ** 2))
+    np.testing.assert_allclose(trainer.evaluate(state)["mse"], expected, rtol=1e-5)
