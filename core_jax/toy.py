@@ -15,7 +15,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import tensorflow_datasets as tfds
 from flax import nnx
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from canvas_jax.convert.state_dict import load_state_dict, to_state_dict
+from canvas_jax.convert.state_dict import empty_module, load_state_dict, to_state_dict
 from canvas_jax.models.layers import Dtype
 from canvas_jax.models.unet import UNet2DConditionModel
 from canvas_jax.models.vae import AutoencoderKL
@@ -69,14 +67,6 @@ def read_weights(folder: Path, variant: str | None = None) -> dict[str, np.ndarr
                             f"in {folder}; found {present or 'nothing'}{hint}")
 
 
-def _allocate(build: Callable[[nnx.Rngs], nnx.Module]) -> nnx.Module:
-    """Build a module with zero-filled parameters without running the (slow) random initialisers."""
-    abstract = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state)
-    return nnx.merge(graphdef, state)
-
-
 _LEGACY_VAE_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _LEGACY_VAE_RE = re.compile(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)$")
 
@@ -99,7 +89,7 @@ def load_unet(folder: str | os.PathLike, *, variant: str | None = None, dtype: D
     """A :class:`UNet2DConditionModel` from a diffusers UNet folder (or a pipeline folder with ``unet/``)."""
     path = model_folder(folder, "unet")
     config = read_config(path, "UNet2DConditionModel")
-    model = _allocate(lambda rngs: UNet2DConditionModel(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype))
+    model = empty_module(lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     return load_state_dict(model, read_weights(path, variant), what=f"UNet2DConditionModel from {path}")
 
 
@@ -108,7 +98,7 @@ def load_vae(folder: str | os.PathLike, *, variant: str | None = None, dtype: Dt
     """An :class:`AutoencoderKL` from a diffusers VAE folder (or a pipeline folder with ``vae/``)."""
     path = model_folder(folder, "vae")
     config = read_config(path, "AutoencoderKL")
-    model = _allocate(lambda rngs: AutoencoderKL(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype))
+    model = empty_module(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     weights = _modernise_vae_keys(read_weights(path, variant))
     return load_state_dict(model, weights, what=f"AutoencoderKL from {path}")
 

@@ -116,3 +116,11 @@ def load_state_dict(
     for var, x in updates:  # also fills an abstract module made with nnx.eval_shape
         var.set_value(jax.numpy.asarray(x))
     return module
+
+
+def empty_module(build: Callable[[], nnx.Module]) -> nnx.Module:
+    """Build a module with zero-filled variables without running its (slow, eager) random initialisers;
+    :func:`load_state_dict` then fills the parameters."""
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+    state = jax.jit(lambda: jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), state))()
+    return nnx.merge(graphdef, state)

@@ -17,7 +17,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from canvas_jax.convert.state_dict import load_state_dict, to_state_dict
+from canvas_jax.convert.state_dict import empty_module, load_state_dict, to_state_dict
 from canvas_jax.models.bert import BertConfig, BertModel
 from canvas_jax.models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from canvas_jax.models.tokenizer import Tokenizer
@@ -64,16 +64,6 @@ def save_safetensors(state_dict: dict[str, np.ndarray], path: str | Path) -> Non
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(path), metadata={"format": "pt"})
 
 
-def _empty(ctor):
-    """Build a module without running its random initialisers (parameters are zeros until loaded)."""
-    model = nnx.eval_shape(ctor)
-    for _, var in nnx.iter_graph(model):
-        if isinstance(var, nnx.Variable):
-            shape = var.get_value()
-            var.set_value(jnp.zeros(shape.shape, shape.dtype))
-    return model
-
-
 def _clip_text_weights(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Key layout of ``CLIPTextModel[WithProjection]``: add the ``text_model.`` prefix that recent
     transformers leaves out when it saves a plain ``CLIPTextModel``."""
@@ -91,7 +81,7 @@ def load_clip_text(folder: str | Path, with_projection: bool = False, *, dtype=N
     """
     config = CLIPTextConfig.from_dict(read_config(folder))
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    model = _empty(lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    model = empty_module(lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     ignore = [r".*position_ids", r"vision_model\..*", r"visual_projection\..*", "logit_scale"]
     if not with_projection:
         ignore.append(r"text_projection\..*")
@@ -117,7 +107,7 @@ def load_bert(folder: str | Path, *, dtype=None, param_dtype=jnp.float32, varian
     if any(k.startswith("bert.") for k in weights):
         weights = {k[len("bert."):]: v for k, v in weights.items() if k.startswith("bert.")}
     pooled = any(k.startswith("pooler.") for k in weights)
-    model = _empty(lambda: BertModel(config, rngs=nnx.Rngs(0), add_pooling_layer=pooled, dtype=dtype,
+    model = empty_module(lambda: BertModel(config, rngs=nnx.Rngs(0), add_pooling_layer=pooled, dtype=dtype,
                                      param_dtype=param_dtype))
     return load_state_dict(model, weights, what=f"BERT encoder from {folder}",
                            ignore=[r".*position_ids", r".*token_type_ids"])

@@ -131,7 +131,9 @@ def _ve_pred_coefficients(prediction_type: str, s):
 def _alphas_cumprod(sched: Schedule, sampler: str) -> np.ndarray:
     acp = sched.alphas_cumprod.copy()
     if sched.rescale_betas_zero_snr and sampler not in ("ddpm", "ddim"):
-        acp[-1] = 2.0**-24  # keeps the terminal sigma finite, as diffusers' sigma-based schedulers do
+        # keeps the terminal sigma finite, as diffusers' sigma-based schedulers do (its Heun ignores
+        # rescale_betas_zero_snr altogether; we rescale there too, since the model was trained so)
+        acp[-1] = 2.0**-24
     return acp
 
 
@@ -141,15 +143,14 @@ def _sigma_plan(sched, sampler, n, spacing, karras, acp):
     log_sigmas = np.log(sig_train)
     if sampler == "dpmpp_2m":
         timesteps = _dpm_timesteps(sched, spacing, n, acp)
-        default_range = (sig_train[0].item(), sig_train[-1].item())
     else:
         timesteps = _spaced_timesteps(sched, spacing, n, as_float=True)
     sigmas = np.interp(timesteps, np.arange(len(sig_train)), sig_train)
-    if sampler != "dpmpp_2m":
-        default_range = (sigmas[-1].item(), sigmas[0].item())
     if karras:
-        lo = sched.sigma_min if sched.sigma_min is not None else default_range[0]
-        hi = sched.sigma_max if sched.sigma_max is not None else default_range[1]
+        # Karras range: DPM++ spans the whole training range, Euler/Heun the spaced sigmas' range.
+        spanned = sig_train if sampler == "dpmpp_2m" else sigmas
+        lo = sched.sigma_min if sched.sigma_min is not None else spanned.min().item()
+        hi = sched.sigma_max if sched.sigma_max is not None else spanned.max().item()
         sigmas = _karras(lo, hi, n)
         timesteps = _sigma_to_t(sigmas, log_sigmas)
         if sampler == "dpmpp_2m" and sched.beta_schedule != "squaredcos_cap_v2":
@@ -281,7 +282,7 @@ def make_plan(
         st["start_signal"], st["start_noise"] = a_s, s_s
         st["level_signal"] = np.append(a_t[:-1], 1.0)
         st["level_noise"] = np.append(s_t[:-1], 0.0)
-        timesteps = timesteps.astype(np.float32)
+        timesteps = timesteps.astype(np.int64).astype(np.float32)  # diffusers casts (truncates) to int64
 
     st["t"] = timesteps.astype(np.float32)
     steps = {k: np.asarray(v, np.float32) for k, v in st.items()}

@@ -106,6 +106,8 @@ def sample(
         its two sub-steps, like diffusers), ``level`` being the noise level the sampler is at (clean
         after the last step); see ``inpaint_blend``.
     """
+    if not isinstance(eta, (int, float)):
+        raise TypeError(f"eta must be a Python float (it shapes the compiled loop), got {type(eta).__name__}")
     plan = make_plan(
         sched, sampler, num_steps, start_step=start_step, eta=float(eta), use_karras_sigmas=use_karras_sigmas
     )

@@ -90,7 +90,8 @@ class Schedule:
     """A diffusion noise schedule plus the scheduler options that change sampling maths.
 
     ``timestep_spacing`` and ``clip_sample`` may be ``None`` ("not given"): each sampler then uses the
-    default of its diffusers scheduler class, as ``XScheduler.from_config(config)`` would.
+    default of its diffusers scheduler class, as ``XScheduler.from_config(config)`` would. Missing beta
+    parameters take DDPMScheduler's defaults (HeunDiscreteScheduler's differ; real configs give them).
     """
 
     num_train_timesteps: int = 1000
@@ -180,9 +181,10 @@ class Schedule:
 
     @property
     def sigmas(self) -> np.ndarray:
-        """Training sigmas of the variance-exploding view, ``sqrt((1 - a_t) / a_t)``, float32."""
+        """Training sigmas of the variance-exploding view, ``sqrt((1 - a_t) / a_t)``, float32 (inf at zero SNR)."""
         acp = self.alphas_cumprod
-        return ((np.float32(1.0) - acp) / acp) ** np.float32(0.5)
+        with np.errstate(divide="ignore"):
+            return ((np.float32(1.0) - acp) / acp) ** np.float32(0.5)
 
 
 def _coefficient(sched: Schedule, t: jnp.ndarray, ndim: int) -> jnp.ndarray:

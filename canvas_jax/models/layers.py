@@ -211,13 +211,20 @@ class Upsample2D(nnx.Module):
 # Attention.
 
 
+def _flash_ok(q: jax.Array, head_dim: int, mask) -> bool:
+    """Whether cuDNN flash attention applies: GPU, half precision, no mask, head dim a multiple of 8 up to 128."""
+    return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and mask is None
+            and head_dim % 8 == 0 and head_dim <= 128)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, mask: jax.Array | None = None,
               is_causal: bool = False, implementation: str | None = None) -> jax.Array:
-    """Multi-head scaled dot-product attention through ``jax.nn.dot_product_attention`` (cuDNN flash
-    attention on GPU when the dtype and shapes allow it; logits and softmax are computed in float32).
+    """Multi-head scaled dot-product attention through ``jax.nn.dot_product_attention``.
 
     q: [B, T, H*D]; k, v: [B, S, H*D] -> [B, T, H*D]. ``mask`` is boolean, True = attend: either a
-    key-padding mask [B, S] or anything broadcastable to [B, H, T, S].
+    key-padding mask [B, S] or anything broadcastable to [B, H, T, S]. ``implementation`` None picks cuDNN
+    flash attention on GPU for bf16/fp16 without a mask (head dim a multiple of 8, at most 128) and XLA
+    otherwise; the XLA path computes logits and softmax in float32.
     """
     if q.shape[-1] % num_heads or k.shape[-1] != q.shape[-1] or v.shape[-1] != q.shape[-1]:
         raise ValueError(f"attention: q/k/v feature sizes {q.shape[-1]}/{k.shape[-1]}/{v.shape[-1]} must be "
@@ -226,15 +233,21 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, mask:
     d = inner // num_heads
 
     def heads(x):
-        return x.reshape(x.shape[0], x.shape[1], num_heads, d)
+        return x.reshape(x.shape[0], x.shape[1], num_heads, d).astype(q.dtype)
 
     if mask is not None:
         mask = jnp.asarray(mask, dtype=bool)
         if mask.ndim == 2:
             mask = mask[:, None, None, :]
-    v = v.astype(q.dtype)
-    out = jax.nn.dot_product_attention(heads(q), heads(k.astype(q.dtype)), heads(v), mask=mask,
-                                       is_causal=is_causal, implementation=implementation)
+    args = (heads(q), heads(k), heads(v))
+    if implementation is None and _flash_ok(q, d, mask):
+        try:
+            out = jax.nn.dot_product_attention(*args, is_causal=is_causal, implementation="cudnn")
+            return out.reshape(b, t, inner)
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass  # shape or cuDNN version not supported: fall back to XLA
+    out = jax.nn.dot_product_attention(*args, mask=mask, is_causal=is_causal,
+                                       implementation=implementation or "xla")
     return out.reshape(b, t, inner)
 
 

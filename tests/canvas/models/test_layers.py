@@ -1,0 +1,54 @@
+"""The shared layers against direct reference computations (numpy / torch)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import canvas_jax  # noqa: F401
+from canvas_jax.models.layers import attention, nearest_resize, timestep_embedding
+
+torch = pytest.importorskip("torch")
+
+
+def _reference_attention(q, k, v, heads, mask=None, causal=False):
+    b, t, inner = q.shape
+    d = inner // heads
+    split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, d).transpose(0, 2, 1, 3)  # noqa: E731
+    logits = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d)
+    if mask is not None:
+        logits = np.where(mask[:, None, None, :], logits, -np.inf)
+    if causal:
+        logits = np.where(np.tril(np.ones((t, k.shape[1]), bool)), logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ split(v)).transpose(0, 2, 1, 3).reshape(b, t, inner)
+
+
+def test_attention_with_padding_mask_and_causal():
+    g = np.random.default_rng(0)
+    q, k, v = (g.standard_normal((2, 5, 12)).astype(np.float32) for _ in range(3))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    got = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 3, mask=mask)
+    np.testing.assert_allclose(got, _reference_attention(q, k, v, 3, mask=mask), atol=1e-5)
+    got = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 3, is_causal=True)
+    np.testing.assert_allclose(got, _reference_attention(q, k, v, 3, causal=True), atol=1e-5)
+    with pytest.raises(ValueError, match="num_heads=5"):
+        attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 5)
+
+
+@pytest.mark.parametrize("dim,flip,shift", [(32, True, 0), (33, False, 1)])
+def test_timestep_embedding_matches_diffusers(dim, flip, shift):
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    t = np.array([0.0, 1.0, 17.5, 999.0], np.float32)
+    want = get_timestep_embedding(torch.from_numpy(t), dim, flip_sin_to_cos=flip, downscale_freq_shift=shift).numpy()
+    got = timestep_embedding(jnp.asarray(t), dim, flip_sin_to_cos=flip, freq_shift=shift)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("size,out", [((3, 5), (5, 9)), ((4, 4), (8, 8)), ((5, 3), (10, 7))])
+def test_nearest_resize_matches_torch(size, out):
+    x = np.random.default_rng(0).standard_normal((1, 2, *size)).astype(np.float32)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), size=out, mode="nearest").numpy()
+    got = nearest_resize(jnp.asarray(x.transpose(0, 2, 3, 1)), out)
+    np.testing.assert_array_equal(np.asarray(got).transpose(0, 3, 1, 2), want)
