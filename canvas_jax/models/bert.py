@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.models.clip import ACTIVATIONS, config_from_dict, dense, embed, layer_norm, multi_head_attention
+from canvas_jax.models.clip import config_from_dict, embed
+from canvas_jax.models.layers import activation, attention, dense, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +40,10 @@ class BertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig: hidden_size={self.hidden_size} is not a multiple of "
                              f"num_attention_heads={self.num_attention_heads}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"BertConfig.hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
+        try:
+            activation(self.hidden_act)
+        except ValueError as e:
+            raise ValueError(f"BertConfig.hidden_act: {e}") from None
         if self.position_embedding_type != "absolute":
             raise ValueError(f"BertConfig.position_embedding_type={self.position_embedding_type!r}: "
                              "only 'absolute' is supported")
@@ -86,7 +89,7 @@ class BertSelfAttention(nnx.Module):
         self.value = dense(h, h, ("embed", "heads"), rngs=rngs, **dt)
 
     def __call__(self, x, mask):
-        return multi_head_attention(self.query(x), self.key(x), self.value(x), self.num_heads, mask=mask)
+        return attention(self.query(x), self.key(x), self.value(x), self.num_heads, mask=mask)
 
 
 class BertResidualOutput(nnx.Module):
@@ -111,7 +114,7 @@ class BertAttention(nnx.Module):
 
 class BertIntermediate(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs, **dt):
-        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.act = activation(cfg.hidden_act)
         self.dense = dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), rngs=rngs, **dt)
 
     def __call__(self, x):

@@ -7,7 +7,6 @@ so that :mod:`canvas_jax.convert.state_dict` maps them mechanically to checkpoin
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,20 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-def _quick_gelu(x):
-    return x * jax.nn.sigmoid(1.702 * x)
-
-
-ACTIVATIONS = {
-    "quick_gelu": _quick_gelu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
+from canvas_jax.models.layers import activation, attention, dense, layer_norm
 
 
 def config_from_dict(cls, values: Mapping[str, Any], what: str):
@@ -74,8 +60,10 @@ class CLIPTextConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"CLIPTextConfig: hidden_size={self.hidden_size} is not a multiple of "
                              f"num_attention_heads={self.num_attention_heads}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"CLIPTextConfig.hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
+        try:
+            activation(self.hidden_act)
+        except ValueError as e:
+            raise ValueError(f"CLIPTextConfig.hidden_act: {e}") from None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "CLIPTextConfig":
@@ -103,31 +91,9 @@ class CLIPTextOutput:
 _normal = nnx.initializers.normal(0.02)
 
 
-def dense(d_in, d_out, axes, *, rngs, dtype=None, param_dtype=jnp.float32, use_bias=True):
-    """Linear layer whose kernel (and bias) carry logical axis names."""
-    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                      kernel_init=nnx.with_partitioning(_normal, axes),
-                      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)))
-
-
-def layer_norm(dim, eps, *, rngs, dtype=None, param_dtype=jnp.float32):
-    """PyTorch-style LayerNorm (two-pass variance) with logically-named parameters."""
-    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, rngs=rngs,
-                         scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-                         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)))
-
-
 def embed(num, dim, axes, *, rngs, dtype=None, param_dtype=jnp.float32):
     return nnx.Embed(num, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                      embedding_init=nnx.with_partitioning(_normal, axes))
-
-
-def multi_head_attention(q, k, v, num_heads, mask=None, is_causal=False):
-    """[B, T, H*D] projections -> [B, T, H*D] attention output (scale 1/sqrt(D))."""
-    b, t, width = q.shape
-    split = lambda x: x.reshape(x.shape[0], x.shape[1], num_heads, width // num_heads)  # noqa: E731
-    out = jax.nn.dot_product_attention(split(q), split(k), split(v), mask=mask, is_causal=is_causal)
-    return out.reshape(b, t, width)
 
 
 class CLIPTextEmbeddings(nnx.Module):
@@ -150,14 +116,14 @@ class CLIPAttention(nnx.Module):
         self.out_proj = dense(h, h, ("heads", "embed"), rngs=rngs, **dt)
 
     def __call__(self, x, mask=None):
-        out = multi_head_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads,
+        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads,
                                    mask=mask, is_causal=True)
         return self.out_proj(out)
 
 
 class CLIPMLP(nnx.Module):
     def __init__(self, cfg: CLIPTextConfig, *, rngs, **dt):
-        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.act = activation(cfg.hidden_act)
         self.fc1 = dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), rngs=rngs, **dt)
         self.fc2 = dense(cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), rngs=rngs, **dt)
 

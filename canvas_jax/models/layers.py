@@ -25,11 +25,14 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "relu": jax.nn.relu,
     "mish": jax.nn.mish,
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # CLIP
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The activation function called ``name`` (diffusers' names: silu, swish, gelu, relu, mish)."""
+    """The activation function called ``name`` (the diffusers / transformers names)."""
     if name not in _ACTIVATIONS:
         raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]
