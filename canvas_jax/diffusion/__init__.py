@@ -6,8 +6,20 @@
 
 from canvas_jax.diffusion.guidance import cfg, cfg_from_batch, rescale_noise_cfg
 from canvas_jax.diffusion.plans import SAMPLERS, Plan, make_plan, strength_to_start_step
-from canvas_jax.diffusion.samplers import NoiseLevel, inpaint_blend, noise_latents, sample, step_noise
-from canvas_jax.diffusion.schedules import Schedule, add_noise, snr, training_target, velocity
+from canvas_jax.diffusion.samplers import (
+    NoiseLevel,
+    inpaint_blend,
+    noise_latents,
+    sample,
+    step_noise,
+)
+from canvas_jax.diffusion.schedules import (
+    Schedule,
+    add_noise,
+    snr,
+    training_target,
+    velocity,
+)
 
 __all__ = [
     "SAMPLERS",

@@ -191,105 +191,113 @@ def make_plan(
     spacing = sched.timestep_spacing or default_spacing
     clip_sample = default_clip if sched.clip_sample is None else sched.clip_sample
     clip = sched.clip_sample_range if (clip_sample and sampler in _READS_CLIP) else None
-    n = num_steps
     acp = _alphas_cumprod(sched, sampler)
-    f64 = np.float64
-    ones, zeros = np.ones(n), np.zeros(n)
-    st = dict(
-        in_scale=ones, eps_x=zeros, eps_out=zeros, c_x=zeros, c_eps=zeros, c_prev=zeros, c_noise=zeros
-    )
+    zeros = np.zeros(num_steps)
+    st = {"in_scale": np.ones(num_steps), "c_x": zeros, "c_eps": zeros, "c_prev": zeros, "c_noise": zeros}
+    st |= {"eps_x": zeros, "eps_out": zeros}
     sigmas, init_sigma = None, 1.0
-    pt = sched.prediction_type
-
     if sampler in ("ddpm", "ddim"):
-        ts = _spaced_timesteps(sched, spacing, n, as_float=False)
-        a = acp[ts].astype(f64)
-        a_next = np.append(acp[ts[1:]], np.float32(1.0)).astype(f64)  # what the inpainting blend uses
-        st["pred_x"], st["pred_out"] = _pred_coefficients(pt, np.sqrt(a), np.sqrt(1 - a))
-        st["start_signal"], st["start_noise"] = np.sqrt(a), np.sqrt(1 - a)
-        st["level_signal"], st["level_noise"] = np.sqrt(a_next), np.sqrt(1 - a_next)
-        if sampler == "ddpm":
-            a_prev = a_next
-            cur_alpha = a / a_prev
-            cur_beta = 1 - cur_alpha
-            st["c_x0"] = np.sqrt(a_prev) * cur_beta / (1 - a)
-            st["c_x"] = np.sqrt(cur_alpha) * (1 - a_prev) / (1 - a)
-            if sched.variance_type == "fixed_small":
-                var = np.maximum((1 - a_prev) / (1 - a) * cur_beta, 1e-20)
-            else:
-                var = cur_beta
-            st["c_noise"] = np.where(ts > 0, np.sqrt(var), 0.0)
-        else:
-            prev = ts - sched.num_train_timesteps // n  # diffusers' DDIM steps back by T // N whatever the spacing
-            final_alpha = np.float32(1.0) if sched.set_alpha_to_one else acp[0]
-            a_prev = np.where(prev >= 0, acp[np.maximum(prev, 0)], final_alpha).astype(f64)
-            if pt == "epsilon":
-                st["eps_x"], st["eps_out"] = zeros, ones
-            elif pt == "sample":
-                st["eps_x"], st["eps_out"] = 1 / np.sqrt(1 - a), -np.sqrt(a) / np.sqrt(1 - a)
-            else:
-                st["eps_x"], st["eps_out"] = np.sqrt(1 - a), np.sqrt(a)
-            std = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
-            st["c_x0"] = np.sqrt(a_prev)
-            st["c_eps"] = np.sqrt(1 - a_prev - std**2)
-            st["c_noise"] = std
-        timesteps = ts.astype(np.float32)
-
+        timesteps = _ddpm_ddim_steps(st, sched, sampler, spacing, num_steps, acp, eta)
     elif sampler in SIGMA_SAMPLERS:
-        timesteps, sigmas = _sigma_plan(sched, sampler, n, spacing, karras, acp)
-        s, sn = sigmas[:-1].astype(f64), sigmas[1:].astype(f64)
+        timesteps, sigmas = _sigma_plan(sched, sampler, num_steps, spacing, karras, acp)
+        _euler_heun_steps(st, sched.prediction_type, sampler, timesteps, sigmas)
         max_sigma = sigmas.max()
         init_sigma = float(max_sigma if spacing in ("linspace", "trailing") else (max_sigma**2 + 1) ** 0.5)
-        st["in_scale"] = 1 / np.sqrt(s**2 + 1)
-        st["pred_x"], st["pred_out"] = _ve_pred_coefficients(pt, s)
-        target = sn
-        if sampler == "euler_a":
-            sigma_up = np.sqrt(sn**2 * (s**2 - sn**2) / s**2)
-            target = np.sqrt(sn**2 - sigma_up**2)
-            st["c_noise"] = sigma_up
-        st["c_x"], st["c_x0"] = 1 + (target - s) / s, -(target - s) / s
-        st["start_signal"], st["start_noise"] = ones, s
-        st["level_signal"], st["level_noise"] = ones, np.append(sn[:-1], 0.0)
-        if sampler == "heun":
-            st["t2"] = np.append(timesteps[1:], timesteps[-1])
-            st["in_scale2"] = 1 / np.sqrt(sn**2 + 1)
-            st["pred2_x"], st["pred2_out"] = _ve_pred_coefficients(pt, sn)
-            st["sigma"], st["sigma_next"] = s, sn
+    else:
+        timesteps, sigmas = _sigma_plan(sched, sampler, num_steps, spacing, karras, acp)
+        timesteps = timesteps.astype(np.int64)  # diffusers casts (truncates) DPM++ timesteps to int64
+        _dpmpp_2m_steps(st, sched, sigmas, start_step)
 
-    else:  # dpmpp_2m: DPM-Solver++ (2M) in the variance-preserving state x = alpha * x0 + sigma * eps
-        timesteps, sigmas = _sigma_plan(sched, sampler, n, spacing, karras, acp)
-        sig = sigmas.astype(f64)
-        alpha = 1 / np.sqrt(sig**2 + 1)
-        sigma_vp = sig * alpha
-        with np.errstate(divide="ignore"):
-            lam = np.log(alpha) - np.log(sigma_vp)  # +inf at a zero final sigma
-        a_s, s_s, a_t, s_t = alpha[:-1], sigma_vp[:-1], alpha[1:], sigma_vp[1:]
-        h = lam[1:] - lam[:-1]
-        st["pred_x"], st["pred_out"] = _pred_coefficients(pt, a_s, s_s)
-        c_d = -a_t * (np.exp(-h) - 1.0)
-        st["c_x"] = s_t / s_s
-        idx = np.arange(n)
-        final_low = sched.euler_at_final or (sched.lower_order_final and n < 15) or sched.final_sigmas_type == "zero"
-        first_order = (idx <= start_step) | ((idx == n - 1) & final_low)  # a run starts first-order
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r0 = np.append(np.nan, h[:-1]) / h  # h_0 / h, with h_0 = lambda_s0 - lambda_s1
-            if sched.solver_type == "midpoint":
-                c_d1 = 0.5 * c_d / r0
-            else:
-                c_d1 = a_t * ((np.exp(-h) - 1.0) / h + 1.0) / r0
-        c_d1 = np.where(first_order, 0.0, c_d1)
-        st["c_x0"], st["c_prev"] = c_d + c_d1, -c_d1
-        st["start_signal"], st["start_noise"] = a_s, s_s
-        st["level_signal"] = np.append(a_t[:-1], 1.0)
-        st["level_noise"] = np.append(s_t[:-1], 0.0)
-        timesteps = timesteps.astype(np.int64).astype(np.float32)  # diffusers casts (truncates) to int64
-
-    st["t"] = timesteps.astype(np.float32)
+    st["t"] = timesteps
     steps = {k: np.asarray(v, np.float32) for k, v in st.items()}
     for v in steps.values():
         v.flags.writeable = False
     stochastic = sampler in ("ddpm", "euler_a") or (sampler == "ddim" and eta != 0.0)
-    return Plan(sampler, n, steps["t"], sigmas, init_sigma, clip, stochastic, steps)
+    return Plan(sampler, num_steps, steps["t"], sigmas, init_sigma, clip, stochastic, steps)
+
+
+def _ddpm_ddim_steps(st, sched, sampler, spacing, n, acp, eta) -> np.ndarray:
+    """DDPM / DDIM in the variance-preserving state x = sqrt(a) * x0 + sqrt(1 - a) * eps; returns timesteps."""
+    ts = _spaced_timesteps(sched, spacing, n, as_float=False)
+    a = acp[ts].astype(np.float64)
+    a_next = np.append(acp[ts[1:]], np.float32(1.0)).astype(np.float64)  # also what the inpainting blend uses
+    st["pred_x"], st["pred_out"] = _pred_coefficients(sched.prediction_type, np.sqrt(a), np.sqrt(1 - a))
+    st["start_signal"], st["start_noise"] = np.sqrt(a), np.sqrt(1 - a)
+    st["level_signal"], st["level_noise"] = np.sqrt(a_next), np.sqrt(1 - a_next)
+    if sampler == "ddpm":
+        a_prev = a_next
+        cur_alpha = a / a_prev
+        cur_beta = 1 - cur_alpha
+        st["c_x0"] = np.sqrt(a_prev) * cur_beta / (1 - a)
+        st["c_x"] = np.sqrt(cur_alpha) * (1 - a_prev) / (1 - a)
+        if sched.variance_type == "fixed_small":
+            var = np.maximum((1 - a_prev) / (1 - a) * cur_beta, 1e-20)
+        else:
+            var = cur_beta
+        st["c_noise"] = np.where(ts > 0, np.sqrt(var), 0.0)
+        return ts
+    prev = ts - sched.num_train_timesteps // n  # diffusers' DDIM steps back by T // N whatever the spacing
+    final_alpha = np.float32(1.0) if sched.set_alpha_to_one else acp[0]
+    a_prev = np.where(prev >= 0, acp[np.maximum(prev, 0)], final_alpha).astype(np.float64)
+    if sched.prediction_type == "epsilon":
+        st["eps_x"], st["eps_out"] = np.zeros(n), np.ones(n)
+    elif sched.prediction_type == "sample":
+        st["eps_x"], st["eps_out"] = 1 / np.sqrt(1 - a), -np.sqrt(a) / np.sqrt(1 - a)
+    else:
+        st["eps_x"], st["eps_out"] = np.sqrt(1 - a), np.sqrt(a)
+    std = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+    st["c_x0"] = np.sqrt(a_prev)
+    st["c_eps"] = np.sqrt(1 - a_prev - std**2)
+    st["c_noise"] = std
+    return ts
+
+
+def _euler_heun_steps(st, prediction_type, sampler, timesteps, sigmas) -> None:
+    """Euler / Euler ancestral / Heun in the variance-exploding state x = x0 + sigma * eps."""
+    s, sn = sigmas[:-1].astype(np.float64), sigmas[1:].astype(np.float64)
+    st["in_scale"] = 1 / np.sqrt(s**2 + 1)
+    st["pred_x"], st["pred_out"] = _ve_pred_coefficients(prediction_type, s)
+    target = sn
+    if sampler == "euler_a":
+        sigma_up = np.sqrt(sn**2 * (s**2 - sn**2) / s**2)
+        target = np.sqrt(sn**2 - sigma_up**2)
+        st["c_noise"] = sigma_up
+    st["c_x"], st["c_x0"] = 1 + (target - s) / s, -(target - s) / s  # x + (x - x0) / s * (target - s)
+    st["start_signal"], st["start_noise"] = np.ones_like(s), s
+    st["level_signal"], st["level_noise"] = np.ones_like(s), np.append(sn[:-1], 0.0)
+    if sampler == "heun":
+        st["t2"] = np.append(timesteps[1:], timesteps[-1])
+        st["in_scale2"] = 1 / np.sqrt(sn**2 + 1)
+        st["pred2_x"], st["pred2_out"] = _ve_pred_coefficients(prediction_type, sn)
+        st["sigma"], st["sigma_next"] = s, sn
+
+
+def _dpmpp_2m_steps(st, sched, sigmas, start_step) -> None:
+    """DPM-Solver++ (2M) in the variance-preserving state x = alpha * x0 + sigma * eps."""
+    n = len(sigmas) - 1
+    sig = sigmas.astype(np.float64)
+    alpha = 1 / np.sqrt(sig**2 + 1)
+    sigma_vp = sig * alpha
+    with np.errstate(divide="ignore"):
+        lam = np.log(alpha) - np.log(sigma_vp)  # +inf at a zero final sigma
+    a_s, s_s, a_t, s_t = alpha[:-1], sigma_vp[:-1], alpha[1:], sigma_vp[1:]
+    h = lam[1:] - lam[:-1]
+    st["pred_x"], st["pred_out"] = _pred_coefficients(sched.prediction_type, a_s, s_s)
+    c_d = -a_t * (np.exp(-h) - 1.0)  # first order: x' = (s_t / s_s) x + c_d x0
+    idx = np.arange(n)
+    final_low = sched.euler_at_final or (sched.lower_order_final and n < 15) or sched.final_sigmas_type == "zero"
+    first_order = (idx <= start_step) | ((idx == n - 1) & final_low)  # a run starts first-order
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r0 = np.append(np.nan, h[:-1]) / h  # h_0 / h, with h_0 = lambda_s0 - lambda_s1
+        if sched.solver_type == "midpoint":
+            c_d1 = 0.5 * c_d / r0
+        else:
+            c_d1 = a_t * ((np.exp(-h) - 1.0) / h + 1.0) / r0
+    c_d1 = np.where(first_order, 0.0, c_d1)  # second order adds c_d1 * (x0 - x0_prev)
+    st["c_x"], st["c_x0"], st["c_prev"] = s_t / s_s, c_d + c_d1, -c_d1
+    st["start_signal"], st["start_noise"] = a_s, s_s
+    st["level_signal"] = np.append(a_t[:-1], 1.0)
+    st["level_noise"] = np.append(s_t[:-1], 0.0)
 
 
 def strength_to_start_step(num_steps: int, strength: float) -> int:
@@ -298,5 +306,7 @@ def strength_to_start_step(num_steps: int, strength: float) -> int:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     init_timestep = min(int(num_steps * strength), num_steps)
     if init_timestep < 1:
-        raise ValueError(f"strength={strength} with num_steps={num_steps} runs no step; use strength >= {1 / num_steps}")
+        raise ValueError(
+            f"strength={strength} with num_steps={num_steps} runs no step; use strength >= {1 / num_steps}"
+        )
     return num_steps - init_timestep

@@ -122,7 +122,7 @@ def sample(
         x = noise_latents(
             sched, init_latents, noise, sampler=sampler, num_steps=num_steps, start_step=start_step,
             use_karras_sigmas=use_karras_sigmas,
-        )  # fmt: skip
+        )
     blend = blend_fn if blend_fn is not None else (lambda x, level: x)
 
     def predict_x0(x, t, in_scale, pred_x, pred_out):

@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as torch_rescale
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+    rescale_noise_cfg as torch_rescale,
+)
 
 from canvas_jax.diffusion import cfg, cfg_from_batch, rescale_noise_cfg
 
@@ -41,8 +43,9 @@ def test_per_sample_scales_and_batched_halves():
     out = cfg(jnp.asarray(UNCOND), jnp.asarray(COND), scales)
     for i, s in enumerate([1.0, 3.0, 7.5]):
         np.testing.assert_allclose(out[i], UNCOND[i] + s * (COND[i] - UNCOND[i]), rtol=1e-6, atol=1e-6)
-    batched = jnp.concatenate([jnp.asarray(UNCOND), jnp.asarray(COND)])
-    np.testing.assert_array_equal(cfg_from_batch(batched, 4.0, 0.5), cfg(jnp.asarray(UNCOND), jnp.asarray(COND), 4.0, 0.5))
+    uncond, cond = jnp.asarray(UNCOND), jnp.asarray(COND)
+    batched = jnp.concatenate([uncond, cond])
+    np.testing.assert_array_equal(cfg_from_batch(batched, 4.0, 0.5), cfg(uncond, cond, 4.0, 0.5))
 
 
 def test_bf16_outputs_keep_their_dtype():

@@ -59,8 +59,7 @@ CASES = (
         _case("euler", SDXL, karras=True, id="karras"),
         _case("heun", SD, karras=True, id="karras"),
         _case("dpmpp_2m", SDXL, karras=True, id="karras"),
-        _case("euler", SD | {"timestep_spacing": "trailing"}, karras=True, start_step=2, img2img=True,
-              id="karras-img2img"),  # fmt: skip
+        _case("euler", SD | {"timestep_spacing": "trailing"}, karras=True, start_step=2, img2img=True, id="k-img2img"),
         _case("dpmpp_2m", SD, 20, karras=True, start_step=5, img2img=True, inpaint=True, id="karras-inpaint-20"),
         _case("heun", SD, start_step=4, img2img=True, inpaint=True, id="img2img-inpaint"),
         _case("dpmpp_2m", SD | {"solver_type": "heun"}, 16, id="solver-heun-16"),
@@ -99,7 +98,7 @@ def test_final_sample_matches_diffusers(sampler, config, steps, kw, diffusers_re
         functools.partial(
             sample, functools.partial(diffusers_ref.toy_model, jnp), sched=sched, sampler=sampler,
             num_steps=steps, eta=eta, use_karras_sigmas=karras, start_step=start, blend_fn=blend_fn,
-        )  # fmt: skip
+        )
     )
     ours = run(jnp.asarray(NOISE), rng=RNG, init_latents=None if init is None else jnp.asarray(init))
 
@@ -215,3 +214,14 @@ def test_bad_arguments_are_clear_errors(kwargs, match):
     kwargs = {"num_steps": 4} | kwargs
     with pytest.raises(ValueError, match=match):
         sample(_simple_model, jnp.asarray(NOISE), Schedule.from_config(SD15), **kwargs)
+
+
+def test_config_karras_flag_applies_only_where_diffusers_reads_it():
+    with_flag, without = Schedule.from_config(SD15 | {"use_karras_sigmas": True}), Schedule.from_config(SD15)
+    assert not np.array_equal(make_plan(with_flag, "euler", 10).sigmas, make_plan(without, "euler", 10).sigmas)
+    # EulerAncestralDiscreteScheduler and DDIM have no Karras option: the config flag is ignored...
+    np.testing.assert_array_equal(make_plan(with_flag, "euler_a", 10).sigmas, make_plan(without, "euler_a", 10).sigmas)
+    np.testing.assert_array_equal(make_plan(with_flag, "ddim", 10).timesteps, make_plan(without, "ddim", 10).timesteps)
+    # ...while the explicit argument works for every sigma-based sampler
+    karras_a = make_plan(without, "euler_a", 10, use_karras_sigmas=True)
+    np.testing.assert_allclose(karras_a.sigmas, make_plan(with_flag, "euler", 10).sigmas)

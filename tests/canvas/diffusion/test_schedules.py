@@ -33,7 +33,11 @@ SCHEDULE_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("config", SCHEDULE_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def _config_id(config: dict) -> str:
+    return "-".join(f"{k}={v}" for k, v in config.items()) or "default"
+
+
+@pytest.mark.parametrize("config", SCHEDULE_CONFIGS, ids=_config_id)
 def test_betas_and_alphas_cumprod_match_diffusers(config):
     ours = Schedule.from_config(config)
     ref = DDPMScheduler.from_config(config)
