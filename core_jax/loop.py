@@ -96,6 +96,9 @@ class Trainer:
 
     def __init__(self, task: Task, cfg: Any, *, hooks: Sequence[Hook] = (), mesh=None):
         self.task, self.cfg, self.hooks = task, cfg, list(hooks)
+        # what the optimizer trains: the task's nnx filter (e.g. LoRA weights only), by default every
+        # nnx.Param; everything else in the model is carried, sharded and checkpointed but frozen
+        self.trainable = getattr(task, "trainable", nnx.Param)
         self.tc: TrainConfig = cfg.train
         self.oc: OptimConfig = cfg.optim
         self.mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
@@ -124,12 +127,12 @@ class Trainer:
     # ----------------------------------------------------------------- state
     def _init_model_state(self, rng):
         model = self.task.create_model(nnx.Rngs(rng))
-        _, params, rest = nnx.split(model, nnx.Param, ...)
+        _, params, rest = nnx.split(model, self.trainable, ...)
         return params, rest
 
     def _build_state_shardings(self):
         abstract_model = nnx.eval_shape(lambda: self.task.create_model(nnx.Rngs(0)))
-        self.graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
+        self.graphdef, abs_params, abs_rest = nnx.split(abstract_model, self.trainable, ...)
         param_specs = mesh_lib.state_specs(abs_params, self.mesh, self.rules)
         rest_specs = mesh_lib.state_specs(abs_rest, self.mesh, self.rules)
         abs_opt = jax.eval_shape(self.tx.init, abs_params)
@@ -168,7 +171,7 @@ class Trainer:
         def loss_fn(params, rest, micro, r):
             model = nnx.merge(graphdef, _cast_floats(params, self.compute_dtype), rest)
             loss, metrics = self.task.loss(model, _cast_floats(micro, self.compute_dtype), r)
-            new_rest = nnx.state(model, nnx.Not(nnx.Param))
+            new_rest = nnx.state(model, nnx.Not(self.trainable))
             return loss.astype(jnp.float32), (metrics, new_rest)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -28,6 +28,10 @@ class Task(Protocol):
 
     ``loss`` and ``eval_step`` are traced under ``jit``: pure functions of their arguments. ``loss``
     may update non-parameter state of the model (e.g. batch statistics): the loop keeps it.
+
+    Optional attribute ``trainable``: an nnx filter choosing what the optimizer updates (default
+    ``nnx.Param``); the rest of the model (a frozen text encoder, the base weights under LoRA) is kept
+    unchanged, sharded and checkpointed.
     """
 
     def create_model(self, rngs: nnx.Rngs) -> nnx.Module: ...

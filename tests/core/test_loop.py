@@ -143,3 +143,28 @@ def test_eval_with_count_is_an_exact_weighted_mean(tmp_path):
     y = np.stack([e["y"] for e in _examples()]).reshape(4, 16)[:, :3].reshape(-1)
     expected = float(np.mean((np.asarray(model(x))[:, 0] - y) ** 2))
     np.testing.assert_allclose(trainer.evaluate(state)["mse"], expected, rtol=1e-5)
+
+
+def test_trainable_filter_freezes_the_rest(tmp_path):
+    class Two(nnx.Module):
+        def __init__(self, rngs):
+            self.frozen = nnx.Linear(DIM, DIM, rngs=rngs)
+            self.head = nnx.Linear(DIM, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.frozen(x))
+
+    class HeadOnly(LinearTask):
+        trainable = nnx.All(nnx.Param, nnx.PathContains("head"))
+
+        def create_model(self, rngs):
+            return Two(rngs)
+
+    trainer = Trainer(HeadOnly(_examples()), _cfg(tmp_path, "train.steps=3", "optim.name=adam"))
+    init = jax.device_get(trainer.init_state())
+    state, _ = trainer.fit()
+    assert set(state["params"].keys()) == {"head"}
+    np.testing.assert_array_equal(state["rest"]["frozen"]["kernel"][...], init["rest"]["frozen"]["kernel"][...])
+    assert not np.allclose(state["params"]["head"]["kernel"][...], init["params"]["head"]["kernel"][...])
+    # the optimizer state covers only the trainable part
+    assert all(x.shape in {(DIM, 1), (1,), ()} for x in jax.tree.leaves(state["opt"]))
