@@ -1,0 +1,388 @@
+"""The Python API: ``Pipeline.from_pretrained(path)(prompt)`` for text-to-image, img2img, inpainting, outpainting.
+
+    pipe = canvas_jax.Pipeline.from_pretrained("sd15/")     # a diffusers folder or our converted folder
+    out = pipe("a cozy reading nook", num_steps=25, guidance_scale=7.5, sampler="dpmpp_2m", seed=0)
+    out.images                                               # PIL images ("np": NHWC float32 in [0, 1])
+
+Text encoding, the whole sampling loop and the VAE decode run as ONE jitted program (:func:`_generate`),
+compiled once per (model structure, shapes, sampler, steps, task) and cached across calls and pipelines.
+The conditioning follows diffusers' pipelines: SD 1.x / 2.x condition on the text encoder's last hidden
+state (SD 2's encoder is already truncated); SDXL on both encoders' penultimate states concatenated, with
+the second encoder's projected pooled output and ``time_ids = (H, W, 0, 0, H, W)`` as added conditions, and
+all-zero negative conditioning when no negative prompt is given (``force_zeros_for_empty_prompt``).
+Image latents are the posterior mode of the VAE (diffusers samples it; the spread is tiny for trained VAEs).
+With several devices the batch is sharded over the mesh's ``data`` axis (padded to a multiple of it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from canvas_jax import images as imgs
+from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
+from canvas_jax.pipeline_io import Components, load_components
+from core_jax.mesh import MeshConfig, batch_spec, make_mesh
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+FILLS = ("edge", "noise")
+
+
+@dataclasses.dataclass
+class PipelineOutput:
+    """``images``: a list of PIL images, an NHWC float32 array in [0, 1] (``output_type="np"``), or the final
+    NCHW latents (``output_type="latent"``, scaled like diffusers' latents)."""
+
+    images: Any
+
+
+class _Graphs:
+    """The models' GraphDefs as a static jit argument: equal (and hashing alike) when the model configs are."""
+
+    def __init__(self, graphdefs: dict[str, Any], key: str):
+        self.graphdefs, self.key = graphdefs, key
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Graphs) and other.key == self.key
+
+
+class _Static(NamedTuple):
+    """Everything that shapes the compiled program besides array shapes."""
+
+    graphs: _Graphs
+    sched: Schedule
+    sampler: str
+    num_steps: int
+    start_step: int
+    eta: float
+    use_karras_sigmas: bool | None
+    guided: bool
+    guidance_rescale: float
+    task: str  # "txt2img" | "img2img" | "inpaint"
+    from_image: bool  # start from the noised image latents (img2img, inpainting with strength < 1)
+    keep_unmasked: bool
+    zero_negative: bool
+    sdxl: bool
+    decode: bool
+
+
+def _encode_text(st: _Static, m: dict, ids, ids2, guided: bool):
+    """(context [B', T, D], pooled [B', P] or None); B' = 2B as [uncond; cond] when guided."""
+    if not st.sdxl:
+        ctx = m["text_encoder"](ids).last_hidden_state
+        pooled = None
+    else:
+        o1, o2 = m["text_encoder"](ids), m["text_encoder_2"](ids2)
+        ctx = jnp.concatenate([o1.hidden_states[-2], o2.hidden_states[-2]], axis=-1)
+        pooled = o2.text_embeds
+    if guided and st.zero_negative:  # the ids held only the prompts: prepend zero negatives
+        ctx = jnp.concatenate([jnp.zeros_like(ctx), ctx])
+        pooled = None if pooled is None else jnp.concatenate([jnp.zeros_like(pooled), pooled])
+    return ctx, pooled
+
+
+def _generate_impl(st: _Static, states: dict, inputs: dict) -> jax.Array:
+    m = {name: nnx.merge(st.graphs.graphdefs[name], state) for name, state in states.items()}
+    unet, vae = m["unet"], m["vae"]
+    sf, shift = vae.scaling_factor, vae.shift_factor
+    noise = inputs["noise"]
+    ctx, pooled = _encode_text(st, m, inputs["ids"], inputs.get("ids2"), st.guided)
+    added = None
+    if st.sdxl:
+        time_ids = inputs["time_ids"]
+        added = {"text_embeds": pooled, "time_ids": jnp.concatenate([time_ids] * 2) if st.guided else time_ids}
+
+    init_latents = blend = extra = None
+    if st.task != "txt2img":
+        image = inputs["image"] * 2.0 - 1.0
+        image_latents = (vae.encode(image).mode() - shift) * sf
+        init_latents = image_latents if st.from_image else None
+    if st.task == "inpaint":
+        mask = (inputs["mask"] >= 0.5).astype(jnp.float32)
+        f = image.shape[1] // noise.shape[1]
+        mask_latents = mask[:, ::f, ::f, :]
+        if unet.config["in_channels"] == 2 * noise.shape[-1] + 1:  # an inpainting UNet
+            masked = (vae.encode(image * (mask < 0.5)).mode() - shift) * sf
+            extra = jnp.concatenate([mask_latents, masked], axis=-1)
+            extra = jnp.concatenate([extra] * 2) if st.guided else extra
+        else:
+            blend = inpaint_blend(image_latents, mask_latents, noise)
+
+    def model_fn(x, t):
+        x_in = jnp.concatenate([x] * 2) if st.guided else x
+        if extra is not None:
+            x_in = jnp.concatenate([x_in, extra.astype(x_in.dtype)], axis=-1)
+        out = unet(x_in, t, ctx, added)
+        return cfg_from_batch(out, inputs["guidance_scale"], st.guidance_rescale) if st.guided else out
+
+    latents = sample(model_fn, noise, st.sched, sampler=st.sampler, num_steps=st.num_steps, rng=inputs["rng"],
+                     eta=st.eta, use_karras_sigmas=st.use_karras_sigmas, start_step=st.start_step,
+                     init_latents=init_latents, blend_fn=blend)
+    if not st.decode:
+        return latents.transpose(0, 3, 1, 2)
+    out = vae.decode(latents.astype(jnp.float32) / sf + shift).astype(jnp.float32)
+    out = jnp.clip(out / 2.0 + 0.5, 0.0, 1.0)
+    if st.task == "inpaint" and st.keep_unmasked:
+        out = mask * out + (1.0 - mask) * inputs["image"]
+    return out
+
+
+_generate = jax.jit(_generate_impl, static_argnums=0)
+
+
+def _as_list(value, what: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise TypeError(f"{what}: expected a string or a non-empty list of strings, got {value!r}")
+
+
+class Pipeline:
+    """Latent diffusion sampling with a UNet, a KL VAE and one (SD) or two (SDXL) CLIP text encoders.
+
+    Build with :meth:`from_pretrained`, or directly from loaded :class:`~canvas_jax.pipeline_io.Components`.
+    ``mesh``: where to run; default: every device on a ``data`` axis when there are several, else none.
+    """
+
+    def __init__(self, components: Components, *, mesh: jax.sharding.Mesh | None = None):
+        self.components = components
+        self.unet, self.vae = components.unet, components.vae
+        self.tokenizer, self.tokenizer_2 = components.tokenizer, components.tokenizer_2
+        self.sdxl = self.unet.config.get("addition_embed_type") == "text_time"
+        self.inpainting_unet = self.unet.config["in_channels"] == 2 * self.unet.config["out_channels"] + 1
+        if self.sdxl and components.text_encoder_2 is None:
+            raise ValueError("an SDXL UNet (addition_embed_type='text_time') needs text_encoder_2 and tokenizer_2")
+        self.schedule = Schedule.from_config(components.scheduler_config)
+        self.force_zeros_for_empty_prompt = bool(components.model_index.get("force_zeros_for_empty_prompt", True))
+        if mesh is None and jax.device_count() > 1:
+            mesh = make_mesh(MeshConfig(data=-1))
+        self.mesh = mesh
+        graphdefs, states, keys = {}, {}, {}
+        for name, model in components.models().items():
+            graphdefs[name], states[name] = nnx.split(model)
+            config = model.config.to_dict() if hasattr(model.config, "to_dict") else model.config
+            config = {k: v for k, v in config.items() if not k.startswith("_")}  # not meta keys: same network
+            keys[name] = [type(model).__name__, config, str(getattr(model, "dtype", None))]
+        self._graphs = _Graphs(graphdefs, json.dumps(keys, sort_keys=True, default=str))
+        if mesh is not None:
+            states = jax.device_put(states, NamedSharding(mesh, P()))
+        self._states = states
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                        mesh: jax.sharding.Mesh | None = None) -> Pipeline:
+        """Load a diffusers-format folder (``model_index.json``) or one converted to our format."""
+        return cls(load_components(path, dtype=dtype, param_dtype=param_dtype), mesh=mesh)
+
+    # ---- sizes -------------------------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.vae.downsample_factor
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the UNet's total downsampling."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config["block_out_channels"]) - 1)
+
+    @property
+    def default_size(self) -> int:
+        size = self.unet.config.get("sample_size") or 64
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        return int(size) * self.vae_scale_factor
+
+    def check_size(self, height: int, width: int) -> None:
+        k = self.size_multiple
+        for name, v in (("height", height), ("width", width)):
+            if not isinstance(v, (int, np.integer)) or v <= 0 or v % k:
+                raise ValueError(f"{name}={v!r} is not supported: image sides must be positive multiples of {k} "
+                                 f"(VAE factor {self.vae_scale_factor} x UNet downsampling "
+                                 f"{k // self.vae_scale_factor})")
+
+    # ---- public API --------------------------------------------------------------------------------------
+    def __call__(self, prompt, negative_prompt=None, height: int | None = None, width: int | None = None,
+                 num_steps: int = 25, guidance_scale: float = 7.5, guidance_rescale: float = 0.0,
+                 sampler: str = "dpmpp_2m", seed: int = 0, latents=None, output_type: str = "pil",
+                 eta: float = 0.0, use_karras_sigmas: bool | None = None,
+                 num_images_per_prompt: int = 1) -> PipelineOutput:
+        """Text to image. ``latents``: NCHW starting noise (unit variance, like diffusers' ``latents``)."""
+        return self._run("txt2img", prompt, negative_prompt, height, width, num_steps, guidance_scale,
+                         guidance_rescale, sampler, seed, latents, output_type, eta, use_karras_sigmas,
+                         num_images_per_prompt)
+
+    def img2img(self, image, prompt, strength: float = 0.6, negative_prompt=None, *, height: int | None = None,
+                width: int | None = None, num_steps: int = 25, guidance_scale: float = 7.5,
+                guidance_rescale: float = 0.0, sampler: str = "dpmpp_2m", seed: int = 0, latents=None,
+                output_type: str = "pil", eta: float = 0.0, use_karras_sigmas: bool | None = None,
+                num_images_per_prompt: int = 1) -> PipelineOutput:
+        """Re-draw ``image`` (PIL / numpy, one or one per prompt) from noise level ``strength`` in (0, 1]."""
+        return self._run("img2img", prompt, negative_prompt, height, width, num_steps, guidance_scale,
+                         guidance_rescale, sampler, seed, latents, output_type, eta, use_karras_sigmas,
+                         num_images_per_prompt, image=image, strength=strength)
+
+    def inpaint(self, image, mask, prompt, negative_prompt=None, *, strength: float = 1.0,
+                height: int | None = None, width: int | None = None, num_steps: int = 25,
+                guidance_scale: float = 7.5, guidance_rescale: float = 0.0, sampler: str = "dpmpp_2m",
+                seed: int = 0, latents=None, output_type: str = "pil", eta: float = 0.0,
+                use_karras_sigmas: bool | None = None, num_images_per_prompt: int = 1,
+                keep_unmasked: bool = True) -> PipelineOutput:
+        """Repaint where ``mask`` is white (>= 0.5). A 9-channel inpainting UNet is conditioned on the mask and
+        the masked image's latents; any other UNet keeps the unmasked latents by blending after every step.
+        ``keep_unmasked`` pastes the original pixels back outside the mask."""
+        return self._run("inpaint", prompt, negative_prompt, height, width, num_steps, guidance_scale,
+                         guidance_rescale, sampler, seed, latents, output_type, eta, use_karras_sigmas,
+                         num_images_per_prompt, image=image, mask=mask, strength=strength,
+                         keep_unmasked=keep_unmasked)
+
+    def outpaint(self, image, prompt, left: int = 0, top: int = 0, right: int = 64, bottom: int = 0, *,
+                 fill: str = "edge", **kwargs) -> PipelineOutput:
+        """Extend the canvas by the given margins (pixels), fill the new border (``"edge"``: replicate the edge
+        pixels, ``"noise"``: uniform noise), then inpaint the border; other arguments as :meth:`inpaint`."""
+        margins = {"left": left, "top": top, "right": right, "bottom": bottom}
+        bad = {k: v for k, v in margins.items() if not isinstance(v, (int, np.integer)) or v < 0}
+        if bad:
+            raise ValueError(f"outpaint margins must be non-negative ints, got {bad}")
+        if not any(margins.values()):
+            raise ValueError("outpaint: all margins are 0; give left/top/right/bottom > 0 pixels to extend")
+        if fill not in FILLS:
+            raise ValueError(f"outpaint fill={fill!r}: expected one of {list(FILLS)}")
+        x = imgs.to_array(image)
+        n, h, w, _ = x.shape
+        self.check_size(h + top + bottom, w + left + right)
+        pad = ((0, 0), (top, bottom), (left, right), (0, 0))
+        canvas = np.pad(x, pad, mode="edge")
+        mask = np.pad(np.zeros((n, h, w, 1), np.float32), pad, constant_values=1.0)
+        if fill == "noise":
+            rand = np.random.default_rng(kwargs.get("seed", 0)).uniform(0, 1, canvas.shape).astype(np.float32)
+            canvas = np.where(mask > 0.5, rand, canvas)
+        for key in ("height", "width"):
+            if kwargs.get(key) is not None:
+                raise ValueError(f"outpaint: {key} is set by the image size and the margins; do not pass it")
+        return self.inpaint(canvas, mask, prompt, **kwargs)
+
+    # ---- internals ---------------------------------------------------------------------------------------
+    def _tokenize(self, tokenizer, texts: list[str]) -> np.ndarray:
+        return tokenizer(texts)["input_ids"].astype(np.int32)
+
+    def _run(self, task, prompt, negative_prompt, height, width, num_steps, guidance_scale, guidance_rescale,
+             sampler, seed, latents, output_type, eta, use_karras_sigmas, num_images_per_prompt, *,
+             image=None, mask=None, strength=1.0, keep_unmasked=True) -> PipelineOutput:
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}: expected one of {list(OUTPUT_TYPES)}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
+        prompts = [p for p in _as_list(prompt, "prompt") for _ in range(num_images_per_prompt)]
+        batch = len(prompts)
+        negatives = None
+        if negative_prompt is not None:
+            negatives = _as_list(negative_prompt, "negative_prompt")
+            if len(negatives) == 1:
+                negatives = negatives * (batch // num_images_per_prompt)
+            if len(negatives) * num_images_per_prompt != batch:
+                raise ValueError(f"negative_prompt: got {len(negatives)} for {batch // num_images_per_prompt} "
+                                 "prompts; expected one, or one per prompt")
+            negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
+
+        inputs: dict[str, Any] = {}
+        if self.inpainting_unet and task != "inpaint":  # condition on "repaint everything"
+            if task == "txt2img":
+                height = self.default_size if height is None else height
+                width = self.default_size if width is None else width
+                image = np.full((1, height, width, 3), 0.5, np.float32)
+            else:
+                strength = float(strength)
+            mask = np.ones((1, 1, 1, 1), np.float32)
+            task = "inpaint"
+        if task != "txt2img":
+            pixels = imgs.to_array(image, "image")
+            height = pixels.shape[1] if height is None else height
+            width = pixels.shape[2] if width is None else width
+            self.check_size(height, width)
+            pixels = self._per_row(imgs.resize(pixels, height, width), batch, "image")
+            inputs["image"] = pixels
+            if task == "inpaint":
+                m = imgs.mask_to_array(mask, "mask")
+                if m.shape[1:3] == (1, 1):
+                    m = np.broadcast_to(m, (m.shape[0], height, width, 1))
+                m = self._per_row(imgs.resize(m, height, width, imgs.Image.NEAREST), batch, "mask")
+                inputs["mask"] = m
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        self.check_size(height, width)
+
+        guided = bool(guidance_scale > 1.0)
+        zero_negative = guided and negative_prompt is None and self.sdxl and self.force_zeros_for_empty_prompt
+        texts = prompts if (not guided or zero_negative) else (negatives or [""] * batch) + prompts
+        inputs["ids"] = self._tokenize(self.tokenizer, texts)
+        if self.sdxl:
+            inputs["ids2"] = self._tokenize(self.tokenizer_2, texts)
+            inputs["time_ids"] = np.tile(np.array([height, width, 0, 0, height, width], np.float32), (batch, 1))
+        inputs["noise"] = self._noise(latents, batch, height, width, seed)
+        inputs["rng"] = jax.random.fold_in(jax.random.key(seed), 1)
+        inputs["guidance_scale"] = np.float32(guidance_scale)
+
+        start_step = 0
+        if task == "img2img" or (task == "inpaint" and strength < 1.0):
+            start_step = strength_to_start_step(num_steps, strength)
+        elif task == "inpaint" and strength != 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        st = _Static(self._graphs, self.schedule, sampler, num_steps, start_step, float(eta), use_karras_sigmas,
+                     guided, float(guidance_rescale), task, task == "img2img" or strength < 1.0, bool(keep_unmasked),
+                     zero_negative, self.sdxl, output_type != "latent")
+        out = np.asarray(self._call(st, inputs, batch))
+        return PipelineOutput(images=imgs.to_pil(out) if output_type == "pil" else out)
+
+    def _per_row(self, x: np.ndarray, batch: int, what: str) -> np.ndarray:
+        if x.shape[0] == batch:
+            return x
+        if x.shape[0] == 1:
+            return np.repeat(x, batch, axis=0)
+        raise ValueError(f"{what}: got {x.shape[0]} images for a batch of {batch}; expected 1 or {batch}")
+
+    def _noise(self, latents, batch: int, height: int, width: int, seed: int) -> np.ndarray:
+        channels = self.unet.config["out_channels"]
+        shape = (batch, height // self.vae_scale_factor, width // self.vae_scale_factor, channels)
+        if latents is None:
+            return np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(seed), 0), shape, jnp.float32))
+        latents = np.asarray(latents, np.float32)
+        want = (batch, channels, shape[1], shape[2])
+        if latents.shape != want:
+            raise ValueError(f"latents: expected NCHW shape {want} for {batch} images of {height}x{width}, "
+                             f"got {latents.shape}")
+        return latents.transpose(0, 2, 3, 1)
+
+    def _call(self, st: _Static, inputs: dict, batch: int) -> jax.Array:
+        """Run the compiled program; with a mesh the batch rows are padded to a multiple of its size and
+        sharded (``ids`` of a guided batch are [uncond; cond], so each half is padded on its own)."""
+        if self.mesh is None:
+            return _generate(st, self._states, inputs)
+        n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        pad = (-batch) % n
+
+        def pad_rows(x, halves=1):
+            parts = np.split(np.asarray(x), halves)
+            parts = [np.concatenate([p, np.repeat(p[-1:], pad, axis=0)]) for p in parts]
+            return np.concatenate(parts)
+
+        sharded = {}
+        for key, value in inputs.items():
+            if key == "rng" or key == "guidance_scale":
+                sharded[key] = jax.device_put(value, NamedSharding(self.mesh, P()))
+                continue
+            halves = 2 if key in ("ids", "ids2") and value.shape[0] == 2 * batch else 1
+            value = pad_rows(value, halves) if pad else np.asarray(value)
+            spec = batch_spec(value.ndim) if halves == 1 else P()
+            sharded[key] = jax.device_put(value, NamedSharding(self.mesh, spec))
+        return _generate(st, self._states, sharded)[:batch]

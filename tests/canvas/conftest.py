@@ -1,0 +1,108 @@
+"""Session fixtures for the canvas pipeline / CLI / conversion tests: tiny random diffusers pipelines saved with
+``save_pretrained`` (built once per test session; weights perturbed away from their zero initialisations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_SIZE = 32  # image side; latents are 16 x 16 with the 2-level tiny VAE
+TINY_UNET = dict(sample_size=TINY_SIZE // 2, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                 cross_attention_dim=32, attention_head_dim=4,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+TINY_VAE = dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                sample_size=TINY_SIZE, scaling_factor=0.18215)
+TINY_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False,
+                      skip_prk_steps=True, steps_offset=1, clip_sample=False)
+_WORDS = "a photo of the cat dog an astronaut riding horse on mars hello world cozy reading nook red blue"
+
+
+def _byte_alphabet() -> list[str]:
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def write_clip_tokenizer(folder: Path, words: str = _WORDS, pad_token: str = "<|endoftext|>") -> Path:
+    """A tiny CLIP tokenizer folder (vocab.json, merges.txt, configs) that transformers' CLIPTokenizer reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet, merges = _byte_alphabet(), []
+    for word in words.split():
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        while len(symbols) > 1:
+            if (symbols[0], symbols[1]) not in merges:
+                merges.append((symbols[0], symbols[1]))
+            symbols = [symbols[0] + symbols[1], *symbols[2:]]
+    tokens = [*alphabet, *(a + "</w>" for a in alphabet), *(a + b for a, b in merges)]
+    tokens = [*dict.fromkeys(tokens), "<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {**specials, "pad_token": pad_token, "model_max_length": 77, "do_lower_case": True, "errors": "replace",
+         "tokenizer_class": "CLIPTokenizer"}))
+    (folder / "special_tokens_map.json").write_text(json.dumps({**specials, "pad_token": pad_token}))
+    return folder
+
+
+def _perturb(module, torch, scale=0.05, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return module.eval()
+
+
+def build_tiny_sd(folder: Path, *, in_channels: int = 4, seed: int = 0) -> Path:
+    """Save a tiny random ``StableDiffusionPipeline`` (or an inpainting one with ``in_channels=9``)."""
+    import diffusers
+    import torch
+    import transformers
+
+    tok_dir = write_clip_tokenizer(folder.parent / f"{folder.name}_tok")
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    unet = diffusers.UNet2DConditionModel(**TINY_UNET, in_channels=in_channels)
+    vae = diffusers.AutoencoderKL(**TINY_VAE)
+    for i, module in enumerate((text_encoder, unet, vae)):
+        _perturb(module, torch, seed=seed + i)
+    cls = diffusers.StableDiffusionInpaintPipeline if in_channels == 9 else diffusers.StableDiffusionPipeline
+    pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+               scheduler=diffusers.PNDMScheduler.from_config(TINY_SCHEDULER), safety_checker=None, feature_extractor=None,
+               requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny random SD pipeline folder in diffusers' format."""
+    pytest.importorskip("diffusers")
+    return build_tiny_sd(tmp_path_factory.mktemp("pipelines") / "tiny_sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_inpaint(tmp_path_factory) -> Path:
+    """A tiny random SD inpainting pipeline folder (9-channel UNet) in diffusers' format."""
+    pytest.importorskip("diffusers")
+    return build_tiny_sd(tmp_path_factory.mktemp("pipelines") / "tiny_sd_inpaint", in_channels=9, seed=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_latents() -> np.ndarray:
+    """Seed-independent NCHW starting latents for parity runs (batch 2: two prompts)."""
+    return np.random.default_rng(123).standard_normal((2, 4, TINY_SIZE // 2, TINY_SIZE // 2)).astype(np.float32)
