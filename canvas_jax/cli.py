@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from canvas_jax.diffusion.plans import SAMPLERS
+from canvas_jax.data.cli import add_data_arguments, run_data
 
 PROG = "canvas-jax"
 
@@ -170,6 +171,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "inpaint": ("repaint the white part of a mask", _add_inpaint, _run_inpaint),
     "outpaint": ("extend an image's canvas and paint the border", _add_outpaint, _run_outpaint),
     "convert": ("convert pipelines between diffusers and canvas_jax formats", _add_convert, _run_convert),
+    "data": ("build training datasets (ArrayRecord)", add_data_arguments, run_data),
 }
 
 

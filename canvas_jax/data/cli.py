@@ -61,14 +61,6 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--backgrounds", nargs="+", default=["white"], help="background colours to draw from")
 
 
-def add_data_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``data`` on an ``add_subparsers()`` object; returns the new parser."""
-    help_text = "build training datasets (ArrayRecord)"
-    p = subparsers.add_parser("data", help=help_text, description=help_text)
-    add_data_arguments(p)
-    return p
-
-
 def _build(args) -> str:
     if args.kind == "shapes":
         from canvas_jax.data.shapes import ShapesConfig, build_shapes, parse_holdout
