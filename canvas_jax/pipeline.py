@@ -31,6 +31,8 @@ from jax.sharding import PartitionSpec as P
 from canvas_jax import images as imgs
 from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
 from canvas_jax.pipeline_io import Components, load_components
+from canvas_jax.convert.lora import load_lora
+from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora
 from core_jax.mesh import MeshConfig, batch_spec, make_mesh
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -46,7 +48,8 @@ class PipelineOutput:
 
 
 class _Graphs:
-    """The models' GraphDefs as a static jit argument: equal (and hashing alike) when the model configs are."""
+    """The models' GraphDefs as a static jit argument: equal (and hashing alike) when the model configs and
+    graph structures are (GraphDefs themselves do not hash: the models keep their config dicts)."""
 
     def __init__(self, graphdefs: dict[str, Any], key: str):
         self.graphdefs, self.key = graphdefs, key
@@ -170,16 +173,39 @@ class Pipeline:
         if mesh is None and jax.device_count() > 1:
             mesh = make_mesh(MeshConfig(data=-1))
         self.mesh = mesh
+        self._split_models()
+
+    def _split_models(self) -> None:
+        """(Re)build the pure (graphdef, state) pairs the compiled programs run on from the live modules."""
         graphdefs, states, keys = {}, {}, {}
-        for name, model in components.models().items():
+        for name, model in self.components.models().items():
             graphdefs[name], states[name] = nnx.split(model)
             config = model.config.to_dict() if hasattr(model.config, "to_dict") else model.config
             config = {k: v for k, v in config.items() if not k.startswith("_")}  # not meta keys: same network
-            keys[name] = [type(model).__name__, config, str(getattr(model, "dtype", None))]
+            # the graph's repr covers structure and static attributes (LoRA wrapping, merged flags)
+            keys[name] = [type(model).__name__, config, str(getattr(model, "dtype", None)), repr(graphdefs[name])]
         self._graphs = _Graphs(graphdefs, json.dumps(keys, sort_keys=True, default=str))
-        if mesh is not None:
-            states = jax.device_put(states, NamedSharding(mesh, P()))
+        if self.mesh is not None:
+            states = jax.device_put(states, NamedSharding(self.mesh, P()))
         self._states = states
+
+    # ---- LoRA --------------------------------------------------------------------------------------------
+    def load_lora_weights(self, path: str | os.PathLike, *, scale: float = 1.0) -> list[str]:
+        """Load LoRA weights (safetensors with diffusers/PEFT key names) into the UNet at ``scale``;
+        returns the adapted layer names. The first load recompiles once (the UNet's structure changes)."""
+        names = load_lora(self.unet, path, scale=scale, freeze_base=False)
+        self._split_models()
+        return names
+
+    def set_lora_scale(self, scale: float) -> None:
+        """Change the LoRA scale (0 = the base model) without recompiling."""
+        set_lora_scale(self.unet, scale)
+        self._split_models()
+
+    def merge_lora(self, merge: bool = True) -> None:
+        """Fold the LoRA weights into the base kernels (faster sampling), or unfold them (``merge=False``)."""
+        (merge_lora if merge else unmerge_lora)(self.unet)
+        self._split_models()
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
