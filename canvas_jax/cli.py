@@ -18,6 +18,7 @@ from pathlib import Path
 
 from canvas_jax.diffusion.plans import SAMPLERS
 from canvas_jax.data.cli import add_data_arguments, run_data
+from canvas_jax.train.run import add_train_arguments, run_train
 
 PROG = "canvas-jax"
 
@@ -172,6 +173,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "outpaint": ("extend an image's canvas and paint the border", _add_outpaint, _run_outpaint),
     "convert": ("convert pipelines between diffusers and canvas_jax formats", _add_convert, _run_convert),
     "data": ("build training datasets (ArrayRecord)", add_data_arguments, run_data),
+    "train": ("train a VAE, a text-to-image or an inpainting model", add_train_arguments, run_train),
 }
 
 

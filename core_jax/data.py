@@ -69,6 +69,10 @@ def open_split(dataset_dir: str | os.PathLike, split: str):
     return builder.as_data_source(split=split)
 
 
+def split_names(dataset_dir: str | os.PathLike) -> list[str]:
+    return sorted(tfds.builder_from_directory(os.fspath(dataset_dir)).info.splits)
+
+
 def dataset_metadata(dataset_dir: str | os.PathLike) -> dict:
     return dict(tfds.builder_from_directory(os.fspath(dataset_dir)).info.metadata or {})
 

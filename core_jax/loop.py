@@ -122,6 +122,7 @@ class Trainer:
         self.best_checkpointer = Checkpointer(os.path.join(tc.run_dir, "best"), CheckpointConfig(keep=1)) \
             if tc.best_metric else None
         self._last_eval, self._last_eval_step = {}, None
+        self._eval_fn = None
         self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- state
@@ -169,7 +170,8 @@ class Trainer:
         rng = jax.random.fold_in(jax.random.key(tc.seed + 1), state["step"])
 
         def loss_fn(params, rest, micro, r):
-            model = nnx.merge(graphdef, _cast_floats(params, self.compute_dtype), rest)
+            # copy=True: a fresh module per trace, so stateful layers (dropout RNG counts) can update
+            model = nnx.merge(graphdef, _cast_floats(params, self.compute_dtype), rest, copy=True)
             loss, metrics = self.task.loss(model, _cast_floats(micro, self.compute_dtype), r)
             new_rest = nnx.state(model, nnx.Not(self.trainable))
             return loss.astype(jnp.float32), (metrics, new_rest)
@@ -349,7 +351,9 @@ class Trainer:
         data = self.task.eval_data(self._data_context(seed_offset=1))
         if data is None:
             return {}
-        step = jax.jit(self._eval_step)
+        if self._eval_fn is None:
+            self._eval_fn = jax.jit(self._eval_step)
+        step = self._eval_fn
         sums, n = None, 0
         for i, batch in enumerate(data):
             if self.tc.eval_batches and i >= self.tc.eval_batches:

@@ -2,6 +2,9 @@
 
     recsys-jax data build --format movielens --input ratings.dat --out out/ml1m [--max-seq-len 200]
     recsys-jax data build --out out/synthetic            # the built-in synthetic dataset
+    recsys-jax train --config configs/recsys/hstu_ml1m.yaml [key.sub=value ...]
+    recsys-jax eval --checkpoint RUN_DIR [--split test|validation] [--which auto|best|latest]
+    recsys-jax recommend --checkpoint RUN_DIR --history 1193,661,914 [--timestamps ...] [--k 10]
 
 Each command group registers its subcommands in ``_COMMANDS`` (a function that adds them to the
 top-level subparsers); a subcommand sets ``func`` to a handler ``(args) -> exit code``.
@@ -79,8 +82,115 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    from core_jax import distributed
+
+    t = sub.add_parser("train", help="train a model (sampled softmax, on the shared loop)",
+                       description="Train (or resume) a run: the config's data (built into a cache on first use), "
+                                   "model, loss, eval, train, optim and mesh sections. Prints the final metrics "
+                                   "as JSON. Without --config: the embedded synthetic default.")
+    t.add_argument("--config", default=None, help="YAML run config (configs/recsys/*.yaml); default: built-in")
+    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=1000")
+    distributed.add_flags(t)
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="full-corpus metrics of a run's checkpoint (and most-popular) as JSON",
+                       description="Rank every item for every user of the split (history excluded) and print "
+                                   "HR@k, NDCG@k and MRR of the checkpoint and of the most-popular baseline as JSON.")
+    e.add_argument("--checkpoint", required=True, help="the run folder (train.run_dir)")
+    e.add_argument("--split", choices=("test", "validation"), default="test")
+    e.add_argument("--which", choices=("auto", "best", "latest"), default="auto",
+                   help="checkpoint to evaluate (auto: best when the run kept one, else latest)")
+    e.add_argument("--no-baseline", action="store_true", help="skip the most-popular baseline")
+    e.add_argument("overrides", nargs="*", help="run-config overrides, e.g. eval.batch_size=512 data.dir=...")
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("recommend", help="top-k items for one history (original ids) as JSON")
+    r.add_argument("--checkpoint", required=True, help="the run folder (train.run_dir)")
+    r.add_argument("--history", required=True, help="comma-separated original item ids, oldest first")
+    r.add_argument("--timestamps", default=None, help="comma-separated unix seconds, one per history item")
+    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--which", choices=("auto", "best", "latest"), default="auto")
+    r.add_argument("--include-history", action="store_true", help="do not exclude the history items")
+    r.add_argument("--skip-unknown", action="store_true", help="ignore ids unknown to the model instead of failing")
+    r.set_defaults(func=_cmd_recommend)
+
+
+def _split_list(text: str, what: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"--{what} is empty: expected comma-separated values")
+    return values
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    import jax
+
+    from core_jax import distributed
+    from recsys_jax.train.config import load_config
+    from recsys_jax.train.task import train
+
+    cfg = load_config(args.config, args.overrides)
+    distributed.initialize_from_args(args)
+    state, metrics = train(cfg)
+    if jax.process_index() == 0:
+        print(json.dumps({"step": int(jax.device_get(state["step"])), "run_dir": cfg.train.run_dir, **metrics}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from recsys_jax.eval.baselines import evaluate_most_popular
+    from recsys_jax.train.restore import restore_run
+
+    run = restore_run(args.checkpoint, which=args.which, overrides=args.overrides, eval_split=args.split)
+    run.cfg.train.eval_batches = 0  # the whole split
+    metrics = run.trainer.evaluate(run.state)
+    e = run.cfg.eval
+    out = {"run_dir": args.checkpoint, "split": args.split, "checkpoint": run.which, "step": run.step,
+           "model": run.cfg.model.name, "users": len(run.task.dataset.split_source(args.split)),
+           "metrics": metrics}
+    if not args.no_baseline:
+        base = evaluate_most_popular(run.task.dataset, args.split, batch_size=e.batch_size, ks=e.ks, ties=e.ties,
+                                     exclude_history=e.exclude_history)
+        base.pop("count", None)
+        out["most_popular"] = base
+    print(json.dumps(out))
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    import json
+
+    from recsys_jax.retriever import Retriever
+
+    history = _split_list(args.history, "history")
+    timestamps = None
+    if args.timestamps is not None:
+        try:
+            timestamps = [int(v) for v in _split_list(args.timestamps, "timestamps")]
+        except ValueError:
+            raise ValueError(f"--timestamps must be comma-separated integers (unix seconds), got {args.timestamps!r}") \
+                from None
+    r = Retriever.from_checkpoint(args.checkpoint, which=args.which)
+    items, scores = r.recommend(history, timestamps, k=args.k, exclude_history=not args.include_history,
+                                unknown="skip" if args.skip_unknown else "error")
+    rows = []
+    for item, score in zip(items, scores):
+        row = {"item": item, "score": round(float(score), 6)}
+        info = r.item_info(item) or {}
+        if info.get("title"):
+            row["title"] = info["title"]
+        rows.append(row)
+    print(json.dumps({"checkpoint": r.which, "step": r.step, "k": args.k, "items": rows}, ensure_ascii=False))
+    return 0
+
+
 # Command groups: each adds its subcommands to the top-level subparsers.
-_COMMANDS = [_add_data_commands]
+_COMMANDS = [_add_data_commands, _add_run_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

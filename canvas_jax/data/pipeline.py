@@ -4,7 +4,7 @@ Per process and per batch (numpy):
 
 * ``image``: float32 [B, R, R, 3] in [-1, 1]
 * ``input_ids``, ``attention_mask``: int32 [B, T] from the given :class:`~canvas_jax.models.tokenizer.Tokenizer`
-  (with ``tokenizer=None`` the batch carries ``caption`` strings instead); caption dropout replaces the
+  (``tokenizer=None``: no token fields, e.g. for VAE training; ``keep_caption`` adds the ``caption`` strings); caption dropout replaces the
   caption with "" before tokenizing
 * ``mask``: float32 [B, R, R, 1], 1 = repaint (only when ``mask_kinds`` is set)
 * ``label`` / ``caption_index`` / ``heldout``: int32 [B] when the records have them
@@ -175,7 +175,7 @@ class _Augment:
         if self.tokenizer is not None:
             tokens = self.tokenizer([caption], max_length=cfg.max_length)
             out["input_ids"], out["attention_mask"] = tokens["input_ids"][0], tokens["attention_mask"][0]
-        if self.tokenizer is None or cfg.keep_caption:
+        if cfg.keep_caption:
             out["caption"] = caption
         for key in INT_FIELDS:
             if key in ex:

@@ -18,9 +18,10 @@ from flax import nnx
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """``x / max(||x||, eps)`` over the last axis (zero rows stay zero)."""
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    return x / jnp.maximum(norm, eps)
+    """``x / max(||x||, eps)`` over the last axis (zero rows stay zero, with finite gradients:
+    the norm's own gradient is NaN at zero, so clamp the squared norm before the square root)."""
+    sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def check_sequence_inputs(item_ids: jax.Array, timestamps: jax.Array | None, max_seq_len: int) -> None:

@@ -148,7 +148,11 @@ class HSTU(nnx.Module):
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
         return self.items.table(self.cfg.l2_normalize)
 
-    def __call__(self, item_ids: jax.Array, timestamps: jax.Array, *, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, item_ids: jax.Array, timestamps: jax.Array | None, *, deterministic: bool
+    ) -> jax.Array:
+        """``timestamps`` (seconds, int32 range: differences are taken in int32) may be None only
+        when ``use_time_bias`` is off."""
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = item_ids > 0
@@ -159,6 +163,8 @@ class HSTU(nnx.Module):
         rel_pos = relative_position_index(item_ids.shape[1], cfg.max_seq_len)
         buckets = None
         if cfg.use_time_bias:
+            if timestamps is None:
+                raise ValueError("HSTU with use_time_bias=True needs timestamps [B, L] (unix seconds)")
             ts = jnp.asarray(timestamps)
             buckets = time_buckets(ts[:, :, None] - ts[:, None, :], cfg.num_time_buckets)
         for layer in self.layers:

@@ -1,1 +1,2 @@
-"""Training pieces for recsys_jax (losses; the task is built on them)."""
+"""Training for recsys_jax: the sampled-softmax loss, the run-config schema, the task on the shared loop,
+dataset caching and restoring runs (``recsys-jax train``)."""

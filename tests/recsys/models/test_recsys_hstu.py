@@ -11,6 +11,11 @@ import recsys_jax  # noqa: F401
 from recsys_jax.models.hstu import HSTU, HSTUConfig, relative_position_index, time_buckets
 
 
+@nnx.jit
+def _apply(model, ids, ts):
+    return model(ids, ts, deterministic=True)
+
+
 @pytest.mark.parametrize(
     "dt, expected",
     [
@@ -91,7 +96,7 @@ def test_hstu_matches_naive_loop_with_left_padding():
     model = HSTU(cfg, num_items=20, rngs=nnx.Rngs(3))
     ids = np.array([[0, 0, 4, 17, 9, 4, 2]], np.int32)
     ts = np.array([[0, 0, 1_000, 1_003, 1_060, 90_000, 90_000]], np.int32)
-    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(ts), deterministic=True))[0]
+    got = np.asarray(_apply(model, jnp.asarray(ids), jnp.asarray(ts)))[0]
     want = _naive_hstu(model, ids[0], ts[0])
     np.testing.assert_allclose(got, want, atol=2e-5)
 
@@ -102,14 +107,12 @@ def test_time_bias_matters_and_position_bias_can_be_disabled():
     # Make the time bias large so a change of buckets is clearly visible.
     model.layers[0].time_bias[...] = jnp.linspace(-3.0, 3.0, cfg.num_time_buckets + 1)
     ids = jnp.asarray([[1, 2, 3, 4]], jnp.int32)
-    near = model(ids, jnp.asarray([[0, 1, 2, 3]], jnp.int32), deterministic=True)
-    far = model(ids, jnp.asarray([[0, 10**4, 10**6, 10**8]], jnp.int32), deterministic=True)
+    near = _apply(model, ids, jnp.asarray([[0, 1, 2, 3]], jnp.int32))
+    far = _apply(model, ids, jnp.asarray([[0, 10**4, 10**6, 10**8]], jnp.int32))
     np.testing.assert_allclose(near[:, 0], far[:, 0], atol=1e-6)  # one item: only dt = 0
     assert float(jnp.abs(near[:, 1:] - far[:, 1:]).max()) > 1e-3
-    plain = HSTU(
-        HSTUConfig(**{**cfg.__dict__, "use_position_bias": False, "use_time_bias": False}),
-        num_items=10,
-        rngs=nnx.Rngs(0),
-    )
+    with pytest.raises(ValueError, match="needs timestamps"):
+        _apply(model, ids, None)
+    plain_cfg = HSTUConfig(**{**cfg.__dict__, "use_position_bias": False, "use_time_bias": False})
+    plain = nnx.eval_shape(lambda: HSTU(plain_cfg, num_items=10, rngs=nnx.Rngs(0)))
     assert not hasattr(plain.layers[0], "pos_bias") and not hasattr(plain.layers[0], "time_bias")
-    assert plain(ids, None, deterministic=True).shape == (1, 4, 8)

@@ -1,6 +1,5 @@
 """Shared-interface tests for the sequential encoders (HSTU, SASRec, two-tower)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

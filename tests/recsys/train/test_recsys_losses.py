@@ -26,10 +26,13 @@ def _hand_example():
     return users, targets, mask, table
 
 
+_jit_loss = jax.jit(sampled_softmax_loss, static_argnames="cfg")
+
+
 def _loss(users, targets, mask, table, cfg=IN_BATCH, log_q=None, rng=KEY):
-    loss, metrics = sampled_softmax_loss(
-        jnp.asarray(users), jnp.asarray(targets), jnp.asarray(mask), jnp.asarray(table), rng, cfg,
-        None if log_q is None else jnp.asarray(log_q),
+    loss, metrics = _jit_loss(
+        jnp.asarray(users), jnp.asarray(targets), jnp.asarray(mask), jnp.asarray(table), rng, cfg=cfg,
+        log_q=None if log_q is None else jnp.asarray(log_q),
     )
     return float(loss), metrics
 

@@ -1,0 +1,104 @@
+"""Typed run configs for the canvas training tasks (``canvas-jax train --config ... key.sub=value``).
+
+One schema serves every task; ``task`` picks which one runs:
+
+- ``vae``: train ``vae.config`` (a diffusers AutoencoderKL config dict) on the images.
+- ``text_to_image``: latent diffusion of ``unet`` (a diffusers UNet config dict) with the frozen VAE from
+  ``vae.path`` and the frozen text encoder ``text_encoder.source``.
+- ``inpaint``: fine-tune a 9-channel UNet initialised from ``init_from`` (a text-to-image run folder or a
+  diffusers pipeline / UNet folder), with random masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from core_jax.loop import TrainConfig
+from core_jax.mesh import MeshConfig
+from core_jax.optim import OptimConfig
+
+TASKS = ("vae", "text_to_image", "inpaint")
+
+
+def _tiny_vae() -> dict[str, Any]:
+    return {"block_out_channels": [32, 64], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 16,
+            "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+            "scaling_factor": 1.0}
+
+
+def _tiny_unet() -> dict[str, Any]:
+    return {"block_out_channels": [64, 128], "layers_per_block": 1, "norm_num_groups": 16,
+            "cross_attention_dim": 384, "attention_head_dim": 4,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}
+
+
+def _default_scheduler() -> dict[str, Any]:
+    return {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: str = "shapes"  # "shapes" (built-in, built under dir on first use) or a dataset folder
+    dir: str = "out/canvas_data"
+    image_size: int = 32
+    num_examples: int = 20000  # shapes: training examples to build
+    caption_dropout: float = 0.1  # probability of an empty caption (classifier-free guidance)
+    random_flip: bool = False  # off by default: Shapes captions name left and right
+    masks: Literal["rectangle", "brush", "outpaint", "mixed"] = "mixed"  # inpaint task
+    worker_count: int = 0
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed on to the dataset builder
+
+
+@dataclasses.dataclass
+class VAEConfig:
+    path: str = ""  # a trained VAE: a `task=vae` run folder or a diffusers vae / pipeline folder
+    config: dict[str, Any] = dataclasses.field(default_factory=_tiny_vae)  # architecture when training one
+    kl_weight: float = 1e-6
+    recon_loss: Literal["l1", "l2"] = "l1"
+    pretrain_steps: int = 0  # text_to_image: train a VAE into vae.path first when it holds none
+
+
+@dataclasses.dataclass
+class TextEncoderConfig:
+    source: str = "minilm"  # "minilm" (the packaged all-MiniLM-L6-v2) or a BertModel / CLIPTextModel folder
+    max_length: int = 32  # tokens (padded / truncated); CLIP checkpoints use 77
+    cache: bool = True  # encode each distinct caption once, outside the train step
+    cache_size: int = 20000  # most captions kept (least recently used evicted); ~T*D*4 bytes each
+
+
+@dataclasses.dataclass
+class DiffusionConfig:
+    scheduler: dict[str, Any] = dataclasses.field(default_factory=_default_scheduler)  # diffusers scheduler config
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    min_snr_gamma: float | None = 5.0  # Min-SNR-gamma loss weighting (None = plain MSE)
+    offset_noise: float = 0.0  # add this times a per-channel constant noise (brightness range)
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    every: int = 0  # steps between sample grids (0 = only at the end)
+    prompts: list[str] = dataclasses.field(default_factory=list)  # empty: the first captions of the data
+    num_prompts: int = 8
+    sampler: str = "dpmpp_2m"
+    num_steps: int = 20
+    guidance_scale: float = 3.0
+    seed: int = 0
+    plot_every: int = 0  # steps between loss-curve PNGs (0 = only at the end)
+
+
+@dataclasses.dataclass
+class CanvasTrainConfig:
+    task: Literal["vae", "text_to_image", "inpaint"] = "text_to_image"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+    text_encoder: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
+    unet: dict[str, Any] = dataclasses.field(default_factory=_tiny_unet)  # diffusers UNet config (text_to_image)
+    init_from: str = ""  # inpaint: a text_to_image run folder or a diffusers pipeline / unet folder
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)

@@ -1,0 +1,19 @@
+"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image or inpainting."""
+
+from __future__ import annotations
+
+
+def make_task(cfg, *, data_fn=None):
+    if cfg.task == "vae":
+        from canvas_jax.train.vae_task import VAETask
+
+        return VAETask(cfg, data_fn=data_fn)
+    if cfg.task == "text_to_image":
+        from canvas_jax.train.t2i_task import TextToImageTask
+
+        return TextToImageTask(cfg, data_fn=data_fn)
+    if cfg.task == "inpaint":
+        from canvas_jax.train.inpaint_task import InpaintTask
+
+        return InpaintTask(cfg, data_fn=data_fn)
+    raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image' or 'inpaint'")

@@ -1,0 +1,65 @@
+"""The frozen text encoder of the text-to-image tasks: which model, its tokenizer, and its conditioning.
+
+``source`` is ``"minilm"`` (the packaged all-MiniLM-L6-v2: BERT token states, 384-d) or a transformers
+folder holding a ``BertModel`` or a ``CLIPTextModel`` (with its tokenizer files in the folder, or in a
+sibling ``tokenizer/`` folder for a diffusers pipeline's ``text_encoder/``). Conditioning is the last
+hidden state ``[B, T, D]``: BERT reads the attention mask, CLIP (as Stable Diffusion) does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from canvas_jax.convert import text_encoders as te
+from canvas_jax.models.bert import BertModel
+from canvas_jax.models.clip import CLIPTextModel
+from canvas_jax.models.tokenizer import Tokenizer
+
+
+def tokenizer_folder(source: str) -> Path:
+    """The folder whose files build the tokenizer of ``source``."""
+    if source == "minilm":
+        return te.minilm_folder()
+    folder = Path(source)
+    for candidate in (folder, folder.parent / "tokenizer"):
+        if (candidate / "tokenizer.json").is_file() or (candidate / "vocab.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"text_encoder.source={source!r}: no tokenizer files (tokenizer.json or vocab.json + "
+                            f"merges.txt) in {folder} or {folder.parent / 'tokenizer'}")
+
+
+def load_tokenizer(source: str, max_length: int) -> Tokenizer:
+    return Tokenizer.from_folder(tokenizer_folder(source), model_max_length=max_length)
+
+
+def load_text_encoder(source: str) -> nnx.Module:
+    """The pretrained encoder named by ``source`` (see the module docstring), float32."""
+    if source == "minilm":
+        return te.load_bert(te.minilm_folder())
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"text_encoder.source={source!r}: expected 'minilm' or a folder with a BertModel or "
+                                "CLIPTextModel (config.json + model.safetensors)")
+    model_type = te.read_config(folder).get("model_type", "")
+    if model_type in ("bert",):
+        return te.load_bert(folder)
+    if model_type in ("clip_text_model", "clip"):
+        return te.load_clip_text(folder)
+    raise ValueError(f"text_encoder.source={source!r}: config.json has model_type={model_type!r}; expected 'bert' or "
+                     "'clip_text_model'")
+
+
+def hidden_size(encoder: nnx.Module) -> int:
+    return int(encoder.config.hidden_size)
+
+
+def encode(encoder: nnx.Module, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Token states ``[B, T, D]`` (float32) that condition the UNet's cross-attention."""
+    if isinstance(encoder, BertModel):
+        return encoder(input_ids, attention_mask).last_hidden_state.astype("float32")
+    if isinstance(encoder, CLIPTextModel):
+        return encoder(input_ids).last_hidden_state.astype("float32")
+    raise TypeError(f"unsupported text encoder {type(encoder).__name__}; expected BertModel or CLIPTextModel")

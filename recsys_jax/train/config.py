@@ -1,0 +1,147 @@
+"""The run-config schema of ``recsys-jax train``: sections data, model, loss, eval, train, optim, mesh.
+
+The defaults are the embedded default run (``configs/recsys/synthetic_tiny.yaml``): HSTU on the
+built-in synthetic dataset, small enough to train in about a minute on 2 CPU cores.
+Load with :func:`load_config`: a YAML file is merged over these defaults (a key it leaves out keeps
+the default), then ``key.sub=value`` overrides apply; unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import yaml
+
+from core_jax import config as config_lib
+from core_jax.config import ConfigError
+from core_jax.loop import TrainConfig
+from core_jax.mesh import MeshConfig
+from core_jax.optim import OptimConfig
+from recsys_jax.data.synthetic import SyntheticConfig
+from recsys_jax.eval.metrics import TIES
+from recsys_jax.models import HSTUConfig, SASRecConfig, TwoTowerConfig
+from recsys_jax.train.losses import SampledSoftmaxConfig
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    """How to build the dataset when ``data.dir`` is not given (see ``recsys-jax data build``)."""
+
+    format: str = "synthetic"  # movielens | recbole | text | csv | parquet | synthetic
+    input: str | None = None
+    items: str | None = None  # side-info file; null: the usual file beside input; "": none
+    columns: str | None = None  # csv/parquet column mapping, e.g. "user=uid,item=iid,time=ts"
+    skip_bad_lines: bool = False
+    max_seq_len: int | None = 200  # keep each user's most recent N items (null: all)
+    min_rating: float | None = None
+    min_user_interactions: int = 0
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dir: str | None = None  # a dataset folder built by `recsys-jax data build`; null: build from `build`
+    cache_dir: str = "out/recsys_data"  # where `build` writes its dataset (once; reused while the spec is unchanged)
+    build: BuildConfig = dataclasses.field(default_factory=BuildConfig)
+    max_len: int = 50  # history length the model sees (training windows and evaluation)
+    padding: Literal["left", "right"] = "left"
+    random_windows: bool = True  # train on a random window of long sequences (else the most recent one)
+    worker_count: int = 0  # Grain worker processes for the training data
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: Literal["hstu", "sasrec", "two_tower"] = "hstu"
+    hstu: HSTUConfig = dataclasses.field(default_factory=lambda: HSTUConfig(
+        embed_dim=64, num_layers=2, num_heads=1, attention_dim=64, linear_dim=64, max_seq_len=50, dropout=0.2))
+    sasrec: SASRecConfig = dataclasses.field(default_factory=lambda: SASRecConfig(
+        embed_dim=64, num_layers=2, num_heads=1, ffn_dim=64, max_seq_len=50, dropout=0.2))
+    two_tower: TwoTowerConfig = dataclasses.field(default_factory=lambda: TwoTowerConfig(
+        embed_dim=64, hidden_dims=(128,), max_seq_len=50, dropout=0.2))
+
+    def selected(self):
+        """The config of the model named by ``name``."""
+        return getattr(self, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig(SampledSoftmaxConfig):
+    """:class:`SampledSoftmaxConfig` plus which item counts give logQ (in-batch negatives only)."""
+
+    logq_counts: Literal["train", "all"] = "train"  # training part of the splits, or whole sequences
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    ks: list[int] = dataclasses.field(default_factory=lambda: [10, 50, 200])
+    batch_size: int = 256  # global users per evaluation batch
+    split: Literal["validation", "test"] = "validation"  # evaluated during training
+    exclude_history: bool = True  # rank only items the user has not interacted with
+    ties: Literal["pessimistic", "optimistic", "average"] = "pessimistic"
+
+
+@dataclasses.dataclass
+class RecsysConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=lambda: LossConfig(num_negatives=128, temperature=0.05))
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
+        steps=600, batch_size=64, log_every=100, eval_every=200, best_metric="ndcg@10",
+        run_dir="runs/recsys/synthetic_tiny"))
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
+        name="adamw", learning_rate=1e-3, weight_decay=0.0))
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+
+def validate(cfg: RecsysConfig) -> RecsysConfig:
+    """Cross-section checks; a :class:`ConfigError` names the key."""
+    d, m = cfg.data, cfg.model.selected()
+    if d.max_len < 1:
+        raise ConfigError(f"config key 'data.max_len': must be >= 1, got {d.max_len}")
+    if m.max_seq_len < d.max_len:
+        raise ConfigError(f"config key 'model.{cfg.model.name}.max_seq_len': {m.max_seq_len} is shorter than "
+                          f"data.max_len={d.max_len}; set it to at least data.max_len")
+    if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
+        raise ConfigError(f"config key 'eval.ks': expected a non-empty list of positive ints, got {cfg.eval.ks}")
+    if cfg.eval.batch_size < 1:
+        raise ConfigError(f"config key 'eval.batch_size': must be >= 1, got {cfg.eval.batch_size}")
+    if cfg.eval.ties not in TIES:
+        raise ConfigError(f"config key 'eval.ties': expected one of {TIES}, got {cfg.eval.ties!r}")
+    try:
+        cfg.loss.validate()
+    except ValueError as e:
+        raise ConfigError(f"config section 'loss': {e}") from None
+    if d.dir is None and d.build.format == "synthetic" and d.build.input:
+        raise ConfigError("config key 'data.build.input': the synthetic format takes no input file")
+    if d.dir is None and d.build.format != "synthetic" and not d.build.input:
+        raise ConfigError(f"config key 'data.build.input': format {d.build.format!r} needs an input file "
+                          "(or set data.dir to a built dataset)")
+    return cfg
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> RecsysConfig:
+    """The defaults, merged with the YAML file at ``path`` (optional), then ``overrides``; validated."""
+    data = config_lib.to_dict(RecsysConfig())
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file '{path}' not found")
+        with open(path) as f:
+            try:
+                loaded = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}': expected a mapping at the top level")
+        data = _merge(data, loaded)
+    return validate(config_lib.from_dict(RecsysConfig, config_lib.apply_overrides(data, overrides)))

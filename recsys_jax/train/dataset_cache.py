@@ -1,0 +1,84 @@
+"""The dataset a run config names: ``data.dir``, or ``data.build`` built once into ``data.cache_dir``.
+
+A build is keyed by a hash of its spec (format, input path, size and modification time, filters,
+synthetic parameters), so a changed spec or input file builds a new dataset and an unchanged one
+reuses the cached folder. Process 0 builds (into a temporary folder, renamed when complete) while
+the other processes wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+
+import jax
+
+from recsys_jax.data.builder import SourceSpec, build, dataset_dir
+from recsys_jax.data.loader import find_dataset_dir
+
+NAME = "sequences"
+
+
+def _spec_key(b) -> str:
+    def file_sig(path):
+        if not path:
+            return path
+        st = os.stat(path)
+        return [os.path.abspath(path), st.st_size, int(st.st_mtime)]
+
+    spec = {"format": b.format, "input": file_sig(b.input), "items": file_sig(b.items) if b.items else b.items,
+            "columns": b.columns, "skip_bad_lines": b.skip_bad_lines, "max_seq_len": b.max_seq_len,
+            "min_rating": b.min_rating, "min_user_interactions": b.min_user_interactions,
+            "synthetic": dataclasses.asdict(b.synthetic) if b.format == "synthetic" else None}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_dataset_dir(data_cfg) -> str:
+    """Where ``data_cfg.build`` is (or will be) built under ``data_cfg.cache_dir``."""
+    b = data_cfg.build
+    if b.input and not os.path.isfile(b.input):
+        raise FileNotFoundError(f"config key 'data.build.input': file '{b.input}' not found")
+    stem = "synthetic" if b.format == "synthetic" else os.path.basename(b.input).split(".")[0].lower()
+    stem = "".join(c if c.isalnum() else "_" for c in stem) or "data"
+    return os.path.join(data_cfg.cache_dir, f"{stem}-{_spec_key(b)}")
+
+
+def resolve_dataset(data_cfg, *, verbose: bool = True) -> str:
+    """The dataset folder for the ``data`` section, building it first when needed."""
+    if data_cfg.dir:
+        return find_dataset_dir(data_cfg.dir)
+    out = cached_dataset_dir(data_cfg)
+    path = dataset_dir(out, NAME)
+    if not os.path.isfile(os.path.join(path, "build_report.json")):
+        if jax.process_index() == 0:
+            _build_atomically(data_cfg.build, out, verbose)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("recsys dataset built")
+    return path
+
+
+def _build_atomically(b, out: str, verbose: bool) -> None:
+    spec = SourceSpec(format=b.format, input=b.input, items=b.items, columns=b.columns,
+                      skip_bad_lines=b.skip_bad_lines, synthetic=b.synthetic if b.format == "synthetic" else None)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if verbose:
+        print(f"building the dataset into {out} (once; later runs reuse it)", flush=True)
+    try:
+        build(spec, tmp, max_seq_len=b.max_seq_len, min_rating=b.min_rating,
+              min_user_interactions=b.min_user_interactions, name=NAME, progress=verbose, verbose=verbose)
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        if os.path.isdir(out) and not os.path.isfile(os.path.join(dataset_dir(out, NAME), "build_report.json")):
+            shutil.rmtree(out)  # an incomplete earlier build
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process finished the same build first: keep its folder
+            if not os.path.isfile(os.path.join(dataset_dir(out, NAME), "build_report.json")):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,137 @@
+"""Generative retrieval training on the shared loop: the :class:`core_jax.task.Task` of ``recsys-jax train``.
+
+* loss: autoregressive next-item sampled softmax at every real position (uniform negatives and/or
+  in-batch negatives with logQ correction from the dataset's item counts), temperature, L2 norm;
+* eval: full-corpus ranking of the validation (or test) split, history excluded, as weighted sums
+  plus a ``count`` (the loop divides: exact means); ``train.best_metric`` (e.g. ``ndcg@10``) keeps
+  the best state in ``RUN_DIR/best``;
+* data: Grain iterators over the dataset folder (built into a cache on first use), sharded per process.
+
+The run folder also gets ``RUN_DIR/dataset/`` (id maps, item counts, side info, source path), so a
+checkpoint can be served (:class:`recsys_jax.Retriever`) without the training data.
+
+    cfg = load_config("configs/recsys/hstu_ml1m.yaml", ["train.steps=1000"])
+    state, metrics = train(cfg)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from flax import nnx
+
+from core_jax.config import ConfigError
+from core_jax.loop import Hook, Trainer
+from core_jax.task import DataContext
+from recsys_jax.data.loader import RecsysDataset, load_dataset
+from recsys_jax.eval.evaluate import eval_iterator, model_eval_step
+from recsys_jax.models import build_model
+from recsys_jax.train.config import RecsysConfig, validate
+from recsys_jax.train.dataset_cache import resolve_dataset
+from recsys_jax.train.losses import log_q_from_counts, sampled_softmax_loss
+
+RUN_DATASET_DIR = "dataset"  # inside the run folder
+RUN_DATASET_FILES = ("id_maps.json", "item_counts.json", "items.json")
+
+
+class RecsysTask:
+    """The recsys training task. ``dataset`` (optional) avoids resolving ``cfg.data``; ``num_items``
+    alone is enough to build the model (serving, restoring) without opening the data."""
+
+    def __init__(self, cfg: RecsysConfig, dataset: RecsysDataset | None = None, *, num_items: int | None = None,
+                 eval_split: str | None = None):
+        self.cfg = validate(cfg)
+        self._dataset = dataset
+        if num_items is None:
+            num_items = self.dataset.num_items
+        self.num_items = int(num_items)
+        self.eval_split = eval_split or cfg.eval.split
+        loss = cfg.loss
+        self.uses_log_q = loss.in_batch_negatives and loss.logq_correction
+
+    @functools.cached_property
+    def dataset(self) -> RecsysDataset:
+        if self._dataset is None:
+            self._dataset = load_dataset(resolve_dataset(self.cfg.data))
+        return self._dataset
+
+    @functools.cached_property
+    def log_q(self) -> np.ndarray | None:
+        if not self.uses_log_q:
+            return None
+        ds = self.dataset
+        counts = ds.item_counts if self.cfg.loss.logq_counts == "train" else ds.item_counts_all
+        return log_q_from_counts(counts)
+
+    # ---------------------------------------------------------------- Task protocol
+    def create_model(self, rngs):
+        return build_model(self.cfg.model.name, self.cfg.model.selected(), self.num_items, rngs)
+
+    def loss(self, model, batch, rng):
+        rng_loss, rng_dropout = jax.random.split(rng)
+        nnx.reseed(model, default=rng_dropout)  # dropout draws from the step's rng
+        user = model(batch["item_ids"], batch["timestamps"], deterministic=False)
+        return sampled_softmax_loss(user, batch["target_ids"], batch["mask"], model.item_embeddings(), rng_loss,
+                                    self.cfg.loss, self.log_q)
+
+    def eval_step(self, model, batch):
+        e = self.cfg.eval
+        return model_eval_step(model, batch, ks=tuple(e.ks), ties=e.ties, exclude_history=e.exclude_history)
+
+    def train_data(self, ctx: DataContext):
+        d = self.cfg.data
+        if ctx.process_index == 0:
+            save_run_dataset(self.dataset, self.cfg.train.run_dir)
+        _ = self.log_q  # resolve before tracing
+        return self.dataset.train_iterator(batch_size=ctx.batch_size, max_len=d.max_len, seed=ctx.seed,
+                                           random_windows=d.random_windows, padding=d.padding,
+                                           shard_index=ctx.process_index, shard_count=ctx.process_count,
+                                           worker_count=d.worker_count)
+
+    def eval_data(self, ctx: DataContext):
+        e, d = self.cfg.eval, self.cfg.data
+        if e.batch_size % ctx.process_count:
+            raise ConfigError(f"config key 'eval.batch_size': {e.batch_size} must divide by the process count "
+                              f"({ctx.process_count})")
+        return eval_iterator(self.dataset, self.eval_split, batch_size=e.batch_size // ctx.process_count,
+                             max_len=d.max_len, padding=d.padding, history_len=None if e.exclude_history else 0,
+                             shard_index=ctx.process_index, shard_count=ctx.process_count)
+
+
+def save_run_dataset(dataset: RecsysDataset, run_dir: str) -> str:
+    """Copy the id maps, counts and side info into ``run_dir/dataset`` (what serving needs)."""
+    out = os.path.join(run_dir, RUN_DATASET_DIR)
+    os.makedirs(out, exist_ok=True)
+    for name in RUN_DATASET_FILES:
+        src = os.path.join(dataset.path, name)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(out, name))
+    with open(os.path.join(out, "source.json"), "w") as f:
+        json.dump({"path": os.path.abspath(dataset.path), "num_items": dataset.num_items,
+                   "num_users": dataset.num_users, "has_timestamps": dataset.has_timestamps}, f)
+    return out
+
+
+def train(cfg: RecsysConfig, *, dataset: RecsysDataset | None = None, hooks=(), mesh=None) -> tuple[dict, dict]:
+    """Train (or resume) the run ``cfg`` on the shared loop; returns ``(state, last metrics)``."""
+    trainer = Trainer(RecsysTask(cfg, dataset), cfg, hooks=hooks, mesh=mesh)
+    return trainer.fit()
+
+
+def time_limit_hook(seconds: float, every: int = 1) -> Hook:
+    """A hook that stops training (like SIGTERM: checkpoint, then return) after ``seconds`` of wall time."""
+    import signal
+    import time
+
+    start = time.monotonic()
+
+    def fn(trainer, step, state):
+        if time.monotonic() - start > seconds and jax.process_index() == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return Hook(every=every, fn=fn, at_end=False)

@@ -1,0 +1,54 @@
+"""Fixtures for the canvas training tests: a tiny random VAE folder, tiny run configs, a trained tiny t2i run."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(__file__))
+import fakes  # noqa: E402
+
+from canvas_jax.convert.diffusers_models import save_vae  # noqa: E402
+from canvas_jax.models.vae import AutoencoderKL  # noqa: E402
+from canvas_jax.train.config import CanvasTrainConfig  # noqa: E402
+from core_jax import config as config_lib  # noqa: E402
+
+
+def tiny_config(run_dir, task="text_to_image", vae_path="", **over) -> CanvasTrainConfig:
+    overrides = {
+        "task": task, "vae": {"path": str(vae_path), "config": fakes.TINY_VAE}, "unet": fakes.TINY_UNET,
+        "text_encoder": {"max_length": 12}, "data": {"image_size": 16, "caption_dropout": 0.2},
+        "sampling": {"num_steps": 3, "prompts": ["a red square at the top left", "a blue square at the bottom right"]},
+        "train": {"steps": 6, "batch_size": 4, "log_every": 1, "run_dir": str(run_dir), "progress": False,
+                  "tensorboard": False, "checkpoint": {"every": 0, "async_save": False}},
+        "optim": {"learning_rate": 2e-3},
+    }
+    for key, value in over.items():
+        node = overrides
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config_lib.from_dict(CanvasTrainConfig, overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory):
+    """A random tiny AutoencoderKL saved in the diffusers folder format."""
+    folder = tmp_path_factory.mktemp("tiny_vae")
+    save_vae(AutoencoderKL(fakes.TINY_VAE, rngs=nnx.Rngs(3)), folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def t2i_run(tmp_path_factory, tiny_vae_dir):
+    """A finished tiny text-to-image run folder (EMA on), shared by the inpaint and export tests."""
+    from canvas_jax.train.run import train
+
+    run_dir = tmp_path_factory.mktemp("t2i_run")
+    cfg = tiny_config(run_dir, vae_path=tiny_vae_dir, **{"train.ema_decay": 0.9, "train.steps": 4})
+    train(cfg, data_fn=fakes.data_fn())
+    return str(run_dir)
