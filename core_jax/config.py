@@ -161,18 +161,22 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
 
 def load(schema: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> T:
     """Read a YAML file (optional), apply overrides and validate against ``schema``."""
-    data: dict = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file '{path}' not found")
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}': expected a mapping at the top level")
+    data = read_yaml(path) if path is not None else {}
     return from_dict(schema, apply_overrides(data, overrides))
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML config file as a dict; a missing file or bad YAML is a one-line ConfigError."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' not found")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': expected a mapping at the top level")
+    return data
 
 
 def save(cfg: Any, path: str | os.PathLike) -> None:

@@ -13,7 +13,6 @@ import os
 from collections.abc import Sequence
 from typing import Literal
 
-import yaml
 
 from core_jax import config as config_lib
 from core_jax.config import ConfigError
@@ -134,14 +133,5 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     """The defaults, merged with the YAML file at ``path`` (optional), then ``overrides``; validated."""
     data = config_lib.to_dict(RecsysConfig())
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file '{path}' not found")
-        with open(path) as f:
-            try:
-                loaded = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file '{path}': expected a mapping at the top level")
-        data = _merge(data, loaded)
+        data = _merge(data, config_lib.read_yaml(path))
     return validate(config_lib.from_dict(RecsysConfig, config_lib.apply_overrides(data, overrides)))
