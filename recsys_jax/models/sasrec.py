@@ -1,7 +1,10 @@
 """SASRec ("Self-Attentive Sequential Recommendation", Kang & McAuley, ICDM 2018).
 
-Pre-norm blocks as in the paper (``x + dropout(sublayer(LN(x)))``): causal softmax multi-head
-self-attention, then a point-wise two-layer feed-forward; a final layer norm. Inputs are
+Blocks as in the authors' code (and the generative-recommenders SASRec): ``q = LN(x)``;
+``x = q + MHA(query=q, key=value=x)`` (causal softmax attention, keys and values from the
+un-normalised stream); ``x = LN(x)``; ``x = x + FFN(x)`` (point-wise two-layer feed-forward); a final
+layer norm. (A plain pre-norm block, ``x + sublayer(LN(x))``, learned about 4x slower on ML-1M: test
+HR@10 0.019 against 0.089 after 300 steps.) Inputs are
 ``sqrt(D) * item_emb + pos_emb`` with positions counted from the first real item (see
 ``embeddings.py``), so left and right padding give the same outputs at real positions. Timestamps
 are accepted for the shared interface and ignored.
@@ -66,6 +69,8 @@ class SASRecBlock(nnx.Module):
         d = cfg.embed_dim
         self.cfg = cfg
         self.attn_norm = _layer_norm(d, cfg.layer_norm_eps, rngs)
+        # One [D, 3D] input projection (as torch's MultiheadAttention in_proj, and its Xavier scale);
+        # the query third is applied to LN(x), the key/value thirds to x.
         self.qkv = _dense(d, 3 * d, ("embed", "heads"), rngs)
         self.attn_out = _dense(d, d, ("heads", "embed"), rngs)
         self.ffn_norm = _layer_norm(d, cfg.layer_norm_eps, rngs)
@@ -78,7 +83,10 @@ class SASRecBlock(nnx.Module):
         cfg = self.cfg
         b, length, d = x.shape
         h = cfg.num_heads
-        q, k, v = jnp.split(self.qkv(self.attn_norm(x)), 3, axis=-1)
+        normed = self.attn_norm(x)
+        kernel, bias = self.qkv.kernel[...], self.qkv.bias[...]
+        q = normed @ kernel[:, :d] + bias[:d]
+        k, v = jnp.split(x @ kernel[:, d:] + bias[d:], 2, axis=-1)
         q, k, v = (t.reshape(b, length, h, d // h) for t in (q, k, v))
         logits = jnp.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(d // h)
         logits = jnp.where(attn_mask[:, None], logits, -1e30)
@@ -86,8 +94,8 @@ class SASRecBlock(nnx.Module):
         weights = jnp.where(attn_mask[:, None], weights, 0.0)  # rows with no real key -> 0
         weights = self.attn_dropout(weights, deterministic=deterministic)
         attn = jnp.einsum("bhij,bjhd->bihd", weights, v).reshape(b, length, d)
-        x = x + self.dropout(self.attn_out(attn), deterministic=deterministic)
-        hidden = _ACTIVATIONS[cfg.activation](self.ffn_in(self.ffn_norm(x)))
+        x = self.ffn_norm(normed + self.dropout(self.attn_out(attn), deterministic=deterministic))
+        hidden = _ACTIVATIONS[cfg.activation](self.ffn_in(x))
         hidden = self.dropout(hidden, deterministic=deterministic)
         return x + self.dropout(self.ffn_out(hidden), deterministic=deterministic)
 
