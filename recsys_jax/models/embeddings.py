@@ -54,8 +54,17 @@ def causal_key_mask(mask: jax.Array) -> jax.Array:
     return causal[None, :, :] & mask[:, None, :].astype(bool)
 
 
+ROW_MULTIPLE = 128  # the stored table's row count is padded to a multiple of this
+
+
 class ItemEmbedding(nnx.Module):
-    """``[N + 1, D]`` item table, row-sharded with logical axes ``("items", "embed")``."""
+    """``[N + 1, D]`` item table, row-sharded with logical axes ``("items", "embed")``.
+
+    The parameter is stored with its rows padded up to a multiple of :data:`ROW_MULTIPLE`, so it
+    row-shards over any power-of-two shard count up to 128 whatever ``N`` is (a dimension the mesh
+    does not divide would stay replicated); the padding rows are never read: :meth:`table` returns
+    the first ``N + 1`` rows. The padding is independent of the mesh, so checkpoints restore anywhere.
+    """
 
     def __init__(self, num_items: int, dim: int, *, rngs: nnx.Rngs, init_std: float = 0.02):
         if num_items < 1:
@@ -66,11 +75,12 @@ class ItemEmbedding(nnx.Module):
         init = nnx.with_partitioning(
             nnx.initializers.truncated_normal(stddev=init_std), ("items", "embed")
         )
-        self.embedding = nnx.Param(init(rngs.params(), (num_items + 1, dim), jnp.float32))
+        rows = -(-(num_items + 1) // ROW_MULTIPLE) * ROW_MULTIPLE
+        self.embedding = nnx.Param(init(rngs.params(), (rows, dim), jnp.float32))
 
     def table(self, normalize: bool) -> jax.Array:
-        """The full table with row 0 zeroed, L2-normalised per row when ``normalize``."""
-        t = self.embedding[...]
+        """The ``[N + 1, D]`` table with row 0 zeroed, L2-normalised per row when ``normalize``."""
+        t = self.embedding[...][: self.num_items + 1]
         not_pad = (jnp.arange(t.shape[0]) > 0)[:, None]
         t = jnp.where(not_pad, t, 0.0)
         return l2_normalize(t) if normalize else t

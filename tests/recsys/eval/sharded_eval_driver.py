@@ -19,7 +19,7 @@ def main(run_dir: str) -> None:
     cfg = load_config(None, [
         f"train.run_dir={run_dir}", f"data.cache_dir={run_dir}/data", "train.steps=6", "train.batch_size=16",
         "train.eval_every=0", "train.progress=false", "train.tensorboard=false", "eval.batch_size=32",
-        "data.build.synthetic.num_users=120", "data.build.synthetic.num_items=95", "data.build.synthetic.min_len=8",
+        "data.build.synthetic.num_users=120", "data.build.synthetic.num_items=97", "data.build.synthetic.min_len=8",
         "data.build.synthetic.max_len=20", "data.max_len=12",
         "model.hstu.max_seq_len=12", "model.hstu.embed_dim=16", "model.hstu.attention_dim=16",
         "model.hstu.linear_dim=16", "model.hstu.num_layers=1", "loss.num_negatives=16",
@@ -34,7 +34,8 @@ def main(run_dir: str) -> None:
                                max_len=cfg.data.max_len, padding=cfg.data.padding, ks=tuple(e.ks), ties=e.ties)
     print("RESULT " + json.dumps({"sharded": sharded, "unsharded": unsharded,
                                   "table_spec": str(trainer.model(state).items.embedding[...].sharding.spec),
-                                  "table_rows": int(table.shape[0])}))
+                                  "table_rows": int(table.shape[0]),
+                                  "param_rows": int(trainer.model(state).items.embedding[...].shape[0])}))
 
 
 if __name__ == "__main__":
