@@ -4,8 +4,9 @@
     canvas-jax inpaint --model PATH --image in.png --mask m.png --prompt "..." --out out.png
     canvas-jax outpaint --model PATH --image in.png --right 64 --prompt "..." --out out.png
     canvas-jax convert from-diffusers|to-diffusers SRC DST
+    canvas-jax data build ... / train --config ... / eval shapes|cifar10|inpaint --model PATH ...
 
-Subcommands live in :data:`COMMANDS` (name -> (add_arguments, run)); more (train, data, eval) plug in there.
+Subcommands live in :data:`COMMANDS` (name -> (help, add_arguments, run)).
 Bad input prints one ``canvas-jax: error: ...`` line and exits with code 2.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from canvas_jax.diffusion.plans import SAMPLERS
 from canvas_jax.data.cli import add_data_arguments, run_data
+from canvas_jax.eval.cli import add_eval_arguments, run_eval
 from canvas_jax.train.run import add_train_arguments, run_train
 
 PROG = "canvas-jax"
@@ -174,6 +176,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "convert": ("convert pipelines between diffusers and canvas_jax formats", _add_convert, _run_convert),
     "data": ("build training datasets (ArrayRecord)", add_data_arguments, run_data),
     "train": ("train a VAE, a text-to-image or an inpainting model", add_train_arguments, run_train),
+    "eval": ("score a model: Shapes adherence, CIFAR-10 classifier metrics, inpainting", add_eval_arguments,
+             run_eval),
 }
 
 

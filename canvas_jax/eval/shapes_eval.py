@@ -1,0 +1,103 @@
+"""Shapes prompt adherence: the fraction of generated images the Shapes checker accepts, reported separately for
+prompts whose every (colour, shape) was seen in training and for prompts holding a held-out combination.
+
+Prompts are scenes of one to three shapes like the training captions (``kind="scenes"``,
+:func:`canvas_jax.data.shapes.sample_prompts`) or single shapes (``kind="single"``, a seeded choice from
+:func:`canvas_jax.data.shapes.enumerate_prompts`); both are deterministic from the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from canvas_jax.data import shapes
+from canvas_jax.data.checker import check
+from canvas_jax.eval.metrics import prompt_adherence
+from canvas_jax.eval.sampling import SamplingOptions, generate
+
+PROMPT_KINDS = ("scenes", "single")
+
+
+@dataclasses.dataclass
+class ShapesSamples:
+    captions: list[str]
+    heldout: np.ndarray  # bool [N]
+    images: np.ndarray  # uint8 [N, H, W, 3]
+
+
+def shapes_config_for(model_path: str | os.PathLike, size: int) -> shapes.ShapesConfig:
+    """The Shapes setup a model was trained on: a training run folder's ``data.options`` (held-out pairs,
+    backgrounds, shape counts) when it trained on ``dataset: shapes``, else the defaults; at ``size`` pixels."""
+    from canvas_jax.train.runs import is_run_dir, load_config
+
+    options = {}
+    if is_run_dir(model_path):
+        cfg = load_config(model_path)
+        if cfg.data.dataset == "shapes":
+            options = dict(cfg.data.options)
+    return shapes.ShapesConfig(resolution=size, **options)
+
+
+def shapes_prompts(n: int, cfg: shapes.ShapesConfig = shapes.ShapesConfig(), *, heldout: bool = False,
+                   kind: str = "scenes", seed: int = 0) -> list[str]:
+    """``n`` captions (seen, or each holding a held-out combination); ``single`` gives at most as many as exist."""
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt kind {kind!r}: expected one of {', '.join(PROMPT_KINDS)}")
+    if n < 1:
+        raise ValueError(f"number of prompts must be >= 1, got {n}")
+    if heldout and not cfg.holdout:
+        raise ValueError("no held-out (colour, shape) combination is configured, so there are no held-out prompts")
+    if kind == "scenes":
+        return [c for c, _ in shapes.sample_prompts(n, cfg, heldout=heldout, seed=seed)]
+    pool = [c for c, _ in shapes.enumerate_prompts(cfg, heldout=heldout)]
+    pick = np.random.default_rng([seed, 7, int(heldout)]).permutation(len(pool))[:n]
+    return [pool[i] for i in sorted(pick)]
+
+
+def generate_shapes(pipe, cfg: shapes.ShapesConfig, *, num_prompts: int = 64, kind: str = "scenes",
+                    opts: SamplingOptions = SamplingOptions()) -> ShapesSamples:
+    """``num_prompts`` seen and ``num_prompts`` held-out prompts, one image each at ``cfg.resolution``."""
+    seen = shapes_prompts(num_prompts, cfg, kind=kind, seed=opts.seed)
+    held = shapes_prompts(num_prompts, cfg, heldout=True, kind=kind, seed=opts.seed) if cfg.holdout else []
+    captions = seen + held
+    images = generate(pipe, captions, opts, size=cfg.resolution)
+    return ShapesSamples(captions, np.array([False] * len(seen) + [True] * len(held)), images)
+
+
+def adherence(samples: ShapesSamples) -> tuple[dict, list[bool]]:
+    """(``adherence``, ``adherence_seen``, ``adherence_heldout`` and counts; per-image checker results)."""
+    report, results = prompt_adherence(check, samples.images, samples.captions, samples.heldout)
+    return {"adherence": report["adherence"], "adherence_seen": report["adherence_seen"],
+            "adherence_heldout": report["adherence_held_out"], "n_seen": report["n_seen"],
+            "n_heldout": report["n_held_out"]}, results
+
+
+def save_grid(samples: ShapesSamples, results: list[bool], path: str | os.PathLike, *, tile: int = 128,
+              cols: int = 8) -> None:
+    """A PNG grid, tiles upscaled to ``tile`` pixels, each captioned "ok" / "NO" (checker), "H" (held-out
+    prompt) and its prompt."""
+    from PIL import Image
+
+    from canvas_jax.images import make_grid
+
+    tiles = [Image.fromarray(im).resize((tile, tile), Image.Resampling.NEAREST) for im in samples.images]
+    short = [c.replace("a ", "").replace("at the ", "").replace(" and ", "; ") for c in samples.captions]
+    captions = [f"{'ok' if ok else 'NO'}{' H' if h else ''} {c}" for ok, h, c in zip(results, samples.heldout, short)]
+    make_grid(tiles, cols=min(cols, len(tiles)), captions=captions).save(path)
+
+
+def evaluate_shapes(pipe, cfg: shapes.ShapesConfig, *, num_prompts: int = 64, kind: str = "scenes",
+                    opts: SamplingOptions = SamplingOptions(), grid: str | os.PathLike | None = None) -> dict:
+    """Generate and score (see the module docstring); with ``grid``, also save the captioned PNG grid."""
+    t0 = time.perf_counter()
+    samples = generate_shapes(pipe, cfg, num_prompts=num_prompts, kind=kind, opts=opts)
+    report, results = adherence(samples)
+    if grid is not None:
+        save_grid(samples, results, grid)
+    return {"eval": "shapes", **report, "prompt_kind": kind, "image_size": cfg.resolution,
+            "heldout_combinations": [" ".join(p) for p in cfg.holdout], **opts.describe(),
+            "seconds": round(time.perf_counter() - t0, 2)}
