@@ -1,6 +1,7 @@
 """The Python API: ``Pipeline.from_pretrained(path)(prompt)`` for text-to-image, img2img, inpainting, outpainting.
 
-    pipe = canvas_jax.Pipeline.from_pretrained("sd15/")     # a diffusers folder or our converted folder
+    pipe = canvas_jax.Pipeline.from_pretrained("sd15/")     # a diffusers folder, our converted folder, or a
+                                                             # `canvas-jax train` run folder (runs/shapes_tiny)
     out = pipe("a cozy reading nook", num_steps=25, guidance_scale=7.5, sampler="dpmpp_2m", seed=0)
     out.images                                               # PIL images ("np": NHWC float32 in [0, 1])
 
@@ -9,7 +10,8 @@ compiled once per (model structure, shapes, sampler, steps, task) and cached acr
 The conditioning follows diffusers' pipelines: SD 1.x / 2.x condition on the text encoder's last hidden
 state (SD 2's encoder is already truncated); SDXL on both encoders' penultimate states concatenated, with
 the second encoder's projected pooled output and ``time_ids = (H, W, 0, 0, H, W)`` as added conditions, and
-all-zero negative conditioning when no negative prompt is given (``force_zeros_for_empty_prompt``).
+all-zero negative conditioning when no negative prompt is given (``force_zeros_for_empty_prompt``). Our
+MiniLM/BERT-conditioned pipelines condition on ``bert(ids, attention_mask).last_hidden_state`` as in training.
 Image latents are the posterior mode of the VAE (diffusers samples it; the spread is tiny for trained VAEs).
 With several devices the batch is sharded over the mesh's ``data`` axis (padded to a multiple of it).
 """
@@ -32,6 +34,7 @@ from canvas_jax import images as imgs
 from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
 from canvas_jax.pipeline_io import Components, load_components
 from canvas_jax.convert.lora import load_lora
+from canvas_jax.models.bert import BertModel
 from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora
 from core_jax.mesh import MeshConfig, batch_spec, make_mesh
 
@@ -81,9 +84,13 @@ class _Static(NamedTuple):
     decode: bool
 
 
-def _encode_text(st: _Static, m: dict, ids, ids2, guided: bool):
-    """(context [B', T, D], pooled [B', P] or None); B' = 2B as [uncond; cond] when guided."""
-    if not st.sdxl:
+def _encode_text(st: _Static, m: dict, ids, ids2, attn, guided: bool):
+    """(context [B', T, D], pooled [B', P] or None); B' = 2B as [uncond; cond] when guided. A BERT encoder
+    (``attn`` = its attention mask) is called as in training: ``encoder(ids, attn).last_hidden_state``."""
+    if isinstance(m["text_encoder"], BertModel):
+        ctx = m["text_encoder"](ids, attn).last_hidden_state
+        pooled = None
+    elif not st.sdxl:
         ctx = m["text_encoder"](ids).last_hidden_state
         pooled = None
     else:
@@ -101,7 +108,7 @@ def _generate_impl(st: _Static, states: dict, inputs: dict) -> jax.Array:
     unet, vae = m["unet"], m["vae"]
     sf, shift = vae.scaling_factor, vae.shift_factor
     noise = inputs["noise"]
-    ctx, pooled = _encode_text(st, m, inputs["ids"], inputs.get("ids2"), st.guided)
+    ctx, pooled = _encode_text(st, m, inputs["ids"], inputs.get("ids2"), inputs.get("attn"), st.guided)
     added = None
     if st.sdxl:
         time_ids = inputs["time_ids"]
@@ -351,7 +358,10 @@ class Pipeline:
         guided = bool(guidance_scale > 1.0)
         zero_negative = guided and negative_prompt is None and self.sdxl and self.force_zeros_for_empty_prompt
         texts = prompts if (not guided or zero_negative) else (negatives or [""] * batch) + prompts
-        inputs["ids"] = self._tokenize(self.tokenizer, texts)
+        tokens = self.tokenizer(texts)
+        inputs["ids"] = tokens["input_ids"].astype(np.int32)
+        if isinstance(self.components.text_encoder, BertModel):
+            inputs["attn"] = tokens["attention_mask"].astype(np.int32)
         if self.sdxl:
             inputs["ids2"] = self._tokenize(self.tokenizer_2, texts)
             inputs["time_ids"] = np.tile(np.array([height, width, 0, 0, height, width], np.float32), (batch, 1))
@@ -407,7 +417,7 @@ class Pipeline:
             if key == "rng" or key == "guidance_scale":
                 sharded[key] = jax.device_put(value, NamedSharding(self.mesh, P()))
                 continue
-            halves = 2 if key in ("ids", "ids2") and value.shape[0] == 2 * batch else 1
+            halves = 2 if key in ("ids", "ids2", "attn") and value.shape[0] == 2 * batch else 1
             value = pad_rows(value, halves) if pad else np.asarray(value)
             spec = batch_spec(value.ndim) if halves == 1 else P()
             sharded[key] = jax.device_put(value, NamedSharding(self.mesh, spec))

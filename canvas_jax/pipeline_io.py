@@ -1,5 +1,8 @@
 """Reading and writing whole pipelines: diffusers folders and our own format.
 
+A training run folder (``canvas-jax train``: ``config.yaml`` + ``checkpoints/``) loads too: its latest
+checkpoint's (EMA) UNet, VAE, text encoder, tokenizer and noise schedule.
+
 A diffusers folder has ``model_index.json`` and ``unet/ vae/ text_encoder/ tokenizer/ scheduler/`` (SDXL adds
 ``text_encoder_2/ tokenizer_2/``), weights in safetensors. Our format keeps the same sub-folder names with,
 for every model, ``config.json`` plus ``params/`` (an Orbax checkpoint of the flat parameter dict), the
@@ -24,7 +27,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from canvas_jax.convert.diffusers_models import load_unet, load_vae
-from canvas_jax.convert.text_encoders import load_clip_text
+from canvas_jax.convert.text_encoders import load_bert, load_clip_text
+from canvas_jax.models.bert import BertModel
 from canvas_jax.models.clip import CLIPTextModel, CLIPTextModelWithProjection
 from canvas_jax.models.tokenizer import Tokenizer
 from canvas_jax.models.unet import UNet2DConditionModel
@@ -36,7 +40,8 @@ FORMAT, VERSION = "canvas_jax", 1
 MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
 TOKENIZERS = ("tokenizer", "tokenizer_2")
 CLASSES = {"UNet2DConditionModel": UNet2DConditionModel, "AutoencoderKL": AutoencoderKL,
-           "CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
+           "CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
+           "BertModel": BertModel}
 PARAMS_DIR = "params"
 
 
@@ -46,7 +51,7 @@ class Components:
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    text_encoder: CLIPTextModel
+    text_encoder: CLIPTextModel | BertModel
     tokenizer: Tokenizer
     scheduler_config: dict[str, Any]
     model_index: dict[str, Any]
@@ -58,16 +63,18 @@ class Components:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """``"canvas_jax"`` or ``"diffusers"``; a clear FileNotFoundError for anything else."""
+    """``"canvas_jax"``, ``"diffusers"`` or ``"run"``; a clear FileNotFoundError for anything else."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        return "run"
     if (path / INDEX_NAME).is_file():
         return FORMAT
     if (path / DIFFUSERS_INDEX).is_file():
         return "diffusers"
-    raise FileNotFoundError(f"{path} is not a pipeline folder: expected {DIFFUSERS_INDEX} (diffusers format) or "
-                            f"{INDEX_NAME} (canvas_jax format)")
+    raise FileNotFoundError(f"{path} is not a pipeline folder: expected {DIFFUSERS_INDEX} (diffusers format), "
+                            f"{INDEX_NAME} (canvas_jax format) or config.yaml + checkpoints/ (a training run)")
 
 
 def read_json(path: Path) -> dict:
@@ -108,6 +115,8 @@ def _flat_state(module: nnx.Module) -> list[tuple[str, nnx.Variable]]:
 
 
 def module_config(module: nnx.Module) -> dict:
+    if isinstance(module, BertModel):
+        return {**module.config.to_dict(), "_add_pooling_layer": module.pooler is not None}
     if isinstance(module, CLIPTextModel):
         return module.config.to_dict()
     return {k: v for k, v in module.config.items()}
@@ -138,7 +147,10 @@ def load_module(folder: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp
     cls = CLASSES[name]
     cfg = {k: v for k, v in config.items() if k != "_class_name"} if cls in (UNet2DConditionModel, AutoencoderKL) \
         else config
-    module = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    extra = {}
+    if cls is BertModel:
+        extra["add_pooling_layer"] = bool(cfg.pop("_add_pooling_layer", True))
+    module = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, **extra))
     flat = _flat_state(module)
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat}
     checkpointer = ocp.StandardCheckpointer()
@@ -156,6 +168,10 @@ def load_components(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=j
     """All components of a diffusers or canvas_jax pipeline folder."""
     path = Path(path)
     fmt = detect_format(path)
+    if fmt == "run":
+        from canvas_jax.train.export import run_components
+
+        return run_components(path)[0]
     classes = component_classes(path, fmt)
     models: dict[str, nnx.Module] = {}
     for name, cls_name in classes.items():
@@ -165,6 +181,8 @@ def load_components(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=j
             models[name] = load_unet(path / name, dtype=dtype, param_dtype=param_dtype)
         elif name == "vae":
             models[name] = load_vae(path / name, dtype=dtype, param_dtype=param_dtype)
+        elif cls_name == "BertModel":
+            models[name] = load_bert(path / name, dtype=dtype, param_dtype=param_dtype)
         else:
             models[name] = load_clip_text(path / name, with_projection=cls_name == "CLIPTextModelWithProjection",
                                           dtype=dtype, param_dtype=param_dtype)

@@ -88,7 +88,8 @@ class TextToImageTask:
         self.tokenizer = text_encoders.load_tokenizer(self.text_source, cfg.text_encoder.max_length)
 
     def unet_config(self) -> dict:
-        return dict(self.cfg.unet)
+        """The config's UNet; ``sample_size`` (latent side, the pipeline's default image size) from the data."""
+        return {"sample_size": self.cfg.data.image_size // self.vae.downsample_factor, **self.cfg.unet}
 
     def build_unet(self, rngs: nnx.Rngs) -> UNet2DConditionModel:
         return UNet2DConditionModel(self.unet_config(), rngs=rngs, dtype=self.dtype)

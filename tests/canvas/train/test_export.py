@@ -43,3 +43,26 @@ def test_export_pipeline_round_trip(tmp_path, t2i_run):
     sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert sched["prediction_type"] == cfg.diffusion.prediction_type
     assert sched["num_train_timesteps"] == 1000
+
+
+def test_pipeline_loads_run_and_export_as_trained(tmp_path, t2i_run):
+    """Pipeline.from_pretrained on the run folder and on its diffusers export generates what the training
+    run's sample-grid hook generates (same noise): the BERT encoder gets its attention mask, the empty
+    prompt is encoded (force_zeros_for_empty_prompt false) and the default size is the training size."""
+    from canvas_jax.pipeline import Pipeline
+    from canvas_jax.train.hooks import SampleGrid
+    from canvas_jax.train.runs import restore_run
+
+    cfg, task, model = restore_run(t2i_run, ema=True)
+    prompts = ["a red square at the top left", "a small blue circle at the center"]
+    kw = dict(sampler="dpmpp_2m", num_steps=3, guidance_scale=3.0)
+    want = SampleGrid(task, prompts, seed=0, image_size=cfg.data.image_size, **kw).images(model)
+    side = cfg.data.image_size // model.vae.downsample_factor
+    noise = jax.random.normal(jax.random.key(0), (2, side, side, model.vae.config["latent_channels"]))
+    latents = np.asarray(noise).transpose(0, 3, 1, 2)
+    run_pipe = Pipeline.from_pretrained(t2i_run)
+    assert run_pipe.default_size == cfg.data.image_size
+    got = run_pipe(prompts, latents=latents, output_type="np", **kw).images
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    exported = Pipeline.from_pretrained(export_pipeline(t2i_run, tmp_path / "pipe"))
+    np.testing.assert_allclose(exported(prompts, latents=latents, output_type="np", **kw).images, want, atol=2e-5)
