@@ -21,6 +21,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-base
 	$(BIN)/python -m core_jax.demo
 	$(BIN)/python -m recsys_jax.demo
+	$(BIN)/python -m canvas_jax.demo
 
 test: $(VENV)/.installed-test
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q

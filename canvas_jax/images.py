@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -86,20 +87,22 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
 
 
 def make_grid(images: Sequence[Image.Image], *, cols: int | None = None,
-              captions: Sequence[str] | None = None, caption_height: int = 14) -> Image.Image:
+              captions: Sequence[str] | None = None, caption_height: int = 12) -> Image.Image:
     """Tile equally sized images into one image, ``cols`` per row (default: near square); with ``captions``,
-    a white strip with each caption under its tile."""
+    a white strip under each tile holding its caption, word-wrapped to the tile width (``caption_height``
+    pixels per line; PIL's default bitmap font is about 6 pixels per character)."""
     if not images:
         raise ValueError("make_grid: no images")
     w, h = images[0].size
     cols = cols or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
-    cap = caption_height if captions else 0
+    lines = [textwrap.wrap(str(c), max(1, (w - 4) // 6)) or [""] for c in captions] if captions else []
+    cap = caption_height * max(len(x) for x in lines) + 2 if captions else 0
     grid = Image.new("RGB", (cols * w, rows * (h + cap)), "white")
     draw = ImageDraw.Draw(grid)
     for i, img in enumerate(images):
         x, y = (i % cols) * w, (i // cols) * (h + cap)
         grid.paste(img.convert("RGB"), (x, y))
-        if captions:
-            draw.text((x + 2, y + h + 1), str(captions[i])[: max(1, w // 6)], fill="black")
+        for j, line in enumerate(lines[i] if captions else []):
+            draw.text((x + 2, y + h + 1 + j * caption_height), line, fill="black")
     return grid
