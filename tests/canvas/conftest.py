@@ -47,10 +47,14 @@ def write_clip_tokenizer(folder: Path, words: str = _WORDS, pad_token: str = "<|
     tokens = [*dict.fromkeys(tokens), "<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    def added(content):
+        return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+
+    specials = {"bos_token": added("<|startoftext|>"), "eos_token": added("<|endoftext|>"),
+                "unk_token": added("<|endoftext|>")}
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {**specials, "pad_token": pad_token, "model_max_length": 77, "do_lower_case": True, "errors": "replace",
-         "tokenizer_class": "CLIPTokenizer"}))
+         "add_prefix_space": False, "tokenizer_class": "CLIPTokenizer"}))
     (folder / "special_tokens_map.json").write_text(json.dumps({**specials, "pad_token": pad_token}))
     return folder
 
@@ -86,6 +90,12 @@ def build_tiny_sd(folder: Path, *, in_channels: int = 4, seed: int = 0) -> Path:
                requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_writer():
+    """:func:`write_clip_tokenizer` for test modules (they cannot import this conftest)."""
+    return write_clip_tokenizer
 
 
 @pytest.fixture(scope="session")

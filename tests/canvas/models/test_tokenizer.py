@@ -1,8 +1,5 @@
 """Our Tokenizer gives the same ids and masks as transformers' tokenizers built from the same files."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -23,44 +20,7 @@ TEXTS = [
 ]
 
 
-def _byte_alphabet() -> list[str]:
-    """The 256 printable characters byte-level BPE uses for the bytes 0..255 (GPT-2 / CLIP order)."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    chars, extra = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
-
-
-def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path:
-    """A tiny CLIP tokenizer folder laid out like diffusers' ``tokenizer/`` (vocab.json, merges.txt, configs)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    alphabet = _byte_alphabet()
-    merges = []
-    for word in "a photo of the cat dog an astronaut riding horse on mars hello world !! 's".split():
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        while len(symbols) > 1:
-            if (symbols[0], symbols[1]) not in merges:
-                merges.append((symbols[0], symbols[1]))
-            symbols = [symbols[0] + symbols[1], *symbols[2:]]
-    tokens = [*alphabet, *(a + "</w>" for a in alphabet), *(a + b for a, b in merges)]
-    tokens = [*dict.fromkeys(tokens), "<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-
-    def added(content):
-        return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
-
-    specials = {"bos_token": added("<|startoftext|>"), "eos_token": added("<|endoftext|>"),
-                "unk_token": added("<|endoftext|>")}
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {**specials, "pad_token": "<|endoftext|>", "model_max_length": 77, "do_lower_case": True,
-         "errors": "replace", "add_prefix_space": False, "tokenizer_class": "CLIPTokenizer"}))
-    (folder / "special_tokens_map.json").write_text(json.dumps({**specials, "pad_token": pad_token}))
-    return folder
+WORDS = "a photo of the cat dog an astronaut riding horse on mars hello world !! 's"
 
 
 def _assert_same(ours: Tokenizer, ref, texts, max_length):
@@ -72,8 +32,8 @@ def _assert_same(ours: Tokenizer, ref, texts, max_length):
 
 
 @pytest.mark.parametrize("pad_token, pad_id", [("<|endoftext|>", None), ("!", 0)])
-def test_clip_vocab_merges_matches_transformers(tmp_path, pad_token, pad_id):
-    folder = write_clip_tokenizer(tmp_path / "tokenizer", pad_token)
+def test_clip_vocab_merges_matches_transformers(tmp_path, pad_token, pad_id, clip_tokenizer_writer):
+    folder = clip_tokenizer_writer(tmp_path / "tokenizer", WORDS, pad_token)
     ours, ref = Tokenizer.from_folder(folder), transformers.CLIPTokenizer.from_pretrained(folder)
     assert ours.model_max_length == 77
     assert ours.pad_token_id == ref.pad_token_id == (pad_id if pad_id is not None else ref.eos_token_id)
@@ -85,8 +45,8 @@ def test_clip_vocab_merges_matches_transformers(tmp_path, pad_token, pad_id):
     _assert_same(ours, ref, TEXTS, 12)
 
 
-def test_clip_tokenizer_json_written_by_transformers(tmp_path):
-    ref = transformers.CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path / "raw", "!"))
+def test_clip_tokenizer_json_written_by_transformers(tmp_path, clip_tokenizer_writer):
+    ref = transformers.CLIPTokenizer.from_pretrained(clip_tokenizer_writer(tmp_path / "raw", WORDS, "!"))
     ref.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "tokenizer.json").is_file()
     ours = Tokenizer.from_folder(tmp_path / "saved")
@@ -104,8 +64,8 @@ def test_minilm_tokenizer_json_matches_transformers():
     np.testing.assert_array_equal(ours(texts[:3], padding="longest")["input_ids"], expected["input_ids"])
 
 
-def test_bad_input_is_explained(tmp_path):
-    ours = Tokenizer.from_folder(write_clip_tokenizer(tmp_path / "tok"))
+def test_bad_input_is_explained(tmp_path, clip_tokenizer_writer):
+    ours = Tokenizer.from_folder(clip_tokenizer_writer(tmp_path / "tok", WORDS))
     with pytest.raises(TypeError, match="list of strings"):
         ours(["ok", 3])
     with pytest.raises(ValueError, match="padding"):
