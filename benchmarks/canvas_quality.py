@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 
@@ -45,7 +44,7 @@ from canvas_jax.eval.shapes_eval import adherence, evaluate_shapes, generate_sha
 from canvas_jax.train.config import CanvasTrainConfig  # noqa: E402
 from canvas_jax.train.run import train  # noqa: E402
 from core_jax import config as config_lib  # noqa: E402
-from core_jax.loop import Hook  # noqa: E402
+from core_jax.loop import time_limit_hook  # noqa: E402
 
 CONFIGS = {"shapes": os.path.join(ROOT, "configs", "canvas", "shapes_tiny.yaml"),
            "cifar10": os.path.join(ROOT, "configs", "canvas", "cifar10.yaml")}
@@ -53,21 +52,6 @@ CONFIGS = {"shapes": os.path.join(ROOT, "configs", "canvas", "shapes_tiny.yaml")
 
 def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
-
-
-def time_limit_hook(seconds: float) -> tuple[Hook, dict]:
-    """A hook that stops training (SIGTERM: the loop checkpoints and returns) ``seconds`` after its first call
-    (the first training step, so a VAE pretraining before it does not count); and its status dict."""
-    status = {"start": None, "stopped": False}
-
-    def fn(trainer, step, state):
-        now = time.monotonic()
-        status["start"] = status["start"] or now
-        if now - status["start"] > seconds and not status["stopped"] and jax.process_index() == 0:
-            status["stopped"] = True
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return Hook(every=1, fn=fn, at_end=False), status
 
 
 def train_for(name: str, work: str, args, extra: list[str]) -> tuple[str, dict]:
@@ -80,14 +64,11 @@ def train_for(name: str, work: str, args, extra: list[str]) -> tuple[str, dict]:
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
     cfg = config_lib.load(CanvasTrainConfig, CONFIGS[name], overrides)
-    hooks, status = [], {"stopped": False}
-    if args.max_minutes:
-        hook, status = time_limit_hook(args.max_minutes * 60)
-        hooks.append(hook)
+    hooks = [time_limit_hook(args.max_minutes * 60)] if args.max_minutes else []
     t0 = time.perf_counter()
     state, metrics = train(cfg, extra_hooks=hooks)
     summary = {"train_steps": int(jax.device_get(state["step"])), "planned_steps": cfg.train.steps,
-               "train_seconds": round(time.perf_counter() - t0, 1), "stopped_by_time_limit": status["stopped"],
+               "train_seconds": round(time.perf_counter() - t0, 1), "stopped_by_time_limit": any(h.fn.stopped for h in hooks),
                "train_loss": metrics.get("loss"), "eval_loss": metrics.get("eval_loss"), "run_dir": run_dir}
     return run_dir, summary
 

@@ -40,7 +40,8 @@ from recsys_jax.eval.baselines import evaluate_most_popular  # noqa: E402
 from recsys_jax.train.config import load_config  # noqa: E402
 from recsys_jax.train.dataset_cache import resolve_dataset  # noqa: E402
 from recsys_jax.train.restore import restore_run  # noqa: E402
-from recsys_jax.train.task import time_limit_hook, train  # noqa: E402
+from core_jax.loop import time_limit_hook  # noqa: E402
+from recsys_jax.train.task import train  # noqa: E402
 
 DATASETS = {
     "beauty": ("amazon-beauty/beauty.txt", "beauty"),

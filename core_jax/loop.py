@@ -67,6 +67,27 @@ class Hook:
     at_end: bool = True
 
 
+class TimeLimit:
+    """A hook ``fn`` that stops training as SIGTERM does (checkpoint at the current step, then return) once
+    ``seconds`` of wall time have passed since its first call (the first step: compilation and anything run
+    before training do not count). ``stopped`` tells whether it fired."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start, self.stopped = float(seconds), None, False
+
+    def __call__(self, trainer: "Trainer", step: int, state: dict) -> None:
+        now = time.monotonic()
+        self.start = now if self.start is None else self.start
+        if not self.stopped and now - self.start > self.seconds and jax.process_index() == 0:
+            self.stopped = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def time_limit_hook(seconds: float, every: int = 1) -> Hook:
+    """A :class:`Hook` running :class:`TimeLimit` every ``every`` steps (``hook.fn.stopped`` after the run)."""
+    return Hook(every=every, fn=TimeLimit(seconds), at_end=False)
+
+
 class NonFiniteError(RuntimeError):
     pass
 

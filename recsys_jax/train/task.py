@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from core_jax.config import ConfigError
-from core_jax.loop import Hook, Trainer
+from core_jax.loop import Trainer
 from core_jax.task import DataContext
 from recsys_jax.data.loader import RecsysDataset, load_dataset
 from recsys_jax.eval.evaluate import eval_iterator, model_eval_step
@@ -121,17 +121,3 @@ def train(cfg: RecsysConfig, *, dataset: RecsysDataset | None = None, hooks=(), 
     """Train (or resume) the run ``cfg`` on the shared loop; returns ``(state, last metrics)``."""
     trainer = Trainer(RecsysTask(cfg, dataset), cfg, hooks=hooks, mesh=mesh)
     return trainer.fit()
-
-
-def time_limit_hook(seconds: float, every: int = 1) -> Hook:
-    """A hook that stops training (like SIGTERM: checkpoint, then return) after ``seconds`` of wall time."""
-    import signal
-    import time
-
-    start = time.monotonic()
-
-    def fn(trainer, step, state):
-        if time.monotonic() - start > seconds and jax.process_index() == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return Hook(every=every, fn=fn, at_end=False)

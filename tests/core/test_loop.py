@@ -1,6 +1,5 @@
 """The loop's features on a tiny in-memory task: accumulation, NaN guard, EMA, bf16, eval, metrics."""
 
-import dataclasses
 import os
 
 import jax
@@ -168,3 +167,14 @@ def test_trainable_filter_freezes_the_rest(tmp_path):
     assert not np.allclose(state["params"]["head"]["kernel"][...], init["params"]["head"]["kernel"][...])
     # the optimizer state covers only the trainable part
     assert all(x.shape in {(DIM, 1), (1,), ()} for x in jax.tree.leaves(state["opt"]))
+
+
+def test_time_limit_hook_stops_with_a_checkpoint(tmp_path):
+    from core_jax.loop import time_limit_hook
+
+    cfg = _cfg(tmp_path, "train.steps=50", "train.checkpoint.every=0")
+    hook = time_limit_hook(0.0)  # fires at its second call: the first starts the clock
+    state, _ = Trainer(LinearTask(_examples()), cfg, hooks=[hook]).fit()
+    step = int(jax.device_get(state["step"]))
+    assert hook.fn.stopped and step < 50
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [str(step)]

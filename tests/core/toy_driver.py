@@ -19,7 +19,7 @@ import numpy as np
 from core_jax import config as config_lib
 from core_jax import distributed
 from core_jax.loop import Hook, Trainer
-from core_jax.mesh import MeshConfig, make_mesh
+from core_jax.mesh import make_mesh
 from core_jax.metrics import read_jsonl
 from core_jax.toy import ToyConfig, ToyTask
 
