@@ -6,7 +6,9 @@ One schema serves every task; ``task`` picks which one runs:
 - ``text_to_image``: latent diffusion of ``unet`` (a diffusers UNet config dict) with the frozen VAE from
   ``vae.path`` and the frozen text encoder ``text_encoder.source``.
 - ``inpaint``: fine-tune a 9-channel UNet initialised from ``init_from`` (a text-to-image run folder or a
-  diffusers pipeline / UNet folder), with random masks.
+  diffusers pipeline folder), with random masks.
+- ``finetune``: train the UNet of ``init_from`` further with the text-to-image loss: LoRA adapters alone
+  (``lora.rank > 0``) or every UNet weight (``lora.rank=0``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from canvas_jax.models.lora import LoRAConfig
+from core_jax.config import ConfigError
 from core_jax.loop import TrainConfig
 from core_jax.mesh import MeshConfig
 from core_jax.optim import OptimConfig
 
-TASKS = ("vae", "text_to_image", "inpaint")
+TASKS = ("vae", "text_to_image", "inpaint", "finetune")
 
 
 def _tiny_vae() -> dict[str, Any]:
@@ -90,13 +94,39 @@ class SamplingConfig:
 
 
 @dataclasses.dataclass
+class LoRATrainConfig:
+    """``task=finetune``: LoRA adapters on the UNet (``rank > 0``) or full fine-tuning (``rank=0``)."""
+
+    rank: int = 4  # 0 = full fine-tuning of every UNet parameter
+    alpha: float | None = None  # the branch is scaled by alpha / rank; None = rank (PEFT's default)
+    # presets (attention, conv, ff, time: canvas_jax.models.lora.PRESETS) or regexes over UNet module paths
+    targets: list[str] = dataclasses.field(default_factory=lambda: list(LoRAConfig().targets))
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ConfigError(f"config key 'lora.rank': {self.rank!r}; expected 0 (full fine-tuning) or a positive "
+                              "LoRA rank such as 4 or 8")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ConfigError(f"config key 'lora.alpha': {self.alpha!r}; expected a positive number (or null: "
+                              "alpha = rank)")
+        if self.rank and not self.targets:
+            raise ConfigError("config key 'lora.targets': empty; expected presets (attention, conv, ff, time) or "
+                              "regular expressions over UNet module paths")
+
+    def lora_config(self) -> LoRAConfig:
+        alpha = float(self.rank) if self.alpha is None else float(self.alpha)
+        return LoRAConfig(rank=self.rank, alpha=alpha, targets=tuple(self.targets))
+
+
+@dataclasses.dataclass
 class CanvasTrainConfig:
-    task: Literal["vae", "text_to_image", "inpaint"] = "text_to_image"
+    task: Literal["vae", "text_to_image", "inpaint", "finetune"] = "text_to_image"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
     text_encoder: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
     unet: dict[str, Any] = dataclasses.field(default_factory=_tiny_unet)  # diffusers UNet config (text_to_image)
-    init_from: str = ""  # inpaint: a text_to_image run folder or a diffusers pipeline / unet folder
+    init_from: str = ""  # inpaint, finetune: a text_to_image (or finetune) run folder or a diffusers pipeline folder
+    lora: LoRATrainConfig = dataclasses.field(default_factory=LoRATrainConfig)  # finetune
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -1,7 +1,9 @@
-"""Loop hooks of the canvas tasks: sample grids (PNG) with the EMA weights, and loss curves (PNG).
+"""Loop hooks of the canvas tasks: sample grids (PNG) with the EMA weights, loss curves (PNG), LoRA weights.
 
-Files land in the run folder: ``samples/step_000100.png`` (one tile per prompt, captioned) and
-``loss.png`` (train loss per logged step, eval loss as dots). Plots are drawn with PIL (no matplotlib).
+Files land in the run folder: ``samples/step_000100.png`` (one tile per prompt, captioned),
+``loss.png`` (train loss per logged step, eval loss as dots; drawn with PIL, no matplotlib) and, for
+``task=finetune`` with ``lora.rank > 0``, ``lora/pytorch_lora_weights.safetensors`` (rewritten at every
+checkpoint and at the end).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageDraw
 
 from canvas_jax import images as imgs
@@ -131,13 +135,27 @@ def loss_curve(trainer, step: int, state: dict) -> None:
     plot_curves(series, os.path.join(run_dir, "loss.png"))
 
 
+def save_lora_weights(trainer, step: int, state: dict) -> None:
+    """Write the UNet's LoRA adapters (EMA when kept) to ``RUN_DIR/lora/pytorch_lora_weights.safetensors``."""
+    from canvas_jax.convert.lora import save_lora
+    from canvas_jax.train.finetune_task import lora_file
+
+    params = state["ema"] if "ema" in state else state["params"]  # the adapters: small, gathered to every host
+    params = jax.jit(lambda p: p, out_shardings=NamedSharding(trainer.mesh, P()))(params)
+    if jax.process_index() == 0:
+        save_lora(trainer.model({"params": params, "rest": state["rest"]}).unet, lora_file(trainer.tc.run_dir))
+
+
 def make_hooks(task, cfg, prompts: list[str] | None = None) -> list[Hook]:
-    """The sample-grid hook (diffusion tasks with prompts) and the loss-curve hook for a run config."""
+    """The loss-curve hook, the sample-grid hook (text-to-image and fine-tuning with prompts) and the LoRA
+    saver (LoRA fine-tuning) for a run config."""
     s = cfg.sampling
     never = cfg.train.steps + 1  # "only at the end": the loop calls at_end hooks after the last step
     hooks = [Hook(every=s.plot_every or never, fn=loss_curve)]
+    if cfg.task == "finetune" and cfg.lora.rank > 0:
+        hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_lora_weights))
     prompts = list(s.prompts) or list(prompts or [])
-    if cfg.task in ("text_to_image",) and prompts:
+    if cfg.task in ("text_to_image", "finetune") and prompts:
         grid = SampleGrid(task, prompts[: max(s.num_prompts, 1)], sampler=s.sampler, num_steps=s.num_steps,
                           guidance_scale=s.guidance_scale, seed=s.seed, image_size=cfg.data.image_size)
         hooks.append(Hook(every=s.every or never, fn=grid))

@@ -4,22 +4,19 @@ The UNet's input is ``[noisy latents (4), mask (1), masked-image latents (4)]`` 
 pipelines (and :class:`canvas_jax.Pipeline`) feed it: the mask downsampled by striding, the masked image
 ``image * (mask < 0.5)`` encoded to its posterior mode. :func:`inpaint_unet_from` copies every weight of
 the base UNet and zero-initialises the five new ``conv_in`` input channels, so at step 0 the model equals
-the base model on the first four channels. ``init_from`` is a ``text_to_image`` run folder (its EMA
-UNet, VAE, text encoder and noise schedule) or a diffusers pipeline folder (``unet/``, ``vae/``, ``text_encoder/``).
+the base model on the first four channels. ``init_from`` is a ``text_to_image`` (or ``finetune``) run
+folder or a diffusers pipeline folder: see :mod:`canvas_jax.train.init_from`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import jax.numpy as jnp
 from flax import nnx
 
 from canvas_jax.models.unet import UNet2DConditionModel
-from canvas_jax.train import text_encoders
-from canvas_jax.train.frozen import freeze, unfreeze
-from canvas_jax.train.runs import is_run_dir, restore_model
-from canvas_jax.train.t2i_task import TextToImageTask, make_schedule, vae_latents
+from canvas_jax.train.frozen import unfreeze
+from canvas_jax.train.init_from import InitFromTask
+from canvas_jax.train.t2i_task import vae_latents
 
 
 def inpaint_unet_from(base: UNet2DConditionModel, *, rngs: nnx.Rngs, dtype=jnp.float32) -> UNet2DConditionModel:
@@ -40,43 +37,13 @@ def inpaint_unet_from(base: UNet2DConditionModel, *, rngs: nnx.Rngs, dtype=jnp.f
     return unet
 
 
-class InpaintTask(TextToImageTask):
+class InpaintTask(InitFromTask):
     """Text-to-image training with a 9-channel UNet and the batch's ``mask`` (1 = repaint)."""
 
     in_channels_extra = 5
 
-    def _load_frozen(self) -> None:
-        src = self.cfg.init_from
-        if not src:
-            raise ValueError("init_from is empty: the inpaint task starts from a text_to_image run folder or a "
-                             "diffusers pipeline folder")
-        if is_run_dir(src):
-            base_cfg, model = restore_model(src, ema=True)
-            if base_cfg.task != "text_to_image":
-                raise ValueError(f"init_from={src!r} is a task={base_cfg.task!r} run; expected text_to_image")
-            self.base_unet = model.unet
-            self.vae = model.vae
-            self.sched = make_schedule(base_cfg)  # the base model's noise schedule and prediction type
-            self.text_source = base_cfg.text_encoder.source
-            max_length = base_cfg.text_encoder.max_length
-        elif Path(src).is_dir():
-            from canvas_jax.convert.diffusers_models import load_unet, load_vae
-
-            self.base_unet = load_unet(src)
-            self.vae = freeze(load_vae(src))
-            self.text_source = str(Path(src) / "text_encoder")
-            max_length = self.cfg.text_encoder.max_length
-        else:
-            raise FileNotFoundError(f"init_from={src!r} does not exist; expected a text_to_image run folder or a "
-                                    "diffusers pipeline folder")
-        if self.base_unet.config["in_channels"] != self.vae.config["latent_channels"]:
-            raise ValueError(f"init_from={src!r}: the base UNet has in_channels={self.base_unet.config['in_channels']};"
-                             f" expected a text-to-image UNet with {self.vae.config['latent_channels']}")
-        self.text_encoder = freeze(text_encoders.load_text_encoder(self.text_source))
-        self.tokenizer = text_encoders.load_tokenizer(self.text_source, max_length)
-
     def unet_config(self) -> dict:
-        config = {k: v for k, v in self.base_unet.config.items() if not k.startswith("_")}
+        config = self.base_unet_config()
         return {**config, "in_channels": 2 * config["in_channels"] + 1}
 
     def build_unet(self, rngs: nnx.Rngs) -> UNet2DConditionModel:

@@ -1,4 +1,4 @@
-"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image or inpainting."""
+"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image, inpainting or fine-tuning."""
 
 from __future__ import annotations
 
@@ -16,4 +16,8 @@ def make_task(cfg, *, data_fn=None):
         from canvas_jax.train.inpaint_task import InpaintTask
 
         return InpaintTask(cfg, data_fn=data_fn)
-    raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image' or 'inpaint'")
+    if cfg.task == "finetune":
+        from canvas_jax.train.finetune_task import FinetuneTask
+
+        return FinetuneTask(cfg, data_fn=data_fn)
+    raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image', 'inpaint' or 'finetune'")
