@@ -73,7 +73,8 @@ class SampleGrid:
             return
         folder = os.path.join(trainer.tc.run_dir, "samples")
         os.makedirs(folder, exist_ok=True)
-        grid = imgs.make_grid(imgs.to_pil(out), captions=self.prompts, cols=min(4, len(self.prompts)))
+        tiles = [t.resize((max(t.width, 128),) * 2, Image.Resampling.NEAREST) for t in imgs.to_pil(out)]
+        grid = imgs.make_grid(tiles, captions=self.prompts, cols=min(4, len(self.prompts)))
         grid.save(os.path.join(folder, f"step_{step:06d}.png"))
 
 
