@@ -1,10 +1,15 @@
-"""Autoregressive next-item loss: sampled softmax at every real position.
+"""Autoregressive next-item loss: sampled (or full) softmax at every real position.
 
 For each position with ``mask`` set, the candidates are the positive ``target_ids`` and negatives:
 
 * ``num_negatives`` ids drawn uniformly from ``1..N`` (one draw shared by the whole batch), and/or
 * in-batch negatives (``in_batch_negatives=True``): the targets of the other positions of the batch
-  (all of them, or ``num_in_batch_negatives`` positions drawn with replacement from the real ones).
+  (all of them, or ``num_in_batch_negatives`` positions drawn with replacement from the real ones), or
+* every item (``full_softmax=True``): the full cross-entropy over the corpus.
+
+With ``max_targets > 0`` the real positions are first gathered into that many rows (padding positions
+are most of a batch of short sequences, so this makes many negatives, or all items, cheap); real
+positions beyond it are dropped from the step's loss and counted in ``dropped_targets``.
 
 A negative equal to the position's own target is masked out (this also drops the position itself).
 Logits are ``<u, e> / temperature`` (both L2-normalised when ``l2_normalize``).
@@ -41,12 +46,16 @@ class SampledSoftmaxConfig:
     temperature: float = 0.05
     l2_normalize: bool = True
     logq_correction: bool = True  # only used with in_batch_negatives; needs log_q
+    full_softmax: bool = False  # every item is a negative (num_negatives and in-batch negatives unused)
+    max_targets: int = 0  # > 0: gather the real positions into this many rows first (0: score every position)
 
     def validate(self) -> None:
-        if self.num_negatives < 0 or self.num_in_batch_negatives < 0:
-            raise ValueError(f"negative counts must be >= 0, got {self}")
-        if self.num_negatives == 0 and not self.in_batch_negatives:
-            raise ValueError("no negatives: set num_negatives > 0 and/or in_batch_negatives=True")
+        if self.num_negatives < 0 or self.num_in_batch_negatives < 0 or self.max_targets < 0:
+            raise ValueError(f"negative counts and max_targets must be >= 0, got {self}")
+        if self.full_softmax and self.in_batch_negatives:
+            raise ValueError("full_softmax already scores every item: set in_batch_negatives=False")
+        if self.num_negatives == 0 and not self.in_batch_negatives and not self.full_softmax:
+            raise ValueError("no negatives: set num_negatives > 0, in_batch_negatives=True or full_softmax=True")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -90,7 +99,7 @@ def sampled_softmax_loss(
       cfg: :class:`SampledSoftmaxConfig`.
       log_q: ``[N + 1]`` log sampling probabilities; required with in-batch negatives + logQ.
     Returns:
-      ``(loss, {"loss", "num_targets", "positive_logit", "in_sample_accuracy"})``.
+      ``(loss, {"loss", "num_targets", "dropped_targets", "positive_logit", "in_sample_accuracy"})``.
     """
     cfg.validate()
     d = user_emb.shape[-1]
@@ -109,6 +118,11 @@ def sampled_softmax_loss(
     u = user_emb.reshape(-1, d).astype(jnp.float32)
     tgt = target_ids.reshape(-1).astype(jnp.int32)
     valid = mask.reshape(-1).astype(bool) & (tgt > 0)
+    num_real = jnp.sum(valid.astype(jnp.float32))
+    if cfg.max_targets > 0:
+        (rows,) = jnp.nonzero(valid, size=cfg.max_targets, fill_value=0)
+        u, tgt = u[rows], tgt[rows]
+        valid = valid[rows] & (jnp.arange(cfg.max_targets) < num_real)
     table = l2_normalize(item_table) if cfg.l2_normalize else item_table
     if cfg.l2_normalize:
         u = l2_normalize(u)
@@ -119,7 +133,11 @@ def sampled_softmax_loss(
         pos_logit = pos_logit - jnp.take(log_q, tgt)
     neg_logits = []
     rng_uniform, rng_batch = jax.random.split(rng)
-    if cfg.num_negatives > 0:
+    if cfg.full_softmax:
+        logits = (u @ table.T) * inv_t  # [T, N + 1]; the padding row and the target column are masked
+        ids = jnp.arange(num_items + 1)[None, :]
+        neg_logits.append(jnp.where((ids == 0) | (ids == tgt[:, None]), _MASKED, logits))
+    elif cfg.num_negatives > 0:
         neg_ids = jax.random.randint(rng_uniform, (cfg.num_negatives,), 1, num_items + 1)
         logits = (u @ jnp.take(table, neg_ids, axis=0).T) * inv_t
         if use_logq:
@@ -149,6 +167,7 @@ def sampled_softmax_loss(
     metrics = {
         "loss": loss,
         "num_targets": n,
+        "dropped_targets": num_real - n,
         "positive_logit": jnp.sum(pos_logit * w) / denom,
         "in_sample_accuracy": jnp.sum(beats_all * w) / denom,
     }

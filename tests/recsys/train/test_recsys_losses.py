@@ -132,12 +132,44 @@ def test_masked_positions_do_not_affect_the_loss():
     assert a == pytest.approx(b, rel=1e-6)
 
 
+def test_full_softmax_is_cross_entropy_over_every_item():
+    users, targets, mask, table = _hand_example()
+    cfg = SampledSoftmaxConfig(full_softmax=True, num_negatives=0, temperature=0.5, l2_normalize=False)
+    got, metrics = _loss(users, targets, mask, table, cfg=cfg)
+    u, t, m = users.reshape(-1, 2), targets.reshape(-1), mask.reshape(-1)
+    want = []
+    for i in np.flatnonzero(m):
+        logits = table[1:] @ u[i] / 0.5  # items 1..4, never the padding row
+        want.append(-(logits[t[i] - 1] - np.log(np.exp(logits).sum())))
+    assert got == pytest.approx(float(np.mean(want)), rel=1e-5)
+    assert float(metrics["num_targets"]) == 3 and float(metrics["dropped_targets"]) == 0
+
+
+@pytest.mark.parametrize("cfg", [
+    SampledSoftmaxConfig(full_softmax=True, num_negatives=0, temperature=0.5, l2_normalize=False),
+    SampledSoftmaxConfig(num_negatives=0, in_batch_negatives=True, num_in_batch_negatives=0, logq_correction=False),
+])
+def test_gathering_real_positions_keeps_the_loss_and_counts_what_it_drops(cfg):
+    users, targets, mask, table = _hand_example()
+    full, _ = _loss(users, targets, mask, table, cfg=cfg)
+    roomy, m = _loss(users, targets, mask, table, cfg=SampledSoftmaxConfig(**{**cfg.__dict__, "max_targets": 3}))
+    assert roomy == pytest.approx(full, rel=1e-6) and float(m["dropped_targets"]) == 0
+    tight, m = _loss(users, targets, mask, table, cfg=SampledSoftmaxConfig(**{**cfg.__dict__, "max_targets": 2}))
+    assert float(m["num_targets"]) == 2 and float(m["dropped_targets"]) == 1
+    # Only the first two real positions count (also as in-batch negatives): as if the third were masked.
+    mask2 = mask.copy()
+    mask2[0, 2] = False
+    assert tight == pytest.approx(_loss(users, targets, mask2, table, cfg=cfg)[0], rel=1e-6)
+
+
 def test_config_and_input_errors():
     users, targets, mask, table = _hand_example()
     with pytest.raises(ValueError, match="no negatives"):
         _loss(users, targets, mask, table, cfg=SampledSoftmaxConfig(num_negatives=0))
     with pytest.raises(ValueError, match="temperature"):
         _loss(users, targets, mask, table, cfg=SampledSoftmaxConfig(temperature=0.0))
+    with pytest.raises(ValueError, match="full_softmax"):
+        SampledSoftmaxConfig(full_softmax=True, in_batch_negatives=True).validate()
     with pytest.raises(ValueError, match="log_q"):
         _loss(users, targets, mask, table, cfg=IN_BATCH)
     with pytest.raises(ValueError, match="shapes disagree"):
