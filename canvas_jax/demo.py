@@ -21,9 +21,9 @@ CONFIG = "configs/canvas/shapes_tiny.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m canvas_jax.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=300,
-                   help="UNet training steps (default 300, ~7 min on 2 cores; the config's full run is 2000)")
-    p.add_argument("--vae-steps", type=int, default=300, help="VAE training steps (default 300; the config's: 600)")
+    p.add_argument("--steps", type=int, default=1000,
+                   help="UNet training steps (default 1000, ~5 min on 2 cores; the config's full run is 2000)")
+    p.add_argument("--vae-steps", type=int, default=400, help="VAE training steps (default: the config's 400)")
     p.add_argument("--num-prompts", type=int, default=16, help="seen and held-out prompts sampled (each)")
     p.add_argument("--resume", action="store_true", help="continue the runs in out/canvas instead of starting over")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.batch_size=16")

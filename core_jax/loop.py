@@ -46,6 +46,9 @@ class TrainConfig:
     eval_every: int = 0  # 0 = only at the end
     eval_batches: int = 0  # 0 = the whole eval set
     ema_decay: float | None = None
+    # EMA decay at update t (from 0) is min(ema_decay, (1 + t) / (10 + t)), as diffusers' EMAModel: the
+    # average forgets the random init within the first hundreds of steps (false: ema_decay from step 0)
+    ema_warmup: bool = True
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     nan_policy: Literal["skip", "stop"] = "skip"
     best_metric: str | None = None  # an eval metric: its best value's state is kept in RUN_DIR/best
@@ -220,6 +223,9 @@ class Trainer:
         new = {"step": state["step"] + 1, "params": params, "rest": rest, "opt": opt, "nan_skips": state["nan_skips"]}
         if tc.ema_decay:
             d = tc.ema_decay
+            if tc.ema_warmup:
+                t = state["step"].astype(jnp.float32)
+                d = jnp.minimum(d, (1.0 + t) / (10.0 + t))
             new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         # NaN/Inf guard: keep the old state (but advance the step) when the loss or a gradient is not finite

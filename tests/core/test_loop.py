@@ -92,12 +92,15 @@ def test_ema_bf16_eval_and_throughput_metrics(tmp_path):
     assert os.path.exists(os.path.join(tmp_path, "config.yaml"))
 
 
-def test_ema_update_rule(tmp_path):
-    trainer = Trainer(LinearTask(_examples()), _cfg(tmp_path, "train.steps=1", "train.ema_decay=0.9"))
+@pytest.mark.parametrize("warmup, decay", [(False, 0.9), (True, 0.1)])
+def test_ema_update_rule(tmp_path, warmup, decay):
+    # With warm-up the first update's decay is min(0.9, (1 + 0) / (10 + 0)) = 0.1.
+    trainer = Trainer(LinearTask(_examples()), _cfg(tmp_path, "train.steps=1", "train.ema_decay=0.9",
+                                                     f"train.ema_warmup={str(warmup).lower()}"))
     init = jax.device_get(trainer.init_state()["params"])
     state, _ = trainer.fit()
     for e, p0, p1 in zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(init), jax.tree.leaves(state["params"])):
-        np.testing.assert_allclose(e, 0.9 * p0 + 0.1 * np.asarray(p1), rtol=1e-6)
+        np.testing.assert_allclose(e, decay * p0 + (1 - decay) * np.asarray(p1), rtol=1e-6)
 
 
 def test_batch_must_divide(tmp_path):
