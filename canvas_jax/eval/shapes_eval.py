@@ -1,6 +1,10 @@
 """Shapes prompt adherence: the fraction of generated images the Shapes checker accepts, reported separately for
 prompts whose every (colour, shape) was seen in training and for prompts holding a held-out combination.
 
+Next to it, the same checker on the VAE's reconstructions of the prompts' rendered ground truth
+(``vae_ceiling_seen`` / ``_heldout``): the most a latent model with that VAE can reach, so a shortfall
+can be put on the VAE or on the denoiser.
+
 Prompts are scenes of one to three shapes like the training captions (``kind="scenes"``,
 :func:`canvas_jax.data.shapes.sample_prompts`) or single shapes (``kind="single"``, a seeded choice from
 :func:`canvas_jax.data.shapes.enumerate_prompts`); both are deterministic from the seed.
@@ -17,7 +21,7 @@ import numpy as np
 from canvas_jax.data import shapes
 from canvas_jax.data.checker import check
 from canvas_jax.eval.metrics import prompt_adherence
-from canvas_jax.eval.sampling import SamplingOptions, generate
+from canvas_jax.eval.sampling import SamplingOptions, generate, to_uint8
 
 PROMPT_KINDS = ("scenes", "single")
 
@@ -68,6 +72,25 @@ def generate_shapes(pipe, cfg: shapes.ShapesConfig, *, num_prompts: int = 64, ki
     return ShapesSamples(captions, np.array([False] * len(seen) + [True] * len(held)), images)
 
 
+def reconstructions(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 NHWC images through ``vae`` (encode to the posterior mode, decode)."""
+    import jax.numpy as jnp
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = jnp.asarray(images[i:i + batch_size], jnp.float32) / 127.5 - 1.0
+        out.append(to_uint8((np.asarray(vae.decode(vae.encode(x).mode()), np.float32) + 1.0) / 2.0))
+    return np.concatenate(out)
+
+
+def vae_ceiling(vae, samples: ShapesSamples, cfg: shapes.ShapesConfig) -> dict:
+    """Adherence of ``vae``'s reconstructions of each prompt's ground truth (first configured background)."""
+    truth = np.stack([shapes.render(shapes.Scene(shapes.parse_caption(c), cfg.backgrounds[0]), cfg.resolution)
+                      for c in samples.captions])
+    report, _ = prompt_adherence(check, reconstructions(vae, truth), samples.captions, samples.heldout)
+    return {"vae_ceiling_seen": report["adherence_seen"], "vae_ceiling_heldout": report["adherence_held_out"]}
+
+
 def adherence(samples: ShapesSamples) -> tuple[dict, list[bool]]:
     """(``adherence``, ``adherence_seen``, ``adherence_heldout`` and counts; per-image checker results)."""
     report, results = prompt_adherence(check, samples.images, samples.captions, samples.heldout)
@@ -98,6 +121,6 @@ def evaluate_shapes(pipe, cfg: shapes.ShapesConfig, *, num_prompts: int = 64, ki
     report, results = adherence(samples)
     if grid is not None:
         save_grid(samples, results, grid)
-    return {"eval": "shapes", **report, "prompt_kind": kind, "image_size": cfg.resolution,
+    return {"eval": "shapes", **report, **vae_ceiling(pipe.vae, samples, cfg), "prompt_kind": kind, "image_size": cfg.resolution,
             "heldout_combinations": [" ".join(p) for p in cfg.holdout], **opts.describe(),
             "seconds": round(time.perf_counter() - t0, 2)}

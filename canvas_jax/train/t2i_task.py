@@ -3,7 +3,8 @@
 The trained module is :class:`LatentDiffusion`: the UNet (its ``nnx.Param`` are the only trained weights,
 so the optimizer state and EMA cover only the UNet), the frozen VAE, and, when text embeddings are not
 cached, the frozen text encoder (both as :class:`~canvas_jax.train.frozen.Frozen` variables). With
-``text_encoder.cache`` the data iterator carries ``text_emb`` and the encoder never runs in the step.
+``text_encoder.cache`` the data iterator carries ``text_emb`` and the encoder never runs in the step; with
+``vae.cache_latents`` it carries the VAE posterior's ``latent_moments`` and the VAE encoder never runs either.
 
 Loss: ``x0 = (vae.encode(image).sample() - shift) * scale``; noise (plus optional offset noise), uniform
 integer timesteps, ``add_noise``, the schedule's ``training_target`` (epsilon or v), per-example MSE with
@@ -18,12 +19,12 @@ from flax import nnx
 
 from canvas_jax.diffusion import Schedule, add_noise, snr, training_target
 from canvas_jax.models.unet import UNet2DConditionModel, unet_config
-from canvas_jax.models.vae import AutoencoderKL
+from canvas_jax.models.vae import AutoencoderKL, DiagonalGaussian
 from canvas_jax.train import text_encoders
 from canvas_jax.train.data import DataFn, canvas_data
 from canvas_jax.train.frozen import freeze
 from canvas_jax.train.runs import load_vae
-from canvas_jax.train.text_cache import CachedTextIterator, TextEmbeddingCache
+from canvas_jax.train.encode_cache import CachedIterator, latent_cache, text_embedding_cache
 from core_jax.task import DataContext
 
 
@@ -54,9 +55,11 @@ def min_snr_weights(sched: Schedule, t: jax.Array, gamma: float | None) -> jax.A
     return clipped / (s + 1.0) if sched.prediction_type == "v_prediction" else clipped / s
 
 
-def vae_latents(vae: AutoencoderKL, image: jax.Array, rng: jax.Array | None) -> jax.Array:
-    """Scaled latents of images in [-1, 1] (a posterior sample, or the mode when ``rng`` is None)."""
-    post = vae.encode(image.astype(jnp.float32))
+def vae_latents(vae: AutoencoderKL, image: jax.Array, rng: jax.Array | None,
+                moments: jax.Array | None = None) -> jax.Array:
+    """Scaled latents of images in [-1, 1] (a posterior sample, or the mode when ``rng`` is None); from the
+    posterior's cached ``moments`` (mean and log-variance) when given instead of running the encoder."""
+    post = vae.encode(image.astype(jnp.float32)) if moments is None else DiagonalGaussian.from_moments(moments)
     z = post.mode() if rng is None else post.sample(rng)
     return jax.lax.stop_gradient((z.astype(jnp.float32) - vae.shift_factor) * vae.scaling_factor)
 
@@ -75,7 +78,8 @@ class TextToImageTask:
         self.dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
         self.sched = make_schedule(cfg)
         self._load_frozen()
-        self.cache = TextEmbeddingCache(self.text_encoder, cfg.text_encoder.cache_size)
+        self.cache = text_embedding_cache(self.text_encoder, cfg.text_encoder.cache_size)
+        self.latent_cache = latent_cache(self.vae, cfg.vae.cache_size) if cfg.vae.cache_latents else None
         self._check_shapes()
 
     # ------------------------------------------------------------------ parts
@@ -118,7 +122,7 @@ class TextToImageTask:
             return batch["text_emb"]
         if model.text_encoder is None:
             raise KeyError("batch has no 'text_emb' and the model holds no text encoder (text_encoder.cache is on: "
-                           "wrap the data with CachedTextIterator)")
+                           "wrap the data with CachedIterator)")
         return text_encoders.encode(model.text_encoder, batch["input_ids"], batch["attention_mask"])
 
     def extra_inputs(self, model: LatentDiffusion, batch, latents: jax.Array) -> jax.Array | None:
@@ -129,7 +133,7 @@ class TextToImageTask:
         if "image" not in batch:
             raise KeyError(f"batch has no 'image' (keys: {sorted(batch)}); expected float32 [B, H, W, 3] in [-1, 1]")
         r_post, r_noise, r_off, r_t = jax.random.split(rng, 4)
-        x0 = vae_latents(model.vae, batch["image"], r_post)
+        x0 = vae_latents(model.vae, batch["image"], r_post, batch.get("latent_moments"))
         b, c = x0.shape[0], x0.shape[-1]
         noise = jax.random.normal(r_noise, x0.shape, jnp.float32)
         if cfg.offset_noise:
@@ -153,9 +157,12 @@ class TextToImageTask:
 
     # ------------------------------------------------------------------ data
     def _wrap(self, it):
-        if it is None or not self.cfg.text_encoder.cache:
-            return it
-        return CachedTextIterator(it, self.cache)
+        if it is not None and self.cfg.text_encoder.cache:
+            it = CachedIterator(it, self.cache, ("input_ids", "attention_mask"), "text_emb",
+                                drops=("input_ids", "attention_mask"))
+        if it is not None and self.latent_cache is not None:
+            it = CachedIterator(it, self.latent_cache, ("image",), "latent_moments")
+        return it
 
     def train_data(self, ctx: DataContext):
         return self._wrap(self.data_fn(self.cfg, self.tokenizer, ctx, "train", self.in_channels_extra > 0))

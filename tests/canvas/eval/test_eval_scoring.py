@@ -8,7 +8,7 @@ import pytest
 
 from canvas_jax.data import shapes
 from canvas_jax.eval.inpaint_eval import MAX_PSNR_DB, inpaint_cases, score_inpaint
-from canvas_jax.eval.shapes_eval import ShapesSamples, adherence, shapes_config_for, shapes_prompts
+from canvas_jax.eval.shapes_eval import ShapesSamples, adherence, shapes_config_for, shapes_prompts, vae_ceiling
 from canvas_jax.train.config import CanvasTrainConfig
 from core_jax import config as config_lib
 
@@ -32,6 +32,38 @@ def test_perfect_generator_has_full_adherence(kind):
     samples.images[6] = images[7] if captions[6] != captions[7] else 245
     report, results = adherence(samples)
     assert not results[0] and not results[6] and report["adherence_seen"] == pytest.approx(5 / 6)
+
+
+class _Posterior:
+    def __init__(self, z):
+        self.z = z
+
+    def mode(self):
+        return self.z
+
+
+class _PixelVAE:
+    """encode/decode as identities, or, with ``blank_rows``, decoding a white band over those rows."""
+
+    def __init__(self, blank_rows=slice(0, 0)):
+        self.blank_rows = blank_rows
+
+    def encode(self, x):
+        return _Posterior(x)
+
+    def decode(self, z):
+        out = np.array(z)
+        out[:, self.blank_rows] = 0.92  # the white background, in [-1, 1]
+        return out
+
+
+def test_vae_ceiling_scores_reconstructions_of_the_ground_truth():
+    cfg = shapes.ShapesConfig(resolution=32)
+    captions = shapes_prompts(4, cfg, seed=1) + shapes_prompts(4, cfg, heldout=True, seed=1)
+    samples = ShapesSamples(captions, np.array([False] * 4 + [True] * 4), np.zeros((8, 32, 32, 3), np.uint8))
+    assert vae_ceiling(_PixelVAE(), samples, cfg) == {"vae_ceiling_seen": 1.0, "vae_ceiling_heldout": 1.0}
+    wiped = vae_ceiling(_PixelVAE(blank_rows=slice(None)), samples, cfg)  # every shape erased
+    assert wiped == {"vae_ceiling_seen": 0.0, "vae_ceiling_heldout": 0.0}
 
 
 def test_single_prompts_are_capped_at_those_that_exist():

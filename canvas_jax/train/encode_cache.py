@@ -1,0 +1,119 @@
+"""Caches of frozen encoders' outputs, so the train step runs neither the text encoder nor the VAE encoder.
+
+:class:`EncodeCache` maps a row of inputs (its bytes) to a frozen encoder's output for that row, computed by
+one jitted call per new row at a fixed shape ``[1, ...]``, so a row's encoding never depends on which batch
+first brought it (a resumed run re-encodes to the same bits). Least recently used rows are evicted past
+``max_entries``. Two are used:
+
+- text (``text_encoder.cache``): tokenized caption (``input_ids``, ``attention_mask``) -> token states;
+- latents (``vae.cache_latents``): image -> the VAE posterior's moments (mean and log-variance), from which
+  the step draws its latent sample. Only an identical image hits, so this pays off when the same images
+  recur across epochs (no random crop), as on Shapes.
+
+:class:`CachedIterator` wraps a checkpointable batch iterator, replacing the keys a cache reads with the
+key it writes; its state is the wrapped iterator's.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from canvas_jax.train import text_encoders
+
+
+class EncodeCache:
+    """LRU cache of ``encode(*row)`` keyed by the row's bytes (at most ``max_entries`` kept)."""
+
+    def __init__(self, module: nnx.Module, encode: Callable, max_entries: int, *, what: str, dtypes: Sequence):
+        if max_entries < 1:
+            raise ValueError(f"{what} cache size must be >= 1, got {max_entries}")
+        graphdef, state = nnx.split(module)
+        self._state = state
+        self._encode = jax.jit(lambda st, *xs: encode(nnx.merge(graphdef, st), *xs))
+        self._store: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
+        self.max_entries, self.what, self.dtypes = max_entries, what, tuple(dtypes)
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def lookup(self, *arrays) -> np.ndarray:
+        """The encodings ``[B, ...]`` (numpy float32) of the rows of ``arrays`` (each ``[B, ...]``)."""
+        arrays = [np.asarray(a, d) for a, d in zip(arrays, self.dtypes, strict=True)]
+        if len({a.shape[0] for a in arrays}) != 1:
+            raise ValueError(f"{self.what} cache: expected inputs with one batch size, got shapes "
+                             f"{[a.shape for a in arrays]}")
+        rows = []
+        for row in zip(*arrays):
+            key = b"".join(r.tobytes() for r in row)
+            out = self._store.get(key)
+            if out is None:
+                self.misses += 1
+                out = np.asarray(jax.device_get(self._encode(self._state, *(jnp.asarray(r[None]) for r in row))))[0]
+                self._store[key] = out
+                if len(self._store) > self.max_entries:
+                    self._store.popitem(last=False)
+            else:
+                self.hits += 1
+                self._store.move_to_end(key)
+            rows.append(out)
+        return np.stack(rows)
+
+
+def text_embedding_cache(encoder: nnx.Module, max_entries: int = 20000) -> EncodeCache:
+    """Token states ``[B, T, D]`` of tokenized captions: ``lookup(input_ids, attention_mask)``."""
+    return EncodeCache(encoder, text_encoders.encode, max_entries, what="text_encoder",
+                       dtypes=(np.int32, np.int32))
+
+
+def _moments(vae, image):
+    post = vae.encode(image.astype(jnp.float32))
+    return jnp.concatenate([post.mean, post.logvar], axis=-1).astype(jnp.float32)
+
+
+def latent_cache(vae: nnx.Module, max_entries: int = 50000) -> EncodeCache:
+    """VAE posterior moments ``[B, h, w, 2 * latent_channels]`` of images in [-1, 1]: ``lookup(image)``."""
+    return EncodeCache(vae, _moments, max_entries, what="vae latent", dtypes=(np.float32,))
+
+
+class CachedIterator:
+    """Batches of ``inner`` with ``cache.lookup(*batch[reads])`` under ``writes``, the ``drops`` keys removed
+    (checkpointable: its state is ``inner``'s)."""
+
+    def __init__(self, inner, cache: EncodeCache, reads: Sequence[str], writes: str, drops: Sequence[str] = ()):
+        self.inner, self.cache, self.reads, self.writes, self.drops = inner, cache, tuple(reads), writes, tuple(drops)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = dict(next(self.inner))
+        missing = [k for k in self.reads if k not in batch]
+        if missing:
+            raise KeyError(f"{self.cache.what} cache: batch has no {missing} (keys: {sorted(batch)})")
+        batch[self.writes] = self.cache.lookup(*(batch[k] for k in self.reads))
+        for k in self.drops:
+            batch.pop(k, None)
+        return batch
+
+    # Grain's checkpoint handler stores bytes for iterators that are not grain DatasetIterators.
+    def get_state(self) -> bytes:
+        state = self.inner.get_state()
+        return state if isinstance(state, bytes) else json.dumps(state).encode()
+
+    def set_state(self, state: bytes) -> None:
+        if isinstance(self.inner, CachedIterator):
+            self.inner.set_state(state)
+        else:
+            self.inner.set_state(json.loads(state.decode() if isinstance(state, bytes) else state))
+
+    def start_prefetch(self) -> None:
+        if hasattr(self.inner, "start_prefetch"):
+            self.inner.start_prefetch()
