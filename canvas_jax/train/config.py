@@ -63,6 +63,7 @@ class VAEConfig:
     kl_weight: float = 1e-6
     recon_loss: Literal["l1", "l2"] = "l1"
     pretrain_steps: int = 0  # text_to_image: train a VAE into vae.path first when it holds none
+    pretrain_learning_rate: float | None = None  # that VAE run's peak learning rate (None: optim.learning_rate)
     cache_latents: bool = False  # encode each distinct training image once, outside the step (no random crops)
     cache_size: int = 50000  # images kept (least recently used evicted); ~h*w*2c*4 bytes each
 

@@ -38,6 +38,8 @@ def train(cfg: CanvasTrainConfig, *, data_fn=None, extra_hooks=()) -> tuple[dict
         vae_cfg.task = "vae"
         vae_cfg.train.steps, vae_cfg.train.run_dir, vae_cfg.train.ema_decay = cfg.vae.pretrain_steps, cfg.vae.path, None
         vae_cfg.train.best_metric = None
+        if cfg.vae.pretrain_learning_rate is not None:
+            vae_cfg.optim.learning_rate = cfg.vae.pretrain_learning_rate
         train(vae_cfg, data_fn=data_fn)
     task = make_task(cfg, data_fn=data_fn)
     hooks = make_hooks(task, cfg, prompts=_default_prompts(cfg)) + list(extra_hooks)

@@ -56,3 +56,19 @@ def test_inpaint_loss_decreases(tmp_path, t2i_run):
     task, trainer, state, before, last = _fit(cfg)
     assert task.unet_config()["in_channels"] == 9
     assert last["eval_loss"] < before["loss"], (before, last)
+
+
+def test_text_to_image_pretrains_its_vae_first(tmp_path):
+    from canvas_jax.train.run import train
+    from canvas_jax.train.runs import load_config
+
+    vae_dir = tmp_path / "vae"
+    cfg = tiny_config(tmp_path / "t2i", vae_path=vae_dir, **{
+        "train.steps": 2, "sampling.prompts": [], "vae.pretrain_steps": 3, "vae.pretrain_learning_rate": 4e-3,
+        "vae.cache_latents": True})
+    train(cfg, data_fn=fakes.data_fn())
+    vae_cfg = load_config(vae_dir)
+    assert (vae_cfg.task, vae_cfg.train.steps, vae_cfg.optim.learning_rate) == ("vae", 3, 4e-3)
+    assert [r["step"] for r in read_jsonl(vae_dir / "metrics.jsonl", "train")][-1] == 3
+    assert load_config(tmp_path / "t2i").optim.learning_rate == cfg.optim.learning_rate
+    assert [r["step"] for r in read_jsonl(tmp_path / "t2i" / "metrics.jsonl", "train")][-1] == 2
