@@ -22,9 +22,13 @@ from canvas_jax.models.unet import UNet2DConditionModel, unet_config
 from canvas_jax.models.vae import AutoencoderKL, DiagonalGaussian
 from canvas_jax.train import text_encoders
 from canvas_jax.train.data import DataFn, canvas_data
+from canvas_jax.train.encode_cache import (
+    CachedIterator,
+    latent_cache,
+    text_embedding_cache,
+)
 from canvas_jax.train.frozen import freeze
 from canvas_jax.train.runs import load_vae
-from canvas_jax.train.encode_cache import CachedIterator, latent_cache, text_embedding_cache
 from core_jax.task import DataContext
 
 

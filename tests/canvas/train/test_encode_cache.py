@@ -1,12 +1,11 @@
 """Cached text embeddings and VAE latents equal what the frozen encoders compute inside the step."""
 
+import fakes
 import jax
 import numpy as np
 import pytest
-from flax import nnx
-
-import fakes
 from conftest import tiny_config
+from flax import nnx
 
 from canvas_jax.train import text_encoders
 from canvas_jax.train.encode_cache import latent_cache
