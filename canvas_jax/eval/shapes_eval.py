@@ -2,8 +2,9 @@
 prompts whose every (colour, shape) was seen in training and for prompts holding a held-out combination.
 
 Next to it, the same checker on the VAE's reconstructions of the prompts' rendered ground truth
-(``vae_ceiling_seen`` / ``_heldout``): the most a latent model with that VAE can reach, so a shortfall
-can be put on the VAE or on the denoiser.
+(``vae_ceiling_seen`` / ``_heldout``): a VAE that cannot give the shapes back caps what a denoiser on it
+reaches in practice, so a shortfall can be put on the VAE or on the denoiser (not a strict bound: the
+decoder may render a sample's latents better than the encoding of the rendered truth).
 
 Prompts are scenes of one to three shapes like the training captions (``kind="scenes"``,
 :func:`canvas_jax.data.shapes.sample_prompts`) or single shapes (``kind="single"``, a seeded choice from
