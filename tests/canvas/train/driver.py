@@ -19,7 +19,8 @@ def main():
     run_dir, vae_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = tiny_config(run_dir, vae_path=vae_dir, **{"train.steps": steps, "train.ema_decay": 0.9,
                                                     "train.checkpoint.every": 4, "train.checkpoint.keep": 10,
-                                                    "train.checkpoint.async_save": True, "sampling.prompts": []})
+                                                    "train.checkpoint.async_save": True, "sampling.prompts": [],
+                                                    "vae.cache_latents": True})
     delay = float(os.environ.get("STEP_SLEEP", "0"))
     hooks = [Hook(every=1, fn=lambda *a: time.sleep(delay), at_end=False)] if delay else []
     train(cfg, data_fn=fakes.data_fn(), extra_hooks=hooks)

@@ -1,7 +1,8 @@
 """A text-to-image run killed with -9 resumes from its checkpoint and continues exactly.
 
 The killed run logged steps past its last checkpoint; the resumed run recomputes those steps and must
-log bit-identical losses (data order, text-embedding cache, noise and EMA all restored).
+log bit-identical losses (data order, noise and EMA restored; the text-embedding and VAE-latent caches
+re-encoded to the same bits).
 """
 
 import os
