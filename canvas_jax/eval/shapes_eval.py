@@ -123,5 +123,6 @@ def evaluate_shapes(pipe, cfg: shapes.ShapesConfig, *, num_prompts: int = 64, ki
     if grid is not None:
         save_grid(samples, results, grid)
     return {"eval": "shapes", **report, **vae_ceiling(pipe.vae, samples, cfg), "prompt_kind": kind,
-            "image_size": cfg.resolution, "heldout_combinations": [" ".join(p) for p in cfg.holdout], **opts.describe(),
+            "image_size": cfg.resolution, "heldout_combinations": [" ".join(p) for p in cfg.holdout],
+            **opts.describe(),
             "seconds": round(time.perf_counter() - t0, 2)}
