@@ -22,6 +22,7 @@ BASH5_ONLY = [r"\bwait\b[^\n;]*\s-[a-z]*[pf]", r"\$\{[^}]*@[UuLKk]\}", r"\bEPOCH
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=os.path.basename)
 def test_no_bash5_only_constructs(path):
+    subprocess.run(["bash", "-n", path], check=True)  # parses
     with open(path) as f:
         code = "\n".join(l.split(" #")[0] for l in f if not l.lstrip().startswith("#"))
     for pattern in BASH5_ONLY:
