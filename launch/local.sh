@@ -28,8 +28,7 @@ if ! [[ "$grace" =~ ^[0-9]+$ ]]; then
 fi
 port=${JAX_COORDINATOR_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
-pids=()      # every process started
-running=()   # those not yet reaped
+running=()   # processes started and not yet reaped
 status=0     # the first failing status (or 130/143 when this script was interrupted)
 stopping=0   # 1 once the processes were sent SIGTERM, 2 once SIGKILL
 stop_time=0  # when (bash's SECONDS) they were sent SIGTERM
@@ -43,12 +42,11 @@ stop_all() {  # SIGTERM to every process still running, once
 trap '((status == 0)) && status=130; stop_all' INT
 trap '((status == 0)) && status=143; stop_all' TERM
 
-for ((i = 0; i < n; i++)); do
+for ((i = 0; i < n && stopping == 0; i++)); do
   JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$n" JAX_PROCESS_ID="$i" \
     "$@" > >(sed -u "s/^/[$i] /") 2> >(sed -u "s/^/[$i] /" >&2) &
-  pids+=($!)
+  running+=($!)
 done
-running=("${pids[@]}")
 
 while ((${#running[@]} > 0)); do
   still=()
