@@ -13,6 +13,7 @@ Prompts are scenes of one to three shapes like the training captions (``kind="sc
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import time
@@ -20,8 +21,8 @@ import time
 import numpy as np
 
 from canvas_jax.data import shapes
-from canvas_jax.data.checker import check
-from canvas_jax.eval.metrics import prompt_adherence
+from canvas_jax.data.checker import MIN_FIT, check
+from canvas_jax.eval.metrics import adherence_report, prompt_adherence
 from canvas_jax.eval.sampling import SamplingOptions, generate, to_uint8
 
 PROMPT_KINDS = ("scenes", "single")
@@ -93,11 +94,16 @@ def vae_ceiling(vae, samples: ShapesSamples, cfg: shapes.ShapesConfig) -> dict:
 
 
 def adherence(samples: ShapesSamples) -> tuple[dict, list[bool]]:
-    """(``adherence``, ``adherence_seen``, ``adherence_heldout`` and counts; per-image checker results)."""
-    report, results = prompt_adherence(check, samples.images, samples.captions, samples.heldout)
+    """(``adherence``, ``adherence_seen``, ``adherence_heldout``, counts, the checker's ``min_fit`` and the
+    failures by reason (``count``, ``form``, ``position``, ``color``, ``shape``, ``size``); per-image results)."""
+    checks = [check(im, c) for im, c in zip(samples.images, samples.captions)]
+    results = [bool(r) for r in checks]
+    report = adherence_report(results, samples.heldout)
+    failures = collections.Counter(r.reason.split(":")[0] for r in checks if not r)
     return {"adherence": report["adherence"], "adherence_seen": report["adherence_seen"],
             "adherence_heldout": report["adherence_held_out"], "n_seen": report["n_seen"],
-            "n_heldout": report["n_held_out"]}, results
+            "n_heldout": report["n_held_out"], "checker_min_fit": MIN_FIT,
+            "failures": dict(sorted(failures.items()))}, results
 
 
 def save_grid(samples: ShapesSamples, results: list[bool], path: str | os.PathLike, *, tile: int = 128,

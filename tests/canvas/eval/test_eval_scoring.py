@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from canvas_jax.data import shapes
+from canvas_jax.data import checker, shapes
 from canvas_jax.eval.inpaint_eval import MAX_PSNR_DB, inpaint_cases, score_inpaint
 from canvas_jax.eval.shapes_eval import ShapesSamples, adherence, shapes_config_for, shapes_prompts, vae_ceiling
 from canvas_jax.train.config import CanvasTrainConfig
@@ -26,12 +26,13 @@ def test_perfect_generator_has_full_adherence(kind):
     samples = ShapesSamples(captions, np.array([False] * 6 + [True] * 4), images)
     report, results = adherence(samples)
     assert report == {"adherence": 1.0, "adherence_seen": 1.0, "adherence_heldout": 1.0, "n_seen": 6,
-                      "n_heldout": 4}
+                      "n_heldout": 4, "checker_min_fit": checker.MIN_FIT, "failures": {}}
     # a blank image answers no prompt, and a swapped image answers another prompt, not its own
     samples.images[0] = 245
     samples.images[6] = images[7] if captions[6] != captions[7] else 245
     report, results = adherence(samples)
     assert not results[0] and not results[6] and report["adherence_seen"] == pytest.approx(5 / 6)
+    assert sum(report["failures"].values()) == 2 and "count" in report["failures"]
 
 
 class _Posterior:
