@@ -4,8 +4,8 @@ Quality (default): trains each model with the dataset's config (configs/recsys/<
 two-tower uses the HSTU config with model.name=two_tower), restores the best checkpoint (by
 validation NDCG@10) and prints test HR/NDCG@10/50/200 and MRR, train time, steps and train throughput
 (sequences/s), plus the most-popular baseline. Each row records the protocol: ``exclude_history`` (the
-config's ``eval.exclude_history``) and ``targets_in_history`` (test targets that repeat a history item). Targets (issue 5): Beauty HSTU HR@10 >= 0.0533 and
-NDCG@10 >= 0.0327; ML-1M HSTU above SASRec.
+config's ``eval.exclude_history``) and ``targets_in_history`` (test targets that repeat a history item).
+Targets (issue 5): Beauty HSTU HR@10 >= 0.0533 and NDCG@10 >= 0.0327; ML-1M HSTU above SASRec.
 
     python benchmarks/recsys_quality.py --datasets beauty,ml1m --models hstu,sasrec,two_tower,most_popular \\
         --max-minutes 5                       # cap each model's training time (also --max-steps)
