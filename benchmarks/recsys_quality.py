@@ -3,8 +3,9 @@
 Quality (default): trains each model with the dataset's config (configs/recsys/<model>_<dataset>.yaml;
 two-tower uses the HSTU config with model.name=two_tower), restores the best checkpoint (by
 validation NDCG@10) and prints test HR/NDCG@10/50/200 and MRR, train time, steps and train throughput
-(sequences/s), plus the most-popular baseline. Targets (issue 5): Beauty HSTU HR@10 >= 0.0533 and
-NDCG@10 >= 0.0327; ML-1M HSTU above SASRec.
+(sequences/s), plus the most-popular baseline. Each row records the protocol: ``exclude_history`` (the
+config's ``eval.exclude_history``) and ``targets_in_history`` (test targets that repeat a history item).
+Targets (issue 5): Beauty HSTU HR@10 >= 0.0533 and NDCG@10 >= 0.0327; ML-1M HSTU above SASRec.
 
     python benchmarks/recsys_quality.py --datasets beauty,ml1m --models hstu,sasrec,two_tower,most_popular \\
         --max-minutes 5                       # cap each model's training time (also --max-steps)
@@ -37,6 +38,7 @@ import jax  # noqa: E402
 from core_jax.metrics import read_jsonl  # noqa: E402
 from recsys_jax.data.loader import load_dataset  # noqa: E402
 from recsys_jax.eval.baselines import evaluate_most_popular  # noqa: E402
+from recsys_jax.eval.evaluate import targets_in_history  # noqa: E402
 from recsys_jax.train.config import load_config  # noqa: E402
 from recsys_jax.train.dataset_cache import resolve_dataset  # noqa: E402
 from recsys_jax.train.restore import restore_run  # noqa: E402
@@ -96,8 +98,10 @@ def quality(args) -> None:
             if model == "most_popular":
                 cfg = load_config(_config_path("hstu", dataset), base)
                 ds = load_dataset(resolve_dataset(cfg.data, verbose=False))
-                m = evaluate_most_popular(ds, "test", batch_size=cfg.eval.batch_size, ks=cfg.eval.ks)
-                _emit({"dataset": dataset, "model": model, "users": m.pop("count"), **m})
+                m = evaluate_most_popular(ds, "test", batch_size=cfg.eval.batch_size, ks=cfg.eval.ks,
+                                          exclude_history=cfg.eval.exclude_history)
+                _emit({"dataset": dataset, "model": model, "users": m.pop("count"), **m,
+                       "exclude_history": cfg.eval.exclude_history})
                 continue
             run_dir = os.path.join(args.out, f"{dataset}-{model}")
             if not args.resume:
@@ -123,6 +127,8 @@ def quality(args) -> None:
                        len(run.task.dataset.split_source("train")), 1), 1),
                    "train_time_s": round(train_time, 1), "train_sequences_per_s": _throughput(run_dir),
                    "batch_size": cfg.train.batch_size, "max_len": cfg.data.max_len,
+                   "exclude_history": run.cfg.eval.exclude_history,
+                   "targets_in_history": round(targets_in_history(run.task.dataset, "test"), 6),
                    "config": os.path.relpath(_config_path(model, dataset), ROOT), "device": jax.devices()[0].platform})
 
 

@@ -144,6 +144,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from recsys_jax.eval.baselines import evaluate_most_popular
+    from recsys_jax.eval.evaluate import targets_in_history
     from recsys_jax.train.restore import restore_run
 
     run = restore_run(args.checkpoint, which=args.which, overrides=args.overrides, eval_split=args.split)
@@ -152,7 +153,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     e = run.cfg.eval
     out = {"run_dir": args.checkpoint, "split": args.split, "checkpoint": run.which, "step": run.step,
            "model": run.cfg.model.name, "users": len(run.task.dataset.split_source(args.split)),
-           "metrics": metrics}
+           "exclude_history": e.exclude_history, "ties": e.ties,
+           "targets_in_history": round(targets_in_history(run.task.dataset, args.split), 6), "metrics": metrics}
     if not args.no_baseline:
         base = evaluate_most_popular(run.task.dataset, args.split, batch_size=e.batch_size, ks=e.ks, ties=e.ties,
                                      exclude_history=e.exclude_history)

@@ -34,10 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     run = restore_run(RUN, which="auto", eval_split="test", overrides=[f"data.cache_dir={cfg.data.cache_dir}"])
     model = run.trainer.evaluate(run.state)
     e = cfg.eval
-    pop = evaluate_most_popular(run.task.dataset, "test", batch_size=e.batch_size, ks=e.ks, ties=e.ties)
+    pop = evaluate_most_popular(run.task.dataset, "test", batch_size=e.batch_size, ks=e.ks, ties=e.ties,
+                                exclude_history=e.exclude_history)
     names = [f"{m}@{k}" for m in ("hr", "ndcg") for k in e.ks] + ["mrr"]
     print(f"\ntest split, {len(run.task.dataset.split_source('test'))} users, all "
-          f"{run.task.num_items} items ranked, history excluded ({run.which} checkpoint, step {run.step}):")
+          f"{run.task.num_items} items ranked, history {'excluded' if e.exclude_history else 'kept'} "
+          f"({run.which} checkpoint, step {run.step}):")
     print(f"  {'metric':<10}{cfg.model.name:>12}{'most-popular':>14}")
     for n in names:
         print(f"  {n:<10}{model[n]:>12.4f}{pop[n]:>14.4f}")
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nuser 0 recently:", "; ".join(r.item_info(h)["title"] for h in history))
     print("recommended:    ", "; ".join(f"{r.item_info(i)['title']} ({s:.2f})" for i, s in zip(items, scores)))
     print("\ndemo summary:", json.dumps({"model": cfg.model.name, "step": run.step,
+                                         "exclude_history": e.exclude_history,
                                          "test": {n: round(model[n], 4) for n in names},
                                          "most_popular": {n: round(pop[n], 4) for n in names}}))
     return 0

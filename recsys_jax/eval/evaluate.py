@@ -31,6 +31,21 @@ def history_length(dataset) -> int:
     return max(1, longest - 1)
 
 
+def targets_in_history(dataset, split: str) -> float:
+    """Fraction of ``split``'s examples whose target item also appears earlier in the user's history:
+    with ``exclude_history`` these are misses by construction (an upper bound of ``1 - fraction`` on
+    every hit rate); without it they can be hits."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"evaluation split must be 'validation' or 'test', got {split!r}")
+    source = dataset.split_source(split)
+    repeats = 0
+    for i in range(len(source)):
+        items = np.asarray(source[i]["items"])
+        t = len(items) - (2 if split == "validation" else 1)
+        repeats += bool(np.any(items[:t] == items[t]))
+    return repeats / max(len(source), 1)
+
+
 def eval_inputs(example: Mapping, *, split: str, max_len: int, padding: str = "left",
                 history_len: int = 0) -> dict[str, np.ndarray]:
     """:func:`recsys_jax.data.splits.eval_example` fields plus ``history_ids`` ``[history_len]``: every

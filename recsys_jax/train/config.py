@@ -78,7 +78,11 @@ class EvalConfig:
     ks: list[int] = dataclasses.field(default_factory=lambda: [10, 50, 200])
     batch_size: int = 256  # global users per evaluation batch
     split: Literal["validation", "test"] = "validation"  # evaluated during training
-    exclude_history: bool = True  # rank only items the user has not interacted with
+    # True: items the user interacted with before the target (the whole stored history) are removed from
+    # the ranking, so a target that repeats one of them is a miss (it can never be recommended); the
+    # protocol of SASRec / BERT4Rec-style papers (Klenitskiy & Vasilev 2023: filter_seen) and of the HSTU
+    # paper's code. False: every item 1..N is ranked (repeat consumption can be a hit).
+    exclude_history: bool = True
     ties: Literal["pessimistic", "optimistic", "average"] = "pessimistic"
 
 
@@ -110,6 +114,12 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
         raise ConfigError(f"config key 'eval.batch_size': must be >= 1, got {cfg.eval.batch_size}")
     if cfg.eval.ties not in TIES:
         raise ConfigError(f"config key 'eval.ties': expected one of {TIES}, got {cfg.eval.ties!r}")
+    if cfg.train.best_metric and cfg.eval.split == "test":
+        raise ConfigError(
+            f"config keys 'train.best_metric' and 'eval.split': best_metric={cfg.train.best_metric!r} with "
+            "eval.split='test' selects the checkpoint (and early-stops) on the test split, so the test number is "
+            "no longer a held-out estimate; set eval.split=validation (then `recsys-jax eval --split test` "
+            "reports test) or train.best_metric=null")
     try:
         cfg.loss.validate()
     except ValueError as e:

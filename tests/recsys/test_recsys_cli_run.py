@@ -15,13 +15,16 @@ def test_train_prints_the_final_metrics(recsys_run):
 
 
 def test_eval_prints_all_metrics_and_the_baseline(recsys_run, recsys_cli, restored_best):
-    from recsys_jax.eval.evaluate import evaluate_model
+    from recsys_jax.eval.evaluate import evaluate_model, targets_in_history
 
     rc, out, err = recsys_cli(["eval", "--checkpoint", recsys_run.run_dir, "--split", "test"])
     assert rc == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["split"] == "test" and res["checkpoint"] == "best" and res["model"] == "hstu"
     assert res["users"] == 300 and res["step"] == restored_best.step
+    # the protocol is part of the result: history excluded (the config's), and how many targets repeat it
+    assert res["exclude_history"] is True and res["ties"] == "pessimistic"
+    assert res["targets_in_history"] == pytest.approx(targets_in_history(recsys_run.dataset, "test"), abs=1e-6)
     for m in METRICS:
         assert 0.0 <= res["metrics"][m] <= 1.0 and 0.0 <= res["most_popular"][m] <= 1.0
     cfg = recsys_run.cfg
@@ -32,10 +35,11 @@ def test_eval_prints_all_metrics_and_the_baseline(recsys_run, recsys_cli, restor
     assert res["metrics"]["ndcg@10"] > res["most_popular"]["ndcg@10"]
 
     rc, out, err = recsys_cli(["eval", "--checkpoint", recsys_run.run_dir, "--split", "validation", "--which",
-                               "latest", "--no-baseline", "eval.batch_size=128"])
+                               "latest", "--no-baseline", "eval.batch_size=128", "eval.exclude_history=false"])
     assert rc == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["checkpoint"] == "latest" and res["step"] == recsys_run.cfg.train.steps
+    assert res["exclude_history"] is False
     assert "most_popular" not in res and set(METRICS) <= set(res["metrics"])
 
 
