@@ -31,6 +31,7 @@ DPM_SAMPLERS = {
     "dpmpp_3m": ("dpmsolver++", 3),
     "dpmpp_3m_sde": ("sde-dpmsolver++", 3),
 }
+_DPM_DEFAULTS = {"algorithm_type": "dpmsolver++", "solver_order": 2}  # DPMSolverMultistepScheduler's
 SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", *DPM_SAMPLERS)
 SIGMA_SAMPLERS = ("euler", "euler_a", "heun")  # variance-exploding state x = x0 + sigma * noise
 KARRAS_SAMPLERS = ("euler", "euler_a", "heun", *DPM_SAMPLERS)
@@ -283,17 +284,17 @@ def _euler_heun_steps(st, prediction_type, sampler, timesteps, sigmas) -> None:
 
 
 def _check_dpm_config(sched: Schedule, sampler: str) -> None:
-    """A scheduler config that names a DPM-Solver variant must name this sampler's (no silent substitution)."""
-    algorithm, order = DPM_SAMPLERS[sampler]
-    given = {"algorithm_type": sched.algorithm_type, "solver_order": sched.solver_order}
-    wanted = {"algorithm_type": algorithm, "solver_order": order}
-    clash = {k: v for k, v in given.items() if v is not None and v != wanted[k]}
+    """A scheduler config that asks for a DPM-Solver variant (a non-default ``algorithm_type`` or
+    ``solver_order``) must get it: another DPM sampler is an error, not a silent substitute."""
+    wanted = dict(zip(("algorithm_type", "solver_order"), DPM_SAMPLERS[sampler]))
+    asked = {k: getattr(sched, k) for k in wanted if getattr(sched, k) != _DPM_DEFAULTS[k]}
+    clash = {k: v for k, v in asked.items() if v != wanted[k]}
     if clash:
-        spec = tuple(v if v is not None else wanted[k] for k, v in given.items())
+        spec = tuple((wanted | asked).values())
         match = next(name for name, s in DPM_SAMPLERS.items() if s == spec)  # Schedule admits only these
         raise ValueError(
-            f"sampler={sampler!r} runs DPM-Solver with {wanted}, but the scheduler config sets {clash}: "
-            f"use sampler={match!r} (or drop those keys from the config)"
+            f"sampler={sampler!r} runs DPM-Solver with {wanted}, but the scheduler config asks for {clash}: "
+            f"use sampler={match!r}"
         )
 
 

@@ -117,9 +117,10 @@ class Schedule:
     lower_order_final: bool = True  # DPM++
     euler_at_final: bool = False  # DPM++
     lambda_min_clipped: float = -math.inf  # DPM++
-    # DPM++: None = not given; a DPM++ sampler checks a given value against its own (see plans.DPM_SAMPLERS)
-    algorithm_type: str | None = None
-    solver_order: int | None = None
+    # DPM++: diffusers' defaults; a DPM++ sampler refuses a config that asks for another variant than its own
+    # (see plans.DPM_SAMPLERS). The defaults ask for nothing: diffusers writes them into every saved config.
+    algorithm_type: str = "dpmsolver++"
+    solver_order: int = 2
 
     betas: np.ndarray = dataclasses.field(init=False, repr=False, compare=False)
     alphas_cumprod: np.ndarray = dataclasses.field(init=False, repr=False, compare=False)
@@ -133,8 +134,8 @@ class Schedule:
         _check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
         _check_choice("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
         _check_choice("solver_type", self.solver_type, SOLVER_TYPES)
-        _check_choice("algorithm_type", self.algorithm_type, ALGORITHM_TYPES + (None,))
-        _check_choice("solver_order", self.solver_order, SOLVER_ORDERS + (None,))
+        _check_choice("algorithm_type", self.algorithm_type, ALGORITHM_TYPES)
+        _check_choice("solver_order", self.solver_order, SOLVER_ORDERS)
         for key in ("lower_order_final", "euler_at_final"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"scheduler config {key}={getattr(self, key)!r} is not supported; expected a bool")

@@ -239,12 +239,17 @@ def test_config_karras_flag_applies_only_where_diffusers_reads_it():
 def test_dpm_samplers_reject_a_config_of_another_dpm_variant():
     sde = Schedule.from_config(SD15 | {"_class_name": "DPMSolverMultistepScheduler", "solver_order": 2,
                                        "algorithm_type": "sde-dpmsolver++"})
-    with pytest.raises(ValueError, match=r"sets \{'algorithm_type': 'sde-dpmsolver\+\+'\}: use sampler='dpmpp_2m_sde'"):
+    asks_sde = r"asks for \{'algorithm_type': 'sde-dpmsolver\+\+'\}: use sampler='dpmpp_2m_sde'"
+    with pytest.raises(ValueError, match=asks_sde):
         make_plan(sde, "dpmpp_2m", 10)  # used to run plain DPM++ 2M
     assert make_plan(sde, "dpmpp_2m_sde", 10).stochastic
+    assert make_plan(sde, "dpmpp_3m_sde", 10).stochastic  # solver_order=2 is the default: no request
     make_plan(sde, "euler", 10)  # the Euler scheduler does not read DPM-Solver keys
     with pytest.raises(ValueError, match="solver_order': 3}: use sampler='dpmpp_3m_sde'"):
         make_plan(Schedule.from_config(SD15 | {"solver_order": 3}), "dpmpp_2m_sde", 10)
+    # diffusers saves its defaults into every config: they leave the choice to the sampler
+    default = Schedule.from_config(SD15 | {"algorithm_type": "dpmsolver++", "solver_order": 2})
+    assert make_plan(default, "dpmpp_3m_sde", 10).stochastic
 
 
 def test_sde_sampler_noise_comes_from_rng():
