@@ -53,7 +53,7 @@ def _add_generation_args(p: argparse.ArgumentParser, *, image: bool) -> None:
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<= 1: off)")
     p.add_argument("--guidance-rescale", type=float, default=0.0)
     p.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS)
-    p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, heun, dpmpp_2m)")
+    p.add_argument("--karras", action="store_true", help="Karras sigmas (euler, heun, dpmpp_*)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--cols", type=int, default=None, help="grid columns (default: near square)")

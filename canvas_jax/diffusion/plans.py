@@ -9,9 +9,10 @@ One step ``i`` of every sampler except Heun's second-order correction is the sam
 
     x0  = clip(pred_x * x + pred_out * out)          out = model_fn(in_scale * x, timesteps[i])
     eps = eps_x * x + eps_out * out                   (only DDIM uses it)
-    x'  = c_x * x + c_x0 * x0 + c_eps * eps + c_prev * x0_prev + c_noise * z
+    x'  = c_x * x + c_x0 * x0 + c_eps * eps + c_prev * x0_prev + c_prev2 * x0_prev2 + c_noise * z
 
-where ``x0_prev`` is the previous step's ``x0`` (DPM++ 2M) and ``z`` the step's unit normal noise.
+where ``x0_prev`` / ``x0_prev2`` are the previous steps' ``x0`` (DPM++ multistep) and ``z`` the step's
+unit normal noise.
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ import numpy as np
 
 from canvas_jax.diffusion.schedules import Schedule
 
-SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m")
+# DPM-Solver++ multistep samplers: (algorithm_type, solver_order) of diffusers' DPMSolverMultistepScheduler.
+DPM_SAMPLERS = {
+    "dpmpp_2m": ("dpmsolver++", 2),
+    "dpmpp_2m_sde": ("sde-dpmsolver++", 2),
+    "dpmpp_3m": ("dpmsolver++", 3),
+    "dpmpp_3m_sde": ("sde-dpmsolver++", 3),
+}
+_DPM_DEFAULTS = {"algorithm_type": "dpmsolver++", "solver_order": 2}  # DPMSolverMultistepScheduler's
+SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", *DPM_SAMPLERS)
 SIGMA_SAMPLERS = ("euler", "euler_a", "heun")  # variance-exploding state x = x0 + sigma * noise
-KARRAS_SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m")
+KARRAS_SAMPLERS = ("euler", "euler_a", "heun", *DPM_SAMPLERS)
 
 # (timestep_spacing, clip_sample) defaults of the diffusers class behind each sampler, used when the
 # schedule leaves them unset; and whether that class reads clip_sample / use_karras_sigmas at all.
@@ -35,14 +44,14 @@ _CLASS_DEFAULTS = {
     "euler": ("linspace", False),
     "euler_a": ("linspace", False),
     "heun": ("linspace", False),
-    "dpmpp_2m": ("linspace", False),
+    **{name: ("linspace", False) for name in DPM_SAMPLERS},
 }
 _READS_CLIP = ("ddpm", "ddim", "heun")
-_READS_KARRAS = ("euler", "heun", "dpmpp_2m")
+_READS_KARRAS = ("euler", "heun", *DPM_SAMPLERS)
 
 STEP_KEYS = (
     "t", "in_scale", "pred_x", "pred_out", "eps_x", "eps_out",
-    "c_x", "c_x0", "c_eps", "c_prev", "c_noise",
+    "c_x", "c_x0", "c_eps", "c_prev", "c_prev2", "c_noise",
     "start_signal", "start_noise", "level_signal", "level_noise",
 )  # fmt: skip
 HEUN_KEYS = ("t2", "in_scale2", "pred2_x", "pred2_out", "sigma", "sigma_next")
@@ -141,22 +150,23 @@ def _sigma_plan(sched, sampler, n, spacing, karras, acp):
     """Timesteps and sigmas (with the final one appended) of Euler / Euler-a / Heun / DPM++."""
     sig_train = ((np.float32(1.0) - acp) / acp) ** np.float32(0.5)
     log_sigmas = np.log(sig_train)
-    if sampler == "dpmpp_2m":
+    dpm = sampler in DPM_SAMPLERS
+    if dpm:
         timesteps = _dpm_timesteps(sched, spacing, n, acp)
     else:
         timesteps = _spaced_timesteps(sched, spacing, n, as_float=True)
     sigmas = np.interp(timesteps, np.arange(len(sig_train)), sig_train)
     if karras:
         # Karras range: DPM++ spans the whole training range, Euler/Heun the spaced sigmas' range.
-        spanned = sig_train if sampler == "dpmpp_2m" else sigmas
+        spanned = sig_train if dpm else sigmas
         lo = sched.sigma_min if sched.sigma_min is not None else spanned.min().item()
         hi = sched.sigma_max if sched.sigma_max is not None else spanned.max().item()
         sigmas = _karras(lo, hi, n)
         timesteps = _sigma_to_t(sigmas, log_sigmas)
-        if sampler == "dpmpp_2m" and sched.beta_schedule != "squaredcos_cap_v2":
+        if dpm and sched.beta_schedule != "squaredcos_cap_v2":
             timesteps = timesteps.round()
     final = 0.0
-    if sched.final_sigmas_type == "sigma_min" and sampler in ("euler", "dpmpp_2m"):
+    if sched.final_sigmas_type == "sigma_min" and (dpm or sampler == "euler"):
         final = (((np.float32(1.0) - acp[0]) / acp[0]) ** np.float32(0.5)).item()
     sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
     return timesteps, sigmas
@@ -193,7 +203,8 @@ def make_plan(
     clip = sched.clip_sample_range if (clip_sample and sampler in _READS_CLIP) else None
     acp = _alphas_cumprod(sched, sampler)
     zeros = np.zeros(num_steps)
-    st = {"in_scale": np.ones(num_steps), "c_x": zeros, "c_eps": zeros, "c_prev": zeros, "c_noise": zeros}
+    st = {"in_scale": np.ones(num_steps), "c_x": zeros, "c_eps": zeros, "c_prev": zeros, "c_prev2": zeros,
+          "c_noise": zeros}
     st |= {"eps_x": zeros, "eps_out": zeros}
     sigmas, init_sigma = None, 1.0
     if sampler in ("ddpm", "ddim"):
@@ -206,13 +217,13 @@ def make_plan(
     else:
         timesteps, sigmas = _sigma_plan(sched, sampler, num_steps, spacing, karras, acp)
         timesteps = timesteps.astype(np.int64)  # diffusers casts (truncates) DPM++ timesteps to int64
-        _dpmpp_2m_steps(st, sched, sigmas, start_step)
+        _dpmpp_steps(st, sched, sampler, sigmas, start_step)
 
     st["t"] = timesteps
     steps = {k: np.asarray(v, np.float32) for k, v in st.items()}
     for v in steps.values():
         v.flags.writeable = False
-    stochastic = sampler in ("ddpm", "euler_a") or (sampler == "ddim" and eta != 0.0)
+    stochastic = sampler in ("ddpm", "euler_a") or (sampler == "ddim" and eta != 0.0) or sampler.endswith("_sde")
     return Plan(sampler, num_steps, steps["t"], sigmas, init_sigma, clip, stochastic, steps)
 
 
@@ -272,8 +283,31 @@ def _euler_heun_steps(st, prediction_type, sampler, timesteps, sigmas) -> None:
         st["sigma"], st["sigma_next"] = s, sn
 
 
-def _dpmpp_2m_steps(st, sched, sigmas, start_step) -> None:
-    """DPM-Solver++ (2M) in the variance-preserving state x = alpha * x0 + sigma * eps."""
+def _check_dpm_config(sched: Schedule, sampler: str) -> None:
+    """A scheduler config that asks for a DPM-Solver variant (a non-default ``algorithm_type`` or
+    ``solver_order``) must get it: another DPM sampler is an error, not a silent substitute."""
+    wanted = dict(zip(("algorithm_type", "solver_order"), DPM_SAMPLERS[sampler]))
+    asked = {k: getattr(sched, k) for k in wanted if getattr(sched, k) != _DPM_DEFAULTS[k]}
+    clash = {k: v for k, v in asked.items() if v != wanted[k]}
+    if clash:
+        spec = tuple((wanted | asked).values())
+        match = next(name for name, s in DPM_SAMPLERS.items() if s == spec)  # Schedule admits only these
+        raise ValueError(
+            f"sampler={sampler!r} runs DPM-Solver with {wanted}, but the scheduler config asks for {clash}: "
+            f"use sampler={match!r}"
+        )
+
+
+def _dpmpp_steps(st, sched, sampler, sigmas, start_step) -> None:
+    """DPM-Solver++ multistep (2M / 3M, ODE or SDE) in the variance-preserving state x = alpha * x0 + sigma * eps.
+
+    Step i is the update of diffusers' ``DPMSolverMultistepScheduler.step`` at the order it picks there (first
+    order at the start and, with ``lower_order_final``, at the end), written as coefficients of the current
+    and previous data predictions ``x0, x0_prev, x0_prev2`` (diffusers' ``m0, m1, m2``).
+    """
+    _check_dpm_config(sched, sampler)
+    algorithm, solver_order = DPM_SAMPLERS[sampler]
+    sde = algorithm == "sde-dpmsolver++"
     n = len(sigmas) - 1
     sig = sigmas.astype(np.float64)
     alpha = 1 / np.sqrt(sig**2 + 1)
@@ -283,18 +317,44 @@ def _dpmpp_2m_steps(st, sched, sigmas, start_step) -> None:
     a_s, s_s, a_t, s_t = alpha[:-1], sigma_vp[:-1], alpha[1:], sigma_vp[1:]
     h = lam[1:] - lam[:-1]
     st["pred_x"], st["pred_out"] = _pred_coefficients(sched.prediction_type, a_s, s_s)
-    c_d = -a_t * (np.exp(-h) - 1.0)  # first order: x' = (s_t / s_s) x + c_d x0
+
     idx = np.arange(n)
+    order = np.clip(idx - start_step + 1, 1, solver_order)  # a run starts first-order (lower_order_nums)
     final_low = sched.euler_at_final or (sched.lower_order_final and n < 15) or sched.final_sigmas_type == "zero"
-    first_order = (idx <= start_step) | ((idx == n - 1) & final_low)  # a run starts first-order
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r0 = np.append(np.nan, h[:-1]) / h  # h_0 / h, with h_0 = lambda_s0 - lambda_s1
-        if sched.solver_type == "midpoint":
-            c_d1 = 0.5 * c_d / r0
+    order = np.where((idx == n - 1) & final_low, 1, order)
+    order = np.where((idx == n - 2) & sched.lower_order_final & (n < 15), np.minimum(order, 2), order)
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        h0 = np.append(np.nan, h[:-1])  # lambda_s0 - lambda_s1
+        h1 = np.append([np.nan, np.nan], h[:-2])[:n]  # lambda_s1 - lambda_s2
+        r0, r1 = h0 / h, h1 / h
+        if sde:
+            e2 = np.exp(-2.0 * h)
+            c_x = s_t / s_s * np.exp(-h)
+            b0 = a_t * (1.0 - e2)
+            b1_heun = a_t * ((1.0 - e2) / (-2.0 * h) + 1.0)
+            b1_mid = 0.5 * b0
+            b2 = a_t * ((1.0 - e2 - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+            st["c_noise"] = s_t * np.sqrt(1.0 - e2)
         else:
-            c_d1 = a_t * ((np.exp(-h) - 1.0) / h + 1.0) / r0
-    c_d1 = np.where(first_order, 0.0, c_d1)  # second order adds c_d1 * (x0 - x0_prev)
-    st["c_x"], st["c_x0"], st["c_prev"] = s_t / s_s, c_d + c_d1, -c_d1
+            em = np.exp(-h) - 1.0
+            c_x = s_t / s_s
+            b0 = -a_t * em
+            b1_heun = a_t * (em / h + 1.0)
+            b1_mid = 0.5 * b0
+            b2 = -a_t * ((em + h) / h**2 - 0.5)
+        # second order: D1 = (m0 - m1) / r0; third order (diffusers' multistep_dpm_solver_third_order_update):
+        # D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1, D1 = D1_0 + q (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1)
+        b1 = b1_mid if sched.solver_type == "midpoint" else b1_heun
+        second = (b0 + b1 / r0, -b1 / r0, np.zeros(n))
+        q = r0 / (r0 + r1)
+        d1_0 = np.stack([1 / r0, -1 / r0, np.zeros(n)])
+        d1_1 = np.stack([np.zeros(n), 1 / r1, -1 / r1])
+        third = b1_heun * ((1 + q) * d1_0 - q * d1_1) + b2 * (d1_0 - d1_1) / (r0 + r1)
+        third[0] += b0
+    coefs = [np.where(order == 1, b0, np.where(order == 2, second[0], third[0]))]
+    coefs += [np.where(order == 1, 0.0, np.where(order == 2, second[k], third[k])) for k in (1, 2)]
+    st["c_x"], (st["c_x0"], st["c_prev"], st["c_prev2"]) = c_x, coefs
     st["start_signal"], st["start_noise"] = a_s, s_s
     st["level_signal"] = np.append(a_t[:-1], 1.0)
     st["level_noise"] = np.append(s_t[:-1], 0.0)

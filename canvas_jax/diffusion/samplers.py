@@ -1,4 +1,5 @@
-"""Samplers (DDPM, DDIM, Euler, Euler ancestral, Heun, DPM++ 2M) as one ``lax.scan`` each.
+"""Samplers (DDPM, DDIM, Euler, Euler ancestral, Heun, DPM++ 2M / 3M and their SDE variants) as one
+``lax.scan`` each.
 
 ``sample`` reproduces what a diffusers pipeline does around its scheduler, number for number:
 ``latents * init_noise_sigma``, ``scale_model_input``, ``step``; img2img's ``add_noise`` at the first
@@ -6,7 +7,7 @@ used timestep; and the mask blend of the inpainting pipeline after every schedul
 steps is one ``lax.scan``, so under ``jax.jit`` (with ``sampler``, ``num_steps``, ``start_step``,
 ``eta`` and ``use_karras_sigmas`` static) ``model_fn`` is traced once per evaluation site, not per step.
 
-Per-step noise of the stochastic samplers (ddpm, euler_a, ddim with eta > 0) is, for step ``i``
+Per-step noise of the stochastic samplers (ddpm, euler_a, ddim with eta > 0, dpmpp_*_sde) is, for step ``i``
 counted from 0 over all ``num_steps`` steps (img2img runs keep the same numbering)::
 
     z_i = jax.random.normal(jax.random.fold_in(rng, i), noise.shape, jnp.float32)
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from canvas_jax.diffusion.plans import HEUN_KEYS, STEP_KEYS, Plan, make_plan
+from canvas_jax.diffusion.plans import DPM_SAMPLERS, HEUN_KEYS, STEP_KEYS, Plan, make_plan
 from canvas_jax.diffusion.schedules import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -130,16 +131,17 @@ def sample(
         return out, _clip(pred_x * x + pred_out * out, plan.clip)
 
     def affine_step(carry, k):
-        x, x0_prev = carry
+        x, x0_prevs = carry  # the previous steps' x0, newest first (DPM++ multistep)
         out, x0 = predict_x0(x, k["t"], k["in_scale"], k["pred_x"], k["pred_out"])
         x_new = k["c_x"] * x + k["c_x0"] * x0
         if sampler == "ddim":
             x_new = x_new + k["c_eps"] * (k["eps_x"] * x + k["eps_out"] * out)
-        if sampler == "dpmpp_2m":
-            x_new = x_new + k["c_prev"] * x0_prev
+        if sampler in DPM_SAMPLERS:
+            for coef, x0_prev in zip(("c_prev", "c_prev2"), x0_prevs):
+                x_new = x_new + k[coef] * x0_prev
         if plan.stochastic:
             x_new = x_new + k["c_noise"] * step_noise(rng, k["index"], x.shape)
-        return (blend(x_new, NoiseLevel(k["level_signal"], k["level_noise"])), x0), None
+        return (blend(x_new, NoiseLevel(k["level_signal"], k["level_noise"])), (x0, *x0_prevs[:-1])), None
 
     def heun_step(carry, k):
         x, _ = carry
@@ -151,9 +153,10 @@ def sample(
         x_mid = blend(x + d1 * dt, level)
         _, x0_mid = predict_x0(x_mid, k["t2"], k["in_scale2"], k["pred2_x"], k["pred2_out"])
         d2 = (x_mid - x0_mid) / sigma_next
-        return (blend(x + 0.5 * (d1 + d2) * dt, level), x0_mid), None
+        return (blend(x + 0.5 * (d1 + d2) * dt, level), (x0_mid,)), None
 
-    carry = (x, jnp.zeros_like(x))
+    history = DPM_SAMPLERS[sampler][1] - 1 if sampler in DPM_SAMPLERS else 1
+    carry = (x, (jnp.zeros_like(x),) * history)
     last = num_steps if sampler != "heun" else num_steps - 1  # Heun's last step is a plain Euler step
     keys = STEP_KEYS + (HEUN_KEYS if sampler == "heun" else ())
     xs = _slice_steps(plan, keys, start_step, last)

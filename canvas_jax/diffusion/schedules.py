@@ -28,6 +28,8 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 SOLVER_TYPES = ("midpoint", "heun")
+ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")  # DPMSolverMultistepScheduler's data-prediction solvers
+SOLVER_ORDERS = (2, 3)
 
 # Keys of diffusers configs that select maths we do not implement: only these values are accepted.
 _ONLY_VALUES = {
@@ -111,10 +113,14 @@ class Schedule:
     sigma_max: float | None = None
     variance_type: str = "fixed_small"  # DDPM
     final_sigmas_type: str = "zero"  # Euler, DPM++
-    solver_type: str = "midpoint"  # DPM++ 2M
-    lower_order_final: bool = True  # DPM++ 2M
-    euler_at_final: bool = False  # DPM++ 2M
-    lambda_min_clipped: float = -math.inf  # DPM++ 2M
+    solver_type: str = "midpoint"  # DPM++
+    lower_order_final: bool = True  # DPM++
+    euler_at_final: bool = False  # DPM++
+    lambda_min_clipped: float = -math.inf  # DPM++
+    # DPM++: diffusers' defaults; a DPM++ sampler refuses a config that asks for another variant than its own
+    # (see plans.DPM_SAMPLERS). The defaults ask for nothing: diffusers writes them into every saved config.
+    algorithm_type: str = "dpmsolver++"
+    solver_order: int = 2
 
     betas: np.ndarray = dataclasses.field(init=False, repr=False, compare=False)
     alphas_cumprod: np.ndarray = dataclasses.field(init=False, repr=False, compare=False)
@@ -128,6 +134,11 @@ class Schedule:
         _check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
         _check_choice("final_sigmas_type", self.final_sigmas_type, FINAL_SIGMAS_TYPES)
         _check_choice("solver_type", self.solver_type, SOLVER_TYPES)
+        _check_choice("algorithm_type", self.algorithm_type, ALGORITHM_TYPES)
+        _check_choice("solver_order", self.solver_order, SOLVER_ORDERS)
+        for key in ("lower_order_final", "euler_at_final"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"scheduler config {key}={getattr(self, key)!r} is not supported; expected a bool")
         if not isinstance(self.steps_offset, int) or self.steps_offset < 0:
             raise ValueError(f"steps_offset must be an int >= 0, got {self.steps_offset!r}")
         n = self.num_train_timesteps
@@ -155,7 +166,7 @@ class Schedule:
     def from_config(cls, config: Mapping[str, Any]) -> Schedule:
         """Build from a diffusers scheduler config dict (any scheduler class).
 
-        Keys we do not need (``_class_name``, ``skip_prk_steps``, ``solver_order``...) are ignored; keys
+        Keys we do not need (``_class_name``, ``skip_prk_steps``...) are ignored; keys
         that select maths we do not implement (``thresholding``, ``use_exponential_sigmas``...) must
         hold their default value, and an unsupported value of any honoured key is a ValueError.
         """

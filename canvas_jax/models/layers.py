@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -214,10 +215,20 @@ class Upsample2D(nnx.Module):
 # Attention.
 
 
-def _flash_ok(q: jax.Array, head_dim: int, mask) -> bool:
-    """Whether cuDNN flash attention applies: GPU, half precision, no mask, head dim a multiple of 8 up to 128."""
-    return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and mask is None
-            and head_dim % 8 == 0 and head_dim <= 128)
+def _platform() -> str:
+    """The default backend's platform: "cuda" or "rocm" for GPUs (cuDNN is CUDA's), else "cpu" / "tpu"."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return backend
+    return "cuda" if "cuda" in jax.extend.backend.get_backend().platform_version.lower() else "rocm"
+
+
+def attention_implementation(platform: str, dtype, head_dim: int, *, masked: bool) -> str:
+    """``"cudnn"`` (flash attention) where cuDNN supports the call on every GPU generation, else ``"xla"``:
+    a CUDA backend, bf16/fp16 inputs, no mask, a head dim that is a multiple of 8 and at most 128 (the
+    limit before Hopper). Decided from static facts before tracing, so unsupported calls never reach cuDNN."""
+    return ("cudnn" if platform == "cuda" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not masked
+            and head_dim % 8 == 0 and 0 < head_dim <= 128 else "xla")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, mask: jax.Array | None = None,
@@ -225,9 +236,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, mask:
     """Multi-head scaled dot-product attention through ``jax.nn.dot_product_attention``.
 
     q: [B, T, H*D]; k, v: [B, S, H*D] -> [B, T, H*D]. ``mask`` is boolean, True = attend: either a
-    key-padding mask [B, S] or anything broadcastable to [B, H, T, S]. ``implementation`` None picks cuDNN
-    flash attention on GPU for bf16/fp16 without a mask (head dim a multiple of 8, at most 128) and XLA
-    otherwise; the XLA path computes logits and softmax in float32.
+    key-padding mask [B, S] or anything broadcastable to [B, H, T, S]. ``implementation`` None picks by
+    :func:`attention_implementation` (cuDNN flash attention on CUDA for unmasked bf16/fp16 with a supported
+    head dim, XLA otherwise); the XLA path computes logits and softmax in float32.
     """
     if q.shape[-1] % num_heads or k.shape[-1] != q.shape[-1] or v.shape[-1] != q.shape[-1]:
         raise ValueError(f"attention: q/k/v feature sizes {q.shape[-1]}/{k.shape[-1]}/{v.shape[-1]} must be "
@@ -242,15 +253,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, mask:
         mask = jnp.asarray(mask, dtype=bool)
         if mask.ndim == 2:
             mask = mask[:, None, None, :]
-    args = (heads(q), heads(k), heads(v))
-    if implementation is None and _flash_ok(q, d, mask):
-        try:
-            out = jax.nn.dot_product_attention(*args, is_causal=is_causal, implementation="cudnn")
-            return out.reshape(b, t, inner)
-        except (NotImplementedError, ValueError, RuntimeError):
-            pass  # shape or cuDNN version not supported: fall back to XLA
-    out = jax.nn.dot_product_attention(*args, mask=mask, is_causal=is_causal,
-                                       implementation=implementation or "xla")
+    if implementation is None:
+        implementation = attention_implementation(_platform(), q.dtype, d, masked=mask is not None)
+    out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), mask=mask, is_causal=is_causal,
+                                       implementation=implementation)
     return out.reshape(b, t, inner)
 
 

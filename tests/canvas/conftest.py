@@ -92,6 +92,49 @@ def build_tiny_sd(folder: Path, *, in_channels: int = 4, seed: int = 0) -> Path:
     return folder
 
 
+TINY_SDXL_UNET = dict(sample_size=TINY_SIZE // 2, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                      cross_attention_dim=32 + 48, attention_head_dim=[2, 4], use_linear_projection=True,
+                      transformer_layers_per_block=[1, 2], addition_embed_type="text_time", addition_time_embed_dim=8,
+                      projection_class_embeddings_input_dim=16 + 6 * 8,  # pooled text (16) + 6 time ids x 8
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+TINY_SDXL_SCHEDULER = dict(TINY_SCHEDULER, timestep_spacing="leading", interpolation_type="linear",
+                           use_karras_sigmas=False, prediction_type="epsilon")
+
+
+def build_tiny_sdxl(folder: Path, *, seed: int = 20) -> Path:
+    """Save a tiny random ``StableDiffusionXLPipeline``: a CLIPTextModel (hidden 32) and a
+    CLIPTextModelWithProjection (hidden 48, projection 16; its tokenizer pads with "!" as SDXL's does), a
+    text_time UNet, a VAE and an Euler scheduler; ``force_zeros_for_empty_prompt`` on."""
+    import diffusers
+    import torch
+    import transformers
+
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder.parent / f"{folder.name}_tok"))
+    tokenizer_2 = transformers.CLIPTokenizer.from_pretrained(
+        write_clip_tokenizer(folder.parent / f"{folder.name}_tok2", pad_token="!"))
+    torch.manual_seed(seed)
+
+    def clip_config(tok, hidden, **kw):
+        return transformers.CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, **kw)
+
+    text_encoder = transformers.CLIPTextModel(clip_config(tokenizer, 32))
+    text_encoder_2 = transformers.CLIPTextModelWithProjection(clip_config(tokenizer_2, 48, projection_dim=16))
+    unet = diffusers.UNet2DConditionModel(**TINY_SDXL_UNET)
+    vae = diffusers.AutoencoderKL(**(TINY_VAE | {"scaling_factor": 0.13025}))
+    for i, module in enumerate((text_encoder, text_encoder_2, unet, vae)):
+        _perturb(module, torch, seed=seed + i)
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=diffusers.EulerDiscreteScheduler.from_config(TINY_SDXL_SCHEDULER),
+        force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def clip_tokenizer_writer():
     """:func:`write_clip_tokenizer` for test modules (they cannot import this conftest)."""
@@ -110,6 +153,13 @@ def tiny_sd_inpaint(tmp_path_factory) -> Path:
     """A tiny random SD inpainting pipeline folder (9-channel UNet) in diffusers' format."""
     pytest.importorskip("diffusers")
     return build_tiny_sd(tmp_path_factory.mktemp("pipelines") / "tiny_sd_inpaint", in_channels=9, seed=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A tiny random SDXL pipeline folder (two text encoders, text_time UNet) in diffusers' format."""
+    pytest.importorskip("diffusers")
+    return build_tiny_sdxl(tmp_path_factory.mktemp("pipelines") / "tiny_sdxl")
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,15 @@ from diffusers import (
     HeunDiscreteScheduler,
 )
 
+from canvas_jax.diffusion.plans import DPM_SAMPLERS
+
 CLASSES = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
     "euler": EulerDiscreteScheduler,
     "euler_a": EulerAncestralDiscreteScheduler,
     "heun": HeunDiscreteScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
+    **{name: DPMSolverMultistepScheduler for name in DPM_SAMPLERS},
 }
 
 
@@ -43,8 +45,9 @@ def toy_model(xp, x, t):
 
 def make_scheduler(sampler: str, config: dict, use_karras_sigmas: bool | None = None):
     config = dict(config)
-    if sampler == "dpmpp_2m":
-        config.update(algorithm_type="dpmsolver++", solver_order=2)
+    if sampler in DPM_SAMPLERS:
+        algorithm_type, solver_order = DPM_SAMPLERS[sampler]
+        config.update(algorithm_type=algorithm_type, solver_order=solver_order)
     if use_karras_sigmas is not None:
         config["use_karras_sigmas"] = use_karras_sigmas
     return CLASSES[sampler].from_config(config)

@@ -43,13 +43,16 @@ def _case(sampler, config, steps=10, **kw):
     return pytest.param(sampler, config, steps, kw, id=f"{sampler}-{name}")
 
 
+NEW_DPM = ("dpmpp_2m_sde", "dpmpp_3m", "dpmpp_3m_sde")  # fewer of the sweeps below: they share dpmpp_2m's code
+BASE = tuple(s for s in SAMPLERS if s not in NEW_DPM)
+
 CASES = (
     [_case(s, SD15, id="sd15") for s in SAMPLERS]
-    + [_case(s, SDXL, id="sdxl-leading") for s in SAMPLERS]
-    + [_case(s, SD21_TRAILING, id="v-trailing") for s in SAMPLERS]
-    + [_case(s, SAMPLE_LINSPACE, id="sample-linspace") for s in SAMPLERS if s != "euler_a"]  # diffusers: no sample
+    + [_case(s, SDXL, id="sdxl-leading") for s in BASE]
+    + [_case(s, SD21_TRAILING, id="v-trailing") for s in BASE + ("dpmpp_2m_sde",)]
+    + [_case(s, SAMPLE_LINSPACE, id="sample-linspace") for s in BASE if s != "euler_a"]  # diffusers: no sample
     + [_case(s, SD, start_step=3, img2img=True, id="img2img-start3") for s in SAMPLERS]
-    + [_case(s, SD, inpaint=True, id="inpaint") for s in SAMPLERS]
+    + [_case(s, SD, inpaint=True, id="inpaint") for s in BASE + ("dpmpp_2m_sde",)]
     + [
         _case("ddpm", COSINE, id="cosine"),
         _case("ddim", COSINE | {"prediction_type": "v_prediction"}, eta=1.0, id="cosine-v-eta1"),
@@ -65,6 +68,12 @@ CASES = (
         _case("dpmpp_2m", SD | {"solver_type": "heun"}, 16, id="solver-heun-16"),
         _case("dpmpp_2m", SD | {"final_sigmas_type": "sigma_min"}, 16, id="sigma-min-second-order-final"),
         _case("dpmpp_2m", SD | {"euler_at_final": True, "lower_order_final": False}, id="euler-at-final"),
+        _case("dpmpp_2m_sde", SD | {"solver_type": "heun"}, 16, id="solver-heun-16"),
+        _case("dpmpp_2m_sde", SDXL, karras=True, id="karras"),
+        _case("dpmpp_2m_sde", SAMPLE_LINSPACE, id="sample-linspace"),
+        _case("dpmpp_3m", SD | {"final_sigmas_type": "sigma_min"}, 16, id="sigma-min-third-order-final"),
+        _case("dpmpp_3m", SD21_TRAILING | {"lower_order_final": False}, id="v-trailing-no-lower-final"),
+        _case("dpmpp_3m_sde", SD, 20, karras=True, start_step=5, img2img=True, inpaint=True, id="karras-inpaint-20"),
         _case("euler", SD | {"final_sigmas_type": "sigma_min"}, id="sigma-min"),
         _case("ddim", SD | {"timestep_spacing": "linspace"}, eta=0.5, id="linspace-eta05"),
         _case("ddim", SD | {"clip_sample": True, "prediction_type": "sample"}, id="clip"),
@@ -72,7 +81,7 @@ CASES = (
         _case("ddpm", SD | {"variance_type": "fixed_large"}, id="fixed-large"),
         _case("ddpm", SD | {"timestep_spacing": "trailing"}, 7, id="trailing-7"),
     ]
-    + [_case(s, ZERO_SNR, id="zero-snr") for s in ("ddpm", "ddim", "euler", "euler_a", "dpmpp_2m")]
+    + [_case(s, ZERO_SNR, id="zero-snr") for s in ("ddpm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_3m_sde")]
 )
 
 
@@ -147,7 +156,7 @@ def test_trailing_spacing_keeps_num_steps_where_diffusers_adds_one(diffusers_ref
     np.testing.assert_array_equal(plan.timesteps, ref[:61])
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s not in ("dpmpp_2m_sde", "dpmpp_3m")])  # 3m_sde has both
 def test_whole_loop_is_one_program_traced_once(sampler, diffusers_ref):
     traces = []
 
@@ -225,3 +234,29 @@ def test_config_karras_flag_applies_only_where_diffusers_reads_it():
     # ...while the explicit argument works for every sigma-based sampler
     karras_a = make_plan(without, "euler_a", 10, use_karras_sigmas=True)
     np.testing.assert_allclose(karras_a.sigmas, make_plan(with_flag, "euler", 10).sigmas)
+
+
+def test_dpm_samplers_reject_a_config_of_another_dpm_variant():
+    sde = Schedule.from_config(SD15 | {"_class_name": "DPMSolverMultistepScheduler", "solver_order": 2,
+                                       "algorithm_type": "sde-dpmsolver++"})
+    asks_sde = r"asks for \{'algorithm_type': 'sde-dpmsolver\+\+'\}: use sampler='dpmpp_2m_sde'"
+    with pytest.raises(ValueError, match=asks_sde):
+        make_plan(sde, "dpmpp_2m", 10)  # used to run plain DPM++ 2M
+    assert make_plan(sde, "dpmpp_2m_sde", 10).stochastic
+    assert make_plan(sde, "dpmpp_3m_sde", 10).stochastic  # solver_order=2 is the default: no request
+    make_plan(sde, "euler", 10)  # the Euler scheduler does not read DPM-Solver keys
+    with pytest.raises(ValueError, match="solver_order': 3}: use sampler='dpmpp_3m_sde'"):
+        make_plan(Schedule.from_config(SD15 | {"solver_order": 3}), "dpmpp_2m_sde", 10)
+    # diffusers saves its defaults into every config: they leave the choice to the sampler
+    default = Schedule.from_config(SD15 | {"algorithm_type": "dpmsolver++", "solver_order": 2})
+    assert make_plan(default, "dpmpp_3m_sde", 10).stochastic
+
+
+def test_sde_sampler_noise_comes_from_rng():
+    sched, noise = Schedule.from_config(SD15), jnp.asarray(NOISE)
+    with pytest.raises(ValueError, match="pass rng"):
+        sample(_simple_model, noise, sched, sampler="dpmpp_2m_sde", num_steps=4)
+    run = jax.jit(functools.partial(sample, _simple_model, sched=sched, sampler="dpmpp_2m_sde", num_steps=4))
+    a, b, c = run(noise, rng=RNG), run(noise, rng=RNG), run(noise, rng=jax.random.key(7))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-2

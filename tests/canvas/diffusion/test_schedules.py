@@ -62,6 +62,7 @@ def test_trained_betas_are_used_as_given():
 def test_from_config_ignores_unneeded_keys_and_round_trips():
     sched = Schedule.from_config(SD15_CONFIG | {"solver_order": 3, "algorithm_type": "dpmsolver++"})
     assert sched.beta_schedule == "scaled_linear" and sched.steps_offset == 1 and not sched.set_alpha_to_one
+    assert (sched.algorithm_type, sched.solver_order) == ("dpmsolver++", 3)  # read: DPM samplers check them
     assert sched.timestep_spacing is None  # not given: each sampler takes its diffusers class default
     assert Schedule.from_config(sched.to_config()) == sched
     assert hash(Schedule.from_config(sched.to_config())) == hash(sched)
@@ -79,6 +80,10 @@ def test_from_config_ignores_unneeded_keys_and_round_trips():
         ("use_exponential_sigmas", True, "False"),
         ("timestep_type", "continuous", "discrete"),
         ("interpolation_type", "log_linear", "linear"),
+        ("algorithm_type", "sde-dpmsolver", "sde-dpmsolver++"),
+        ("algorithm_type", "deis", "dpmsolver++"),
+        ("solver_order", 1, "3"),
+        ("lower_order_final", "yes", "bool"),
     ],
 )
 def test_unsupported_values_name_the_key_and_the_choices(key, value, allowed):

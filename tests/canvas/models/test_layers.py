@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import canvas_jax  # noqa: F401
-from canvas_jax.models.layers import attention, nearest_resize, timestep_embedding
+from canvas_jax.models import layers
+from canvas_jax.models.layers import attention, attention_implementation, nearest_resize, timestep_embedding
 
 torch = pytest.importorskip("torch")
 
@@ -34,6 +35,42 @@ def test_attention_with_padding_mask_and_causal():
     np.testing.assert_allclose(got, _reference_attention(q, k, v, 3, causal=True), atol=1e-5)
     with pytest.raises(ValueError, match="num_heads=5"):
         attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 5)
+
+
+@pytest.mark.parametrize("platform, dtype, head_dim, masked, expected", [
+    ("cuda", jnp.bfloat16, 64, False, "cudnn"),
+    ("cuda", jnp.float16, 128, False, "cudnn"),
+    ("cuda", jnp.bfloat16, 8, False, "cudnn"),
+    ("cuda", jnp.float32, 64, False, "xla"),   # cuDNN flash attention is half precision only
+    ("cuda", jnp.bfloat16, 160, False, "xla"),  # above 128 (Hopper-only up to 256)
+    ("cuda", jnp.bfloat16, 20, False, "xla"),   # not a multiple of 8 (SDXL's 5/10/20-wide heads in tiny tests)
+    ("cuda", jnp.bfloat16, 64, True, "xla"),    # masked
+    ("rocm", jnp.bfloat16, 64, False, "xla"),
+    ("cpu", jnp.bfloat16, 64, False, "xla"),
+    ("tpu", jnp.bfloat16, 64, False, "xla"),
+])
+def test_attention_implementation_is_decided_up_front(platform, dtype, head_dim, masked, expected):
+    assert attention_implementation(platform, dtype, head_dim, masked=masked) == expected
+
+
+@pytest.mark.parametrize("heads, platform, expected", [(3, "cuda", "cudnn"), (4, "cuda", "xla"), (3, "cpu", "xla")])
+def test_attention_passes_the_decision_to_jax(monkeypatch, heads, platform, expected):
+    seen = []
+    monkeypatch.setattr(layers, "_platform", lambda: platform)
+    monkeypatch.setattr(layers.jax.nn, "dot_product_attention",
+                        lambda q, *a, implementation, **kw: seen.append(implementation) or q)
+    x = jnp.zeros((1, 4, 48), jnp.bfloat16)  # 3 heads of 16, or 4 heads of 12
+    attention(x, x, x, heads)
+    assert seen == [expected]
+
+
+def test_attention_in_bf16_matches_the_reference():
+    g = np.random.default_rng(1)
+    q, k, v = (g.standard_normal((2, 7, 32)).astype(np.float32) for _ in range(3))
+    got = attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v)), 2)
+    want = _reference_attention(*(np.asarray(jnp.asarray(a, jnp.bfloat16), np.float32) for a in (q, k, v)), 2)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=2e-2)
 
 
 @pytest.mark.parametrize("dim,flip,shift", [(32, True, 0), (33, False, 1)])
