@@ -57,7 +57,7 @@ def quantize(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
 
 class ItemIndex:
     def __init__(self, embeddings, ids=None, dtype: str = "float32", mesh: Mesh | None = None, *,
-                 rules=None, block: int = 8192):
+                 rules=None, block: int = 16384, group: int = 64, few: int = 32):
         x = np.asarray(embeddings, dtype=np.float32)
         if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"embeddings must be a non-empty [N, D] array, got shape {x.shape}")
@@ -78,6 +78,7 @@ class ItemIndex:
         if block < 8:
             raise ValueError(f"block must be >= 8 rows, got {block}")
         self.num_items, self.dim, self.dtype = n, d, dtype
+        self.group, self.few = group, few  # exact-search pruning (see topk.shard_exact)
         self.mesh = mesh if mesh is not None else make_mesh(MeshConfig(data=1, fsdp=-1))
         spec = logical_to_spec(("items", None), (self.mesh.devices.size, d), self.mesh,
                                rules if rules is not None else DEFAULT_RULES)
@@ -153,7 +154,8 @@ class ItemIndex:
         else:
             def local(q, table, scale, ok):
                 off = 0 if axes is None else jax.lax.axis_index(axes) * table.shape[0]
-                return tuple(a[None] for a in shard_exact(q, table, scale, ok, off, w=w, block=self.block))
+                return tuple(a[None] for a in shard_exact(q, table, scale, ok, off, w=w, block=self.block,
+                                                                     group=self.group, few=self.few))
             in_specs = (rep, mat, row, row)
         per_shard = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=(row, row), check_vma=False)
 

@@ -15,6 +15,8 @@ per-group cap. Slots that cannot be filled have score ``-inf`` and row ``-1``.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -37,22 +39,45 @@ def _merge(run_s, run_r, new_s, new_r, w):
     return top, jnp.take_along_axis(r, pos, axis=1)
 
 
-def shard_exact(q, table, scale, ok, offset, *, w: int, block: int):
-    """Top-``w`` (scores, global rows) of one shard's rows ``[n, D]``; ``ok`` [n] = valid and eligible."""
+def shard_exact(q, table, scale, ok, offset, *, w: int, block: int, group: int = 64, few: int = 32):
+    """Top-``w`` (scores, global rows) of one shard's rows ``[n, D]``; ``ok`` [n] = valid and eligible.
+
+    Pruning, exact: only a block's items scoring strictly above the running ``w``-th score can
+    enter (an equal score loses the tie to the earlier, lower row). The block is cut into groups of
+    ``group`` rows; when no query has more than ``few`` groups whose maximum beats its threshold
+    (the usual case once the running list has filled), only those groups are gathered and merged;
+    otherwise the whole block goes through ``top_k``.
+    """
     n, d = table.shape
     nb = n // block
     b = q.shape[0]
+    g = math.gcd(block, group)
+    ng = block // g
 
-    def step(carry, xs):
-        t, s, v, i = xs
-        sc = jnp.where(v[None, :], _scores(q, t, s), NEG)
-        rows = offset + i * block + jnp.arange(block, dtype=jnp.int32)
+    def full(carry, sc, rows):
         if block > w:  # prune the block first: a cheaper merge, same result (top_k is stable)
             sc, pos = lax.top_k(sc, w)
             rows = rows[pos]
         else:
             rows = jnp.broadcast_to(rows, sc.shape)
-        return _merge(*carry, sc, rows, w), None
+        return _merge(*carry, sc, rows, w)
+
+    def pruned(carry, sc, rows):
+        _, gi = lax.top_k(sc.reshape(b, ng, g).max(axis=2), few)
+        gi = jnp.sort(gi, axis=1)  # row order, for the ties
+        cand = jnp.take_along_axis(sc.reshape(b, ng, g), gi[:, :, None], axis=1).reshape(b, few * g)
+        crow = (rows.reshape(ng, g)[gi]).reshape(b, few * g)
+        return _merge(*carry, cand, crow, w)
+
+    def step(carry, xs):
+        t, s, v, i = xs
+        sc = jnp.where(v[None, :], _scores(q, t, s), NEG)
+        rows = offset + i * block + jnp.arange(block, dtype=jnp.int32)
+        if few >= ng:
+            return full(carry, sc, rows), None
+        tau = carry[0][:, -1:]
+        need = jnp.max(jnp.sum(sc.reshape(b, ng, g).max(axis=2) > tau, axis=1))
+        return lax.cond(need <= few, pruned, full, carry, sc, rows), None
 
     init = (jnp.full((b, w), NEG, jnp.float32), jnp.full((b, w), -1, jnp.int32))
     xs = (table.reshape(nb, block, d), scale.reshape(nb, block), ok.reshape(nb, block),

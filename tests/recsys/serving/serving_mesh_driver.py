@@ -1,4 +1,4 @@
-"""Run the brute-force comparisons on the meshes named in argv ("data,fsdp,tensor" each), in this
+"""Run the brute-force comparisons on the meshes named in argv ("data,fsdp,tensor:dtype+dtype" each), in this
 process's JAX cluster (simulated devices and/or launch/local.sh processes); prints one RESULT line."""
 
 import json
@@ -21,15 +21,16 @@ def main():
     from recsys_jax.serving import ItemIndex
 
     out = {"devices": jax.device_count(), "processes": jax.process_count()}
-    dtypes = os.environ.get("SERVING_DTYPES", "float32,int8").split(",")
-    for spec in sys.argv[1:]:
-        d, f, t = (int(v) for v in spec.split(","))
+    for spec in sys.argv[1:]:  # "data,fsdp,tensor:dtype+dtype"
+        shape, _, names = spec.partition(":")
+        dtypes = (names or "float32").split("+")
+        d, f, t = (int(v) for v in shape.split(","))
         mesh = make_mesh(MeshConfig(data=d, fsdp=f, tensor=t))
         rng = np.random.default_rng(0)
         shards = []
 
         def factory(x, ids, dtype):
-            index = ItemIndex(x, ids, dtype=dtype, mesh=mesh, block=8)
+            index = ItemIndex(x, ids, dtype=dtype, mesh=mesh, block=16, group=2, few=3)  # pruned path too
             shards.append(index.shards)
             return index
 

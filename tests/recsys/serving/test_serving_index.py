@@ -9,8 +9,10 @@ from serving_reference import brute_force, check_all, int_data
 
 def test_exact_equals_brute_force_all_dtypes_and_filters():
     rng = np.random.default_rng(0)
-    # block=16 -> many blocks, so the running top-k across blocks is exercised
-    assert check_all(lambda x, ids, dt: ItemIndex(x, ids, dtype=dt, block=16), rng) == 15
+    # many blocks (the running top-k across blocks) of 8 groups, pruned to 3 groups when possible
+    make = lambda x, ids, dt: ItemIndex(x, ids, dtype=dt, block=16, group=2, few=3)  # noqa: E731
+    assert check_all(make, rng, dtypes=("float32",)) == 5  # every filter combination
+    assert check_all(make, rng, dtypes=("bfloat16", "int8"), combos=("everything",)) == 2
 
 
 def test_ties_go_to_the_lower_id_whatever_the_row_order():
@@ -47,10 +49,11 @@ def test_fewer_eligible_than_k_pads_with_minus_one():
 
 def test_float_data_matches_numpy_within_rounding():
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((2000, 32)).astype(np.float32)
-    q = rng.standard_normal((7, 32)).astype(np.float32)
-    got_i, got_s = ItemIndex(x, block=256).search(q, 50)
-    ref_i, ref_s = brute_force(x, np.arange(2000), q, 50)
+    x = rng.standard_normal((20000, 16)).astype(np.float32)
+    q = rng.standard_normal((7, 16)).astype(np.float32)
+    # late blocks take the pruned path (few groups beat the running threshold)
+    got_i, got_s = ItemIndex(x, block=1024, group=8, few=16).search(q, 10)
+    ref_i, ref_s = brute_force(x, np.arange(20000), q, 10)
     np.testing.assert_array_equal(got_i, ref_i)
     np.testing.assert_allclose(got_s, ref_s, rtol=1e-5, atol=1e-5)
 

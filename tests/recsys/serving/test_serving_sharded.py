@@ -21,15 +21,14 @@ def _run(meshes, devices, launcher=(), env=None):
 
 
 def test_eight_simulated_devices():
-    res, _ = _run(["1,8,1", "2,2,2"], devices=8)
+    res, _ = _run(["1,8,1:float32+int8", "2,2,2"], devices=8)
     assert res["devices"] == 8
-    assert res["1,8,1"] == {"checks": 4, "shards": 8, "ivf_exact": True}
-    assert res["2,2,2"] == {"checks": 4, "shards": 4, "ivf_exact": True}  # items over fsdp x tensor
+    assert res["1,8,1:float32+int8"] == {"checks": 4, "shards": 8, "ivf_exact": True}
+    assert res["2,2,2"] == {"checks": 2, "shards": 4, "ivf_exact": True}  # items over fsdp x tensor
 
 
 def test_two_processes():
-    res, proc = _run(["1,4,1"], devices=2, launcher=[os.path.join(ROOT, "launch", "local.sh"), "2", "--"],
-                     env={"SERVING_DTYPES": "float32"})
+    res, proc = _run(["1,4,1"], devices=2, launcher=[os.path.join(ROOT, "launch", "local.sh"), "2", "--"])
     assert "[1] " in proc.stdout + proc.stderr  # the second process really ran
     assert res["processes"] == 2 and res["devices"] == 4
     assert res["1,4,1"] == {"checks": 2, "shards": 4, "ivf_exact": True}
