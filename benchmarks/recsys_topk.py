@@ -48,11 +48,11 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=256)
     p.add_argument("--k", type=int, default=100)
-    p.add_argument("--clusters", type=int, default=4096)
+    p.add_argument("--clusters", type=int, default=1024)
     p.add_argument("--noise", type=float, default=1.0, help="per-dimension noise around a cluster centre")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--lists", type=int, default=None, help="IVF lists (default ~4 sqrt(N))")
+    p.add_argument("--lists", type=int, default=None, help="IVF lists (default ~sqrt(N))")
     p.add_argument("--probes", default="32,64,128", help="IVF probe budgets, as fractions 1/x of the chunks")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -61,7 +61,8 @@ def main(argv=None):
     centers = rng.standard_normal((a.clusters, a.dim)).astype(np.float32)
     x = centers[rng.integers(0, a.clusters, a.items)] + a.noise * rng.standard_normal((a.items, a.dim), np.float32)
     q = centers[rng.integers(0, a.clusters, a.queries)] + a.noise * rng.standard_normal((a.queries, a.dim), np.float32)
-    common = dict(items=a.items, dim=a.dim, clusters=a.clusters, noise=a.noise, queries=a.queries, k=a.k, cpu_count=os.cpu_count())
+    common = dict(items=a.items, dim=a.dim, clusters=a.clusters, noise=a.noise, queries=a.queries, k=a.k,
+                  cpu_count=os.cpu_count())
 
     import faiss
 

@@ -117,9 +117,13 @@ class ItemIndex:
 
     # ---- approximate index -----------------------------------------------------------------------
     def build_ivf(self, n_lists: int | None = None, *, chunk: int = 64, iters: int = 10, seed: int = 0):
-        """Partition the items by k-means (``n_lists`` lists, default ~4 sqrt(N)) for ``approximate=True``."""
+        """Partition the items by k-means (``n_lists`` lists, default ~sqrt(N)) for ``approximate=True``.
+
+        k-means runs ``iters`` Lloyd steps on a sample of 64 rows per list, then every item goes to
+        its nearest centroid; each shard cuts its items into chunks of ``chunk`` rows by list.
+        """
         x = self.stored()[self._order]
-        n_lists = n_lists or max(1, min(self.num_items, int(4 * math.sqrt(self.num_items))))
+        n_lists = n_lists or max(1, min(self.num_items, round(math.sqrt(self.num_items))))
         cent = ivf.kmeans(x, n_lists, iters=iters, seed=seed)
         pad = -(-self.num_items // 8192) * 8192
         lists = np.asarray(ivf.assign(jnp.asarray(np.pad(x, ((0, pad - len(x)), (0, 0)))), jnp.asarray(cent)))

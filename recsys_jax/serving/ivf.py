@@ -40,7 +40,7 @@ def _lloyd(x: jax.Array, init: jax.Array, iters: int) -> jax.Array:
     return lax.scan(step, init, None, length=iters)[0]
 
 
-def kmeans(x: np.ndarray, n_lists: int, *, iters: int = 10, sample: int = 256, seed: int = 0) -> np.ndarray:
+def kmeans(x: np.ndarray, n_lists: int, *, iters: int = 10, sample: int = 64, seed: int = 0) -> np.ndarray:
     """``[n_lists, D]`` float32 centroids from Lloyd iterations on a sample of ``sample * n_lists`` rows."""
     x = np.asarray(x, np.float32)
     if not 1 <= n_lists <= len(x):
