@@ -5,9 +5,10 @@
 
 The corpus is a mixture of ``--clusters`` Gaussian clusters (unit-normal centres, ``--noise`` per
 dimension around them; trained item embeddings are clustered, and on structureless random vectors no
-partitioned index reaches a high recall cheaply); the queries are drawn the same way. Prints one JSON line per measurement: faiss flat, our exact (with the agreement of its ids with
-faiss), then the IVF approximate path at several probe budgets (recall@k against our exact result,
-QPS, ratio to faiss flat). QPS = queries / best wall time of ``--repeats`` searches of the whole batch
+partitioned index reaches a high recall cheaply); the queries are drawn the same way. Prints one JSON
+line per measurement: faiss flat, our exact (with the agreement of its ids with faiss), then the IVF
+approximate path at several probe budgets (recall@k against our exact result, QPS, ratio to faiss
+flat). QPS = queries / best wall time of ``--repeats`` searches of the whole batch
 (after a warm-up search that compiles). The 1-minute load average is printed with each line: on a
 shared machine the ratios are the meaningful numbers.
 """

@@ -178,7 +178,7 @@ class ItemIndex:
         if len(exclude) != b:
             raise ValueError(f"exclude must hold one list of ids per query ({b}), got {len(exclude)}")
         rows = []
-        for i, ex in enumerate(exclude):
+        for ex in exclude:
             ex = np.asarray(ex if ex is not None else [], dtype=np.int64).reshape(-1)
             at = np.searchsorted(self.ids, ex)
             found = (at < self.num_items) & (self.ids[np.minimum(at, self.num_items - 1)] == ex)

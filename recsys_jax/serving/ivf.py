@@ -57,7 +57,8 @@ def chunk_layout(lists: np.ndarray, shards: int, chunk: int) -> tuple[np.ndarray
 
     ``lists`` [N_pad] is the list of every stored row (-1 = padding row), rows split evenly into
     ``shards`` contiguous ranges. Returns ``rows [shards * C, chunk]`` (global row numbers ascending
-    within a chunk, -1 = empty) and ``chunk_list [shards * C]`` (-1 = an empty padding chunk); every shard has the same ``C``.
+    within a chunk, -1 = empty) and ``chunk_list [shards * C]`` (-1 = an empty padding chunk); every
+    shard has the same ``C``.
     """
     per = len(lists) // shards
     out_rows, out_list = [], []

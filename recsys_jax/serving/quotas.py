@@ -165,7 +165,8 @@ def allocate(k: int, values: Mapping[str, float], floors: Mapping[str, int] | No
     if unknown:
         raise ValueError(f"floors/caps name unknown sources {sorted(unknown)}; sources are {names}")
     if np.any(lo < 0) or np.any(lo > hi):
-        raise ValueError(f"need 0 <= floor <= cap per source, got floors {dict(zip(names, lo))} caps {dict(zip(names, hi))}")
+        raise ValueError(f"need 0 <= floor <= cap per source, got floors {dict(zip(names, lo.tolist()))} "
+                         f"caps {dict(zip(names, hi.tolist()))}")
     if lo.sum() > k:
         raise ValueError(f"floors add up to {lo.sum()} > k={k}")
     extra = int(min(k, hi.sum()) - lo.sum())
