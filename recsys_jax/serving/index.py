@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -49,7 +48,7 @@ def quantize(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     if dtype == "float32":
         return x.astype(np.float32), np.ones(len(x), np.float32)
     if dtype == "bfloat16":
-        return x.astype(ml_dtypes.bfloat16), np.ones(len(x), np.float32)
+        return x.astype(jnp.bfloat16), np.ones(len(x), np.float32)
     amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x), np.float32)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     return np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8), scale
