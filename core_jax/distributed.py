@@ -110,10 +110,11 @@ def _int(env: Mapping[str, str], key: str) -> int | None:
 def initialize(
     coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> ClusterSpec | None:
-    """Call ``jax.distributed.initialize`` when a cluster is configured; a no-op for a single process."""
+    """Call ``jax.distributed.initialize`` when a cluster is configured; a no-op for a single process (and when
+    this process has already joined its cluster)."""
     spec = resolve(coordinator_address, num_processes, process_id)
-    if spec is None:
-        return None
+    if spec is None or jax.distributed.is_initialized():
+        return spec
     jax.distributed.initialize(spec.coordinator_address, spec.num_processes, spec.process_id,
                                local_device_ids=list(spec.local_device_ids) if spec.local_device_ids else None)
     return spec
