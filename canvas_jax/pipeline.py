@@ -432,8 +432,11 @@ class Pipeline:
 
 def _to_mesh(value, sharding: NamedSharding) -> jax.Array:
     """``value`` (the same on every process) as an array with ``sharding``, which may span processes: each
-    process fills the shards on its own devices."""
-    if isinstance(value, jax.Array):  # e.g. a PRNG key or a model weight: the same on every process
+    process fills the shards on its own devices from its own copy."""
+    if jax.process_count() == 1:
         return jax.device_put(value, sharding)
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        data = _to_mesh(np.asarray(jax.random.key_data(value)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
     value = np.asarray(value)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])

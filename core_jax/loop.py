@@ -394,7 +394,8 @@ class Trainer:
             if os.path.exists(path):
                 with open(path) as f:
                     best = json.load(f)
-            better = best["value"] is None or (value > best["value"] if tc.best_mode == "max" else value < best["value"])
+            old = best["value"]
+            better = old is None or (value > old if tc.best_mode == "max" else value < old)
             if better:
                 best = {"step": step, "value": value, "metric": tc.best_metric, "evals_since": 0}
             else:

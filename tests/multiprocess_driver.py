@@ -1,11 +1,13 @@
 """One process of the two-process end-to-end test (run under ``launch/local.sh 2 --``).
 
 usage: python tests/multiprocess_driver.py OUT_DIR SD_PIPELINE_DIR
-Trains a tiny recsys model with evaluation, best_metric, early stopping and checkpoints; restores its best
-checkpoint and evaluates it on the 2-process mesh; samples a tiny random canvas Pipeline on the 2-process
-mesh. Process 0 prints one ``RESULT {json}`` line.
+Trains a tiny recsys model with evaluation, best_metric, early stopping and checkpoints; evaluates its best
+checkpoint on the 2-process mesh (``recsys-jax eval``); samples a tiny random canvas Pipeline on the
+2-process mesh. Process 0 prints one ``RESULT {json}`` line.
 """
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -24,8 +26,8 @@ def main():
     assert jax.process_count() == 2, jax.process_count()
     result = {"processes": jax.process_count(), "devices": jax.device_count()}
 
+    from recsys_jax import cli as recsys_cli
     from recsys_jax.train.config import load_config
-    from recsys_jax.train.restore import restore_run
     from recsys_jax.train.task import train
 
     run_dir = os.path.join(out_dir, "recsys_run")
@@ -41,9 +43,14 @@ def main():
     state, metrics = train(load_config(None, overrides))
     result["stopped_at"] = int(jax.device_get(state["step"]))
 
-    run = restore_run(run_dir, which="best")
-    run.cfg.train.eval_batches = 0
-    result["best_step"], result["restored_eval"] = run.step, run.trainer.evaluate(run.state)
+    out = io.StringIO()  # `recsys-jax eval` of the best checkpoint, on both processes
+    with contextlib.redirect_stdout(out):
+        rc = recsys_cli.main(["eval", "--checkpoint", run_dir, "--which", "best", "--split", "validation",
+                              "--no-baseline"])
+    assert rc == 0, rc
+    if jax.process_index() == 0:
+        evaluated = json.loads(out.getvalue().strip().splitlines()[-1])
+        result["best_step"], result["restored_eval"] = evaluated["step"], evaluated["metrics"]
 
     import canvas_jax
 

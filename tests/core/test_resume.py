@@ -73,7 +73,8 @@ def test_signal_saves_current_step_and_exits_with_128_plus_signal(tmp_path, toy_
     """The console entry (python -m core_jax.toy) saves a checkpoint at the current step, then exits with
     128 + the signal number, so schedulers can tell preemption from completion."""
     run_dir = str(tmp_path / "run")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "core_jax.toy", "--config", "configs/toy.yaml", f"train.run_dir={run_dir}",
          f"data.dir={toy_data}", "train.steps=1000000", "train.log_every=1", "train.eval_every=0",

@@ -21,7 +21,8 @@ def _ratings(path, n=50_000, seed=0):
 
 
 def _data_cfg(tmp_path, input_path):
-    return DataConfig(cache_dir=str(tmp_path / "cache"), build=BuildConfig(format="movielens", input=input_path, items=""))
+    return DataConfig(cache_dir=str(tmp_path / "cache"),
+                      build=BuildConfig(format="movielens", input=input_path, items=""))
 
 
 def test_key_is_the_content_not_the_path_or_mtime(tmp_path):
