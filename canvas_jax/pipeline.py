@@ -13,7 +13,9 @@ the second encoder's projected pooled output and ``time_ids = (H, W, 0, 0, H, W)
 all-zero negative conditioning when no negative prompt is given (``force_zeros_for_empty_prompt``). Our
 MiniLM/BERT-conditioned pipelines condition on ``bert(ids, attention_mask).last_hidden_state`` as in training.
 Image latents are the posterior mode of the VAE (diffusers samples it; the spread is tiny for trained VAEs).
-With several devices the batch is sharded over the mesh's ``data`` axis (padded to a multiple of it).
+With several devices the batch is sharded over the mesh's ``data`` axis (padded to a multiple of it); with
+several processes (``jax.distributed``) every process calls the pipeline with the same arguments, and each
+gets all the images.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -193,7 +196,7 @@ class Pipeline:
             keys[name] = [type(model).__name__, config, str(getattr(model, "dtype", None)), repr(graphdefs[name])]
         self._graphs = _Graphs(graphdefs, json.dumps(keys, sort_keys=True, default=str))
         if self.mesh is not None:
-            states = jax.device_put(states, NamedSharding(self.mesh, P()))
+            states = jax.tree.map(lambda x: _to_mesh(x, NamedSharding(self.mesh, P())), states)
         self._states = states
 
     # ---- LoRA --------------------------------------------------------------------------------------------
@@ -415,10 +418,25 @@ class Pipeline:
         sharded = {}
         for key, value in inputs.items():
             if key == "rng" or key == "guidance_scale":
-                sharded[key] = jax.device_put(value, NamedSharding(self.mesh, P()))
+                sharded[key] = _to_mesh(value, NamedSharding(self.mesh, P()))
                 continue
             halves = 2 if key in ("ids", "ids2", "attn") and value.shape[0] == 2 * batch else 1
             value = pad_rows(value, halves) if pad else np.asarray(value)
             spec = batch_spec(value.ndim) if halves == 1 else P()
-            sharded[key] = jax.device_put(value, NamedSharding(self.mesh, spec))
-        return _generate(st, self._states, sharded)[:batch]
+            sharded[key] = _to_mesh(value, NamedSharding(self.mesh, spec))
+        out = _generate(st, self._states, sharded)
+        if not out.is_fully_addressable:  # rows on other processes' devices: every process gets all of them
+            out = multihost_utils.process_allgather(out, tiled=True)
+        return out[:batch]
+
+
+def _to_mesh(value, sharding: NamedSharding) -> jax.Array:
+    """``value`` (the same on every process) as an array with ``sharding``, which may span processes: each
+    process fills the shards on its own devices from its own copy."""
+    if jax.process_count() == 1:
+        return jax.device_put(value, sharding)
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        data = _to_mesh(np.asarray(jax.random.key_data(value)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])

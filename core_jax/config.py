@@ -2,7 +2,8 @@
 
 Every problem (missing file, unknown key, wrong type) raises :class:`ConfigError` with a one-line
 message that names the key and, for an unknown key, the nearest valid one; :func:`exit_on_error`
-turns it into that line on stderr and exit code 2.
+turns it into that line on stderr and exit code 2 (and a run stopped by a signal into exit status
+128 + signal, see :mod:`core_jax.stopping`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
+
+from core_jax.stopping import Stopped
 
 T = TypeVar("T")
 
@@ -187,7 +190,8 @@ def save(cfg: Any, path: str | os.PathLike) -> None:
 
 
 def exit_on_error(fn):
-    """Decorator for CLI entry points: a ConfigError prints one line and exits with code 2."""
+    """Decorator for CLI entry points: a ConfigError prints one line and exits with code 2; a run stopped by
+    SIGTERM/SIGINT (:class:`~core_jax.stopping.Stopped`, after its checkpoint) exits with 143/130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -196,5 +200,8 @@ def exit_on_error(fn):
         except ConfigError as e:
             print(f"config error: {e}", file=sys.stderr)
             sys.exit(2)
+        except Stopped as e:
+            print(str(e), file=sys.stderr)
+            sys.exit(e.exit_code)
 
     return wrapper

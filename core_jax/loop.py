@@ -3,7 +3,12 @@
 A run: mesh -> state created already sharded (``jit`` with output shardings) -> restore the latest
 checkpoint if any -> jitted, donated train steps (gradient accumulation, optax, EMA, bf16 compute,
 NaN/Inf guard) over global batches -> periodic logging, eval, checkpoints and user hooks -> a final
-checkpoint. SIGTERM/SIGINT save a checkpoint at the current step and return cleanly.
+checkpoint. SIGTERM/SIGINT save a checkpoint at the current step and raise :class:`core_jax.stopping.Stopped`
+(console entries exit 143/130); :meth:`Trainer.request_stop` (a time limit) saves and returns.
+
+Multi-process: every process takes the same decisions (stop, best checkpoint, early stop) at the same
+step: stop requests are gathered from all processes, best-metric decisions are taken on process 0 (which
+alone reads and writes ``best.json``) and broadcast.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from core_jax import mesh as mesh_lib
 from core_jax.checkpoint import CheckpointConfig, Checkpointer
 from core_jax.metrics import MetricWriter
 from core_jax.optim import OptimConfig, make_optimizer, make_schedule
+from core_jax.stopping import Stopped
 from core_jax.task import DataContext, Task
 
 log = logging.getLogger(__name__)
@@ -71,9 +77,10 @@ class Hook:
 
 
 class TimeLimit:
-    """A hook ``fn`` that stops training as SIGTERM does (checkpoint at the current step, then return) once
-    ``seconds`` of wall time have passed since its first call (the first step: compilation and anything run
-    before training do not count). ``stopped`` tells whether it fired."""
+    """A hook ``fn`` that stops training (:meth:`Trainer.request_stop`: checkpoint at the current step, then
+    ``fit`` returns) once ``seconds`` of wall time have passed since its first call (the first step:
+    compilation and anything run before training do not count). ``stopped`` tells whether it fired. Process
+    0's clock decides; the loop stops every process at the same step."""
 
     def __init__(self, seconds: float):
         self.seconds, self.start, self.stopped = float(seconds), None, False
@@ -83,7 +90,7 @@ class TimeLimit:
         self.start = now if self.start is None else self.start
         if not self.stopped and now - self.start > self.seconds and jax.process_index() == 0:
             self.stopped = True
-            os.kill(os.getpid(), signal.SIGTERM)
+            trainer.request_stop()
 
 
 def time_limit_hook(seconds: float, every: int = 1) -> Hook:
@@ -147,7 +154,8 @@ class Trainer:
             if tc.best_metric else None
         self._last_eval, self._last_eval_step = {}, None
         self._eval_fn = None
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # set by the SIGTERM/SIGINT handler
+        self._stop_requested = False  # set by request_stop (a time limit)
 
     # ----------------------------------------------------------------- state
     def _init_model_state(self, rng):
@@ -262,11 +270,19 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
 
-    def _should_stop(self) -> bool:
-        flag = self._stop_signal is not None
-        if jax.process_count() > 1:  # every process stops at the same step
-            flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-        return flag
+    def request_stop(self) -> None:
+        """Stop after the current step with a checkpoint; ``fit`` then returns (a finished run, exit 0).
+        Called on one process, it stops all of them at the same step."""
+        self._stop_requested = True
+
+    def _stop_decision(self) -> tuple[int, bool]:
+        """(signal number or 0, stop requested) over all processes, so that every process stops at the same
+        step and with the same exit status."""
+        local = np.array([self._stop_signal or 0, self._stop_requested], np.int32)
+        if jax.process_count() > 1:
+            every = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 2)
+            local = np.array([every[:, 0].max(), every[:, 1].max()], np.int32)
+        return int(local[0]), bool(local[1])
 
     def fit(self) -> tuple[dict, dict]:
         """Train to ``train.steps``; returns (state, last metrics). Resumes from the run's checkpoints."""
@@ -306,9 +322,13 @@ class Trainer:
                 for h in self.hooks:
                     if step % h.every == 0 and step != tc.steps:
                         h.fn(self, step, state)
-                if self._should_stop():
-                    log.warning("signal %s: saving a checkpoint at step %d and stopping", self._stop_signal, step)
+                signum, requested = self._stop_decision()
+                if signum or requested:
+                    why = signal.Signals(signum).name if signum else "stop requested"
+                    log.warning("%s: saving a checkpoint at step %d and stopping", why, step)
                     self.checkpointer.save(step, state, data, cfg_dict, force=True)
+                    if signum:
+                        raise Stopped(signum, step, tc.run_dir)
                     return state, last
             end = int(jax.device_get(state["step"]))
             self.checkpointer.save(end, state, data, cfg_dict, force=True)
@@ -358,19 +378,34 @@ class Trainer:
         if tc.best_metric not in metrics:
             raise config_lib.ConfigError(f"config key 'train.best_metric': '{tc.best_metric}' is not an eval "
                                          f"metric (have {sorted(metrics)})")
-        path = os.path.join(tc.run_dir, "best.json")
-        best = json.load(open(path)) if os.path.exists(path) else {"step": None, "value": None, "evals_since": 0}
-        value = metrics[tc.best_metric]
-        better = best["value"] is None or (value > best["value"] if tc.best_mode == "max" else value < best["value"])
-        if better:
-            best = {"step": step, "value": value, "metric": tc.best_metric, "evals_since": 0}
+        better, stop = self._best_decision(step, metrics[tc.best_metric])
+        if better:  # a collective save: every process takes part
             self.best_checkpointer.save(step, state, config=cfg_dict, force=True)
-        else:
-            best["evals_since"] += 1
+        return stop
+
+    def _best_decision(self, step: int, value: float) -> tuple[bool, bool]:
+        """(new best, early stop) decided on process 0, which alone reads and writes ``RUN_DIR/best.json``,
+        and broadcast, so that every process saves the best checkpoint and stops at the same evals."""
+        tc = self.tc
+        decision = np.zeros(2, np.int32)
         if self.is_main:
+            path = os.path.join(tc.run_dir, "best.json")
+            best = {"step": None, "value": None, "evals_since": 0}
+            if os.path.exists(path):
+                with open(path) as f:
+                    best = json.load(f)
+            old = best["value"]
+            better = old is None or (value > old if tc.best_mode == "max" else value < old)
+            if better:
+                best = {"step": step, "value": value, "metric": tc.best_metric, "evals_since": 0}
+            else:
+                best["evals_since"] += 1
             with open(path, "w") as f:
                 json.dump(best, f)
-        return bool(tc.early_stop_patience) and best["evals_since"] >= tc.early_stop_patience
+            decision[:] = better, bool(tc.early_stop_patience) and best["evals_since"] >= tc.early_stop_patience
+        if jax.process_count() > 1:
+            decision = np.asarray(multihost_utils.broadcast_one_to_all(decision))
+        return bool(decision[0]), bool(decision[1])
 
     def evaluate(self, state) -> dict:
         """Eval metrics over ``task.eval_data``: per-batch values averaged, or, when the task's eval_step

@@ -103,6 +103,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint to evaluate (auto: best when the run kept one, else latest)")
     e.add_argument("--no-baseline", action="store_true", help="skip the most-popular baseline")
     e.add_argument("overrides", nargs="*", help="run-config overrides, e.g. eval.batch_size=512 data.dir=...")
+    distributed.add_flags(e)
     e.set_defaults(func=_cmd_eval)
 
     r = sub.add_parser("recommend", help="top-k items for one history (original ids) as JSON")
@@ -143,10 +144,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    import jax
+
+    from core_jax import distributed
     from recsys_jax.eval.baselines import evaluate_most_popular
     from recsys_jax.eval.evaluate import targets_in_history
     from recsys_jax.train.restore import restore_run
 
+    distributed.initialize_from_args(args)  # several processes evaluate on one mesh
     run = restore_run(args.checkpoint, which=args.which, overrides=args.overrides, eval_split=args.split)
     run.cfg.train.eval_batches = 0  # the whole split
     metrics = run.trainer.evaluate(run.state)
@@ -160,7 +165,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                      exclude_history=e.exclude_history)
         base.pop("count", None)
         out["most_popular"] = base
-    print(json.dumps(out))
+    if jax.process_index() == 0:
+        print(json.dumps(out))
     return 0
 
 

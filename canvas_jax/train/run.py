@@ -1,8 +1,10 @@
 """``canvas-jax train --config FILE [key.sub=value ...]``: run one canvas training task on the shared loop.
 
 ``add_train_arguments(parser)`` adds its arguments; ``run_train(args)`` runs it (exit code). With
-``task=text_to_image`` and ``vae.pretrain_steps > 0``, a VAE is trained into ``vae.path`` first when that
-folder holds none (the embedded Shapes default needs no pretrained weights at all).
+``task=text_to_image`` and ``vae.pretrain_steps > 0``, a VAE is trained into ``vae.path`` first until that
+folder holds one trained to ``vae.pretrain_steps`` (the embedded Shapes default needs no pretrained weights
+at all). A SIGTERM/SIGINT during pretraining stops the whole command (exit 143/130, after a checkpoint); the
+next launch finishes the VAE from that checkpoint, then trains the diffusion model.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 
 import jax
 
@@ -19,6 +22,7 @@ from canvas_jax.train.runs import is_run_dir
 from canvas_jax.train.tasks import make_task
 from core_jax import config as config_lib
 from core_jax import distributed
+from core_jax.checkpoint import Checkpointer
 from core_jax.loop import Trainer
 
 
@@ -30,20 +34,38 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def train(cfg: CanvasTrainConfig, *, data_fn=None, extra_hooks=()) -> tuple[dict, dict]:
     """Run ``cfg`` (pretraining its VAE first when asked); returns the loop's (state, last metrics)."""
-    if cfg.task == "text_to_image" and cfg.vae.pretrain_steps > 0 and not is_run_dir(cfg.vae.path):
+    if cfg.task == "text_to_image" and cfg.vae.pretrain_steps > 0 and not _vae_pretrained(cfg):
         if not cfg.vae.path:
             raise config_lib.ConfigError("config key 'vae.path': empty, but vae.pretrain_steps > 0 needs a folder "
                                          "to train the VAE into")
-        vae_cfg = copy.deepcopy(cfg)
-        vae_cfg.task = "vae"
-        vae_cfg.train.steps, vae_cfg.train.run_dir, vae_cfg.train.ema_decay = cfg.vae.pretrain_steps, cfg.vae.path, None
-        vae_cfg.train.best_metric = None
-        if cfg.vae.pretrain_learning_rate is not None:
-            vae_cfg.optim.learning_rate = cfg.vae.pretrain_learning_rate
-        train(vae_cfg, data_fn=data_fn)
+        train(vae_pretrain_config(cfg), data_fn=data_fn)  # a signal raises core_jax.stopping.Stopped: no UNet
     task = make_task(cfg, data_fn=data_fn)
     hooks = make_hooks(task, cfg, prompts=_default_prompts(cfg)) + list(extra_hooks)
     return Trainer(task, cfg, hooks=hooks).fit()
+
+
+def vae_pretrain_config(cfg: CanvasTrainConfig) -> CanvasTrainConfig:
+    """The ``task=vae`` run that pretrains ``cfg``'s VAE into ``vae.path`` (``vae.pretrain_steps`` steps)."""
+    vae_cfg = copy.deepcopy(cfg)
+    vae_cfg.task = "vae"
+    vae_cfg.train.steps, vae_cfg.train.run_dir, vae_cfg.train.ema_decay = cfg.vae.pretrain_steps, cfg.vae.path, None
+    vae_cfg.train.best_metric = None
+    if cfg.vae.pretrain_learning_rate is not None:
+        vae_cfg.optim.learning_rate = cfg.vae.pretrain_learning_rate
+    return vae_cfg
+
+
+def _vae_pretrained(cfg) -> bool:
+    """Whether ``vae.path`` holds a VAE run with a checkpoint at ``vae.pretrain_steps`` or later (one stopped
+    part way is resumed, not used)."""
+    if not cfg.vae.path or not is_run_dir(cfg.vae.path):
+        return False
+    checkpoints = Checkpointer(os.path.join(cfg.vae.path, "checkpoints"))
+    try:
+        step = checkpoints.latest_step()
+    finally:
+        checkpoints.close()
+    return step is not None and step >= cfg.vae.pretrain_steps
 
 
 def _default_prompts(cfg) -> list[str]:

@@ -1,9 +1,11 @@
 """The dataset a run config names: ``data.dir``, or ``data.build`` built once into ``data.cache_dir``.
 
-A build is keyed by a hash of its spec (format, input path, size and modification time, filters,
-synthetic parameters), so a changed spec or input file builds a new dataset and an unchanged one
-reuses the cached folder. Process 0 builds (into a temporary folder, renamed when complete) while
-the other processes wait.
+A build is keyed by a hash of its spec (format, the input files' *content*: size and sampled bytes, filters,
+synthetic parameters), so a changed spec or input file builds a new dataset and an unchanged one reuses
+the cached folder, under the same name on every host wherever the file sits and whatever its mtime.
+Process 0 builds (into a temporary folder, renamed when complete) while every process waits at one
+barrier; a process that still does not see the dataset after it (a host without a shared file system)
+builds its own copy.
 """
 
 from __future__ import annotations
@@ -15,21 +17,35 @@ import os
 import shutil
 
 import jax
+from jax.experimental import multihost_utils
 
 from recsys_jax.data.builder import SourceSpec, build, dataset_dir
 from recsys_jax.data.loader import find_dataset_dir
 
 NAME = "sequences"
+SAMPLES, SAMPLE_BYTES = 64, 1 << 16  # the content key reads 64 evenly spread 64 KiB blocks (4 MiB at most)
+
+
+def content_key(path: str) -> str:
+    """A hash of a file's size and content: the whole file up to 4 MiB, else 64 evenly spread 64 KiB blocks
+    (first and last included). Independent of the file's path and modification time."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= SAMPLES * SAMPLE_BYTES:
+            h.update(f.read())
+        else:
+            for i in range(SAMPLES):
+                f.seek(i * (size - SAMPLE_BYTES) // (SAMPLES - 1))
+                h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
 
 
 def _spec_key(b) -> str:
     def file_sig(path):
-        if not path:
-            return path
-        st = os.stat(path)
-        return [os.path.abspath(path), st.st_size, int(st.st_mtime)]
+        return content_key(path) if path else path
 
-    spec = {"format": b.format, "input": file_sig(b.input), "items": file_sig(b.items) if b.items else b.items,
+    spec = {"format": b.format, "input": file_sig(b.input), "items": file_sig(b.items),
             "columns": b.columns, "skip_bad_lines": b.skip_bad_lines, "max_seq_len": b.max_seq_len,
             "min_rating": b.min_rating, "min_user_interactions": b.min_user_interactions,
             "synthetic": dataclasses.asdict(b.synthetic) if b.format == "synthetic" else None}
@@ -52,13 +68,16 @@ def resolve_dataset(data_cfg, *, verbose: bool = True) -> str:
         return find_dataset_dir(data_cfg.dir)
     out = cached_dataset_dir(data_cfg)
     path = dataset_dir(out, NAME)
-    if not os.path.isfile(os.path.join(path, "build_report.json")):
-        if jax.process_index() == 0:
-            _build_atomically(data_cfg.build, out, verbose)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices("recsys dataset built")
+    def built():
+        return os.path.isfile(os.path.join(path, "build_report.json"))
+
+    if jax.process_index() == 0 and not built():
+        _build_atomically(data_cfg.build, out, verbose)
+    if jax.process_count() > 1:  # every process, whether or not it saw the dataset before
+        multihost_utils.sync_global_devices("recsys dataset built")
+        if not built():  # no shared file system: this host builds its own (identical) copy
+            _build_atomically(data_cfg.build, out, verbose)
     return path
 
 

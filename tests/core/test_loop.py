@@ -131,6 +131,34 @@ def test_best_checkpoint_follows_improvement(tmp_path):
     assert json.load(open(tmp_path / "best.json"))["step"] == 6
 
 
+def test_best_decision_comes_from_process_zero(tmp_path, monkeypatch):
+    """On a process other than 0, the best-checkpoint and early-stop decisions are process 0's broadcast, not
+    read from best.json (which this host may not see, or see stale): otherwise processes disagree on the
+    collective best-checkpoint save and deadlock."""
+    import json
+
+    from core_jax import loop
+
+    cfg = _cfg(tmp_path, "train.steps=2", "train.best_metric=mse", "train.best_mode=min", "train.early_stop_patience=1")
+    trainer = Trainer(LinearTask(_examples()), cfg)
+    state = trainer.init_state()
+    # this host's (stale) view: a better value than the one now measured, so on its own it would not save
+    (tmp_path / "best.json").write_text(json.dumps({"step": 1, "value": 0.0, "metric": "mse", "evals_since": 5}))
+    sent = []
+    monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(loop.multihost_utils, "broadcast_one_to_all", lambda x: sent.append(x) or np.array([1, 0]))
+    monkeypatch.setattr(trainer, "evaluate", lambda state: {"mse": 1.0})
+    saved = []
+    monkeypatch.setattr(trainer.best_checkpointer, "save", lambda step, *a, **k: saved.append(step))
+    trainer.is_main = False
+    from core_jax.metrics import MetricWriter
+
+    stop = trainer._eval_and_track(MetricWriter(str(tmp_path), enabled=False, tensorboard=False), 7, state, {})
+    assert saved == [7] and stop is False  # process 0 said: new best, do not stop
+    assert len(sent) == 1  # one broadcast per eval
+    assert json.loads((tmp_path / "best.json").read_text())["step"] == 1  # only process 0 writes best.json
+
+
 def test_eval_with_count_is_an_exact_weighted_mean(tmp_path):
     class CountTask(LinearTask):
         def eval_step(self, model, batch):
@@ -172,9 +200,13 @@ def test_trainable_filter_freezes_the_rest(tmp_path):
     assert all(x.shape in {(DIM, 1), (1,), ()} for x in jax.tree.leaves(state["opt"]))
 
 
-def test_time_limit_hook_stops_with_a_checkpoint(tmp_path):
+def test_time_limit_hook_stops_with_a_checkpoint(tmp_path, monkeypatch):
     from core_jax.loop import time_limit_hook
 
+    def no_signals(*args):
+        raise AssertionError(f"the time limit must stop through the trainer, not os.kill{args}")
+
+    monkeypatch.setattr(os, "kill", no_signals)
     cfg = _cfg(tmp_path, "train.steps=50", "train.checkpoint.every=0")
     hook = time_limit_hook(0.0)  # fires at its second call: the first starts the clock
     state, _ = Trainer(LinearTask(_examples()), cfg, hooks=[hook]).fit()

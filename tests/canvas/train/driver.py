@@ -1,6 +1,9 @@
-"""Run a tiny text-to-image training in a subprocess (for the kill -9 resume test).
+"""Run a tiny text-to-image training in a subprocess (for the kill -9 and signal tests).
 
-usage: python tests/canvas/train/driver.py RUN_DIR VAE_DIR STEPS [overrides...]; env STEP_SLEEP slows each step.
+usage: python tests/canvas/train/driver.py RUN_DIR VAE_DIR STEPS [PRETRAIN_STEPS]
+  STEP_SLEEP slows each step (a hook); with PRETRAIN_STEPS a VAE is pretrained into VAE_DIR first
+  (checkpoint every 2 steps, no sample grid), DATA_SLEEP slows each training example (both runs) and
+  VAE_ONLY=1 runs the pretraining alone. Exits as the console entry does (143 on SIGTERM).
 """
 
 import os
@@ -11,19 +14,24 @@ sys.path.insert(0, os.path.dirname(__file__))
 import fakes  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
-from canvas_jax.train.run import train  # noqa: E402
+from canvas_jax.train.run import train, vae_pretrain_config  # noqa: E402
+from core_jax.config import exit_on_error  # noqa: E402
 from core_jax.loop import Hook  # noqa: E402
 
 
+@exit_on_error
 def main():
     run_dir, vae_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    cfg = tiny_config(run_dir, vae_path=vae_dir, **{"train.steps": steps, "train.ema_decay": 0.9,
-                                                    "train.checkpoint.every": 4, "train.checkpoint.keep": 10,
-                                                    "train.checkpoint.async_save": True, "sampling.prompts": [],
-                                                    "vae.cache_latents": True})
+    over = {"train.steps": steps, "train.ema_decay": 0.9, "train.checkpoint.every": 4, "train.checkpoint.keep": 10,
+            "train.checkpoint.async_save": True, "sampling.prompts": [], "vae.cache_latents": True}
+    if len(sys.argv) > 4:
+        over.update({"vae.pretrain_steps": int(sys.argv[4]), "train.checkpoint.every": 2, "data.dataset": "fake"})
+    cfg = tiny_config(run_dir, vae_path=vae_dir, **over)
+    if os.environ.get("VAE_ONLY"):
+        cfg = vae_pretrain_config(cfg)
     delay = float(os.environ.get("STEP_SLEEP", "0"))
     hooks = [Hook(every=1, fn=lambda *a: time.sleep(delay), at_end=False)] if delay else []
-    train(cfg, data_fn=fakes.data_fn(), extra_hooks=hooks)
+    train(cfg, data_fn=fakes.data_fn(delay=float(os.environ.get("DATA_SLEEP", "0"))), extra_hooks=hooks)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ the top left"; transforms tokenize, apply caption dropout and (optionally) draw 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from core_jax import data as data_lib
@@ -35,14 +37,17 @@ def examples(n: int, size: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def data_fn(n: int = 64, size: int = 16):
-    """A ``canvas_jax.train.data.DataFn`` over ``n`` in-memory examples (test split: 16 others)."""
+def data_fn(n: int = 64, size: int = 16, delay: float = 0.0):
+    """A ``canvas_jax.train.data.DataFn`` over ``n`` in-memory examples (test split: 16 others); ``delay``
+    seconds of sleep per training example slow a run down (for the signal tests)."""
     train, test = examples(n, size, 0), examples(16, size, 1)
 
     def fn(cfg, tokenizer, ctx, split, with_masks):
         dropout = cfg.data.caption_dropout
 
         def convert(ex, rng):
+            if delay and split == "train":
+                time.sleep(delay)
             out = {"image": ex["image"].astype(np.float32) / 127.5 - 1.0}
             if tokenizer is not None:
                 caption = "" if rng.random() < dropout else ex["caption"]

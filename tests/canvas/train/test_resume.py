@@ -60,3 +60,58 @@ def test_kill9_resume_continues_exactly(tmp_path, tiny_vae_dir):
     assert sorted(resumed) == list(range(resumed_from + 1, steps + 1))
     for s in overlap:
         assert resumed[s] == first[s], f"step {s}: resumed {resumed[s]!r} != before the kill {first[s]!r}"
+
+
+def _vae_params(vae_dir):
+    import orbax.checkpoint as ocp
+
+    from core_jax.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(os.path.join(vae_dir, "checkpoints"))
+    try:
+        step = ckpt.latest_step()
+        state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    finally:
+        ckpt.close()
+    return step, state["params"]
+
+
+def test_sigterm_during_vae_pretraining_stops_the_command_and_resumes_it(tmp_path):
+    """SIGTERM while the VAE pretrains: exit 143, no UNet training on the half-trained VAE; the next launch
+    finishes the VAE (equal to an uninterrupted one) and then trains the UNet."""
+    import jax
+    import numpy as np
+
+    pretrain, steps = 8, 2
+    # the three runs share compiled programs through JAX's persistent cache (the same executables)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    ref_vae = str(tmp_path / "ref_vae")  # the same pretraining, uninterrupted (and no UNet after it)
+    proc = subprocess.run([sys.executable, DRIVER, str(tmp_path / "unused"), ref_vae, str(steps), str(pretrain)],
+                          cwd=ROOT, env={**env, "VAE_ONLY": "1"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run_dir, vae_dir = str(tmp_path / "run"), str(tmp_path / "vae")
+    env["DATA_SLEEP"] = "0.1"
+    proc = subprocess.Popen([sys.executable, DRIVER, run_dir, vae_dir, str(steps), str(pretrain)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not _saved(os.path.join(vae_dir, "checkpoints")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() - t0 < 300, "timed out waiting for the VAE's first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-3000:]
+    stopped_at = max(_saved(os.path.join(vae_dir, "checkpoints")))
+    assert stopped_at < pretrain
+    assert not os.path.exists(os.path.join(run_dir, "checkpoints")), "the UNet trained on a half-trained VAE"
+
+    proc = subprocess.run([sys.executable, DRIVER, run_dir, vae_dir, str(steps), str(pretrain)], cwd=ROOT,
+                          env={**env, "DATA_SLEEP": "0"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _saved(os.path.join(run_dir, "checkpoints"))[-1] == steps
+    (step, got), (ref_step, want) = _vae_params(vae_dir), _vae_params(ref_vae)
+    assert step == ref_step == pretrain
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
