@@ -32,6 +32,9 @@ demo: $(VENV)/.installed-base
 
 # `make demo` on a copy of the tracked files in a venv of its own (no test extra), a few steps per part
 # (DEMO_SMOKE=1): a runtime dependency missing from pyproject.toml fails here. Writes only under out/.
+# XLA compiles without LLVM optimisations: compiling is most of a few-step run on CPU.
+demo-smoke: export XLA_FLAGS += --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
+demo-smoke: export JAX_PLATFORMS ?= cpu
 demo-smoke:
 	rm -rf $(SMOKE)/src
 	mkdir -p $(SMOKE)/src

@@ -23,19 +23,22 @@ import time
 from core_jax import demo_runs
 
 CONFIG = "configs/canvas/shapes_tiny.yaml"
-# DEMO_SMOKE: every path of the demo, a few steps each, on 64 images
+# DEMO_SMOKE: every path of the demo, a few steps each, on 64 images; a two-level UNet (compiling the config's
+# three levels takes most of the smoke's time on 2 cores)
 SMOKE = {"steps": 2, "vae_steps": 2, "num_prompts": 2, "sample_steps": 2,
          "overrides": ["data.num_examples=64", "train.batch_size=4", "train.eval_batches=1", "sampling.every=0",
-                       "sampling.num_prompts=2", "sampling.num_steps=2"]}
+                       "sampling.num_prompts=2", "sampling.num_steps=2", "unet.block_out_channels=[32,64]",
+                       "unet.down_block_types=[DownBlock2D,CrossAttnDownBlock2D]",
+                       "unet.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]"]}
 FULL = {"steps": 1000, "vae_steps": 800, "num_prompts": 16, "sample_steps": 20, "overrides": []}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m canvas_jax.demo", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None,
-                   help="UNet training steps (default 1000, ~5 min on 2 cores; the config's full run is 2000)")
+                   help="UNet training steps (default 1000; the config's full run is 2000)")
     p.add_argument("--vae-steps", type=int, default=None,
-                   help="VAE training steps (default 800, ~7 min; the config's 2400 make sharper shapes)")
+                   help="VAE training steps (default 800; the config's 2400 make sharper shapes)")
     p.add_argument("--num-prompts", type=int, default=None, help="seen and held-out prompts sampled (each; default 16)")
     p.add_argument("--fresh", action="store_true", help="delete what a previous call trained in out/canvas and start "
                                                         "over (default: reuse it)")

@@ -20,7 +20,8 @@ from core_jax import demo_runs
 
 
 def _train(run: str, steps: int, checkpoint_every: int) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "core_jax.toy", "--config", "configs/toy.yaml", f"train.steps={steps}",
            f"train.run_dir={run}", f"data.dir={os.path.dirname(run)}/toy_data", "mesh.data=2",
            f"train.checkpoint.every={checkpoint_every}"]
