@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 
+from core_jax import config as config_lib
 from core_jax import demo_runs
 
 CONFIG = "configs/canvas/shapes_tiny.yaml"
@@ -33,6 +34,7 @@ SMOKE = {"steps": 2, "vae_steps": 2, "num_prompts": 2, "sample_steps": 2,
 FULL = {"steps": 1000, "vae_steps": 800, "num_prompts": 16, "sample_steps": 20, "overrides": []}
 
 
+@config_lib.exit_on_error  # a bad override or a failed preflight: one line, exit code 2
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m canvas_jax.demo", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None,
@@ -52,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from canvas_jax.train.config import CanvasTrainConfig
     from canvas_jax.train.preflight import check
-    from core_jax import config as config_lib
 
     out = demo_runs.out_dir("canvas")
     run_dir, vae_dir = os.path.join(out, "shapes_tiny"), os.path.join(out, "shapes_tiny_vae")

@@ -75,7 +75,7 @@ def _text_encoder(source: str, key: str) -> list[str]:
         te.read_config(folder)
         te.weight_files(folder)
     except (ImportError, FileNotFoundError) as err:
-        return [str(err) if source in str(err) else f"{key}={source!r}: {err}"]
+        return [str(err) if repr(source) in str(err) else f"{key}={source!r}: {err}"]
     return []
 
 

