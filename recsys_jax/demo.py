@@ -3,35 +3,60 @@
 Trains the embedded default run (``configs/recsys/synthetic_tiny.yaml``: about a minute on 2 CPU
 cores) on the shared loop, restores the best checkpoint (validation NDCG@10), prints its full-corpus
 test metrics next to most-popular's, and one user's recommendations through ``recsys_jax.Retriever``.
-Extra ``key=value`` arguments override the config (e.g. ``train.steps=200``).
+Extra ``key=value`` arguments override the config (e.g. ``train.steps=200``). A finished run with the
+same overrides is reused (``--fresh`` starts over); ``DEMO_SMOKE=1`` trains a few steps only
+(``core_jax.demo_runs``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import sys
 
-RUN = "out/demo/recsys"
+from core_jax import demo_runs
+
 CONFIG = os.path.join("configs", "recsys", "synthetic_tiny.yaml")
+SMOKE_OVERRIDES = ["train.steps=4"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recsys_jax.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--fresh", action="store_true", help="start over instead of reusing a finished run")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=200")
+    args = p.parse_args(argv)
+    base = demo_runs.out_dir("demo")
+    run_dir = os.path.join(base, "recsys")
+    overrides = [f"train.run_dir={run_dir}", f"data.cache_dir={os.path.join(base, 'recsys_data')}",
+                 "train.progress=false", *(SMOKE_OVERRIDES if demo_runs.smoke() else []), *args.overrides]
+    part = demo_runs.Part("recsys", [run_dir], {"overrides": overrides}, fresh=args.fresh)
+    summary = part.reused()
+    if summary is None:
+        if part.saved_settings is not None:  # finished with other overrides: not a run to continue
+            shutil.rmtree(run_dir, ignore_errors=True)
+        summary = _train_and_report(run_dir, overrides, part)
+        part.finish(summary)
+    print("\ndemo summary:", json.dumps(summary))
+    return 0
+
+
+def _train_and_report(run_dir: str, overrides: list[str], part: demo_runs.Part) -> dict:
     from recsys_jax import Retriever
     from recsys_jax.eval.baselines import evaluate_most_popular
     from recsys_jax.train.config import load_config
     from recsys_jax.train.restore import restore_run
     from recsys_jax.train.task import train
 
-    overrides = [f"train.run_dir={RUN}", "data.cache_dir=out/demo/recsys_data", "train.progress=false",
-                 *(sys.argv[1:] if argv is None else argv)]
     cfg = load_config(CONFIG if os.path.isfile(CONFIG) else None, overrides)  # the defaults are the same run
-    shutil.rmtree(RUN, ignore_errors=True)
-    print(f"training {cfg.model.name} for {cfg.train.steps} steps on the synthetic data ({RUN})", flush=True)
+    step = demo_runs.checkpoint_step(run_dir)
+    verb = f"continuing from step {step}" if step else "training"
+    print(f"{verb}: {cfg.model.name} for {cfg.train.steps} steps on the synthetic data ({run_dir})", flush=True)
     train(cfg)
+    part.lap("training")
 
-    run = restore_run(RUN, which="auto", eval_split="test", overrides=[f"data.cache_dir={cfg.data.cache_dir}"])
+    run = restore_run(run_dir, which="auto", eval_split="test", overrides=[f"data.cache_dir={cfg.data.cache_dir}"])
     model = run.trainer.evaluate(run.state)
     e = cfg.eval
     pop = evaluate_most_popular(run.task.dataset, "test", batch_size=e.batch_size, ks=e.ks, ties=e.ties,
@@ -44,18 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         print(f"  {n:<10}{model[n]:>12.4f}{pop[n]:>14.4f}")
 
-    r = Retriever.from_checkpoint(RUN)
+    r = Retriever.from_checkpoint(run_dir)
     ds = run.task.dataset
     rec = ds.sequence(0)
     history = [ds.item_map.to_original(i) for i in rec["items"][-5:]]
     items, scores = r.recommend(history, [int(t) for t in rec["timestamps"][-5:]], k=5)
     print("\nuser 0 recently:", "; ".join(r.item_info(h)["title"] for h in history))
     print("recommended:    ", "; ".join(f"{r.item_info(i)['title']} ({s:.2f})" for i, s in zip(items, scores)))
-    print("\ndemo summary:", json.dumps({"model": cfg.model.name, "step": run.step,
-                                         "exclude_history": e.exclude_history,
-                                         "test": {n: round(model[n], 4) for n in names},
-                                         "most_popular": {n: round(pop[n], 4) for n in names}}))
-    return 0
+    part.lap("evaluation")
+    return {"model": cfg.model.name, "step": run.step, "exclude_history": e.exclude_history,
+            "test": {n: round(model[n], 4) for n in names}, "most_popular": {n: round(pop[n], 4) for n in names}}
 
 
 if __name__ == "__main__":

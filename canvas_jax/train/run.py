@@ -16,6 +16,7 @@ import os
 
 import jax
 
+from canvas_jax.train import preflight
 from canvas_jax.train.config import CanvasTrainConfig
 from canvas_jax.train.hooks import make_hooks
 from canvas_jax.train.runs import is_run_dir
@@ -85,6 +86,7 @@ def _default_prompts(cfg) -> list[str]:
 @config_lib.exit_on_error
 def run_train(args) -> int:
     cfg = config_lib.load(CanvasTrainConfig, args.config, args.overrides)
+    preflight.check(cfg)  # text encoder, data, VAE / init_from found: fail now, not after the VAE pretraining
     distributed.initialize_from_args(args)
     state, metrics = train(cfg)
     if jax.process_index() == 0:
