@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from canvas_jax.eval.sampling import SamplingOptions
     from canvas_jax.eval.shapes_eval import evaluate_shapes, shapes_config_for
     from canvas_jax.pipeline import Pipeline
-    from canvas_jax.train.config import CanvasTrainConfig
+    from canvas_jax.config import CanvasTrainConfig
     from canvas_jax.train.run import train
     from core_jax import config as config_lib
 

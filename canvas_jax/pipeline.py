@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from canvas_jax import images as imgs
 from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
-from canvas_jax.pipeline_io import Components, load_components
+from canvas_jax.components import Components, load_components
 from canvas_jax.convert.lora import load_lora
 from canvas_jax.models.bert import BertModel
 from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora
@@ -163,7 +163,7 @@ def _as_list(value, what: str) -> list[str]:
 class Pipeline:
     """Latent diffusion sampling with a UNet, a KL VAE and one (SD) or two (SDXL) CLIP text encoders.
 
-    Build with :meth:`from_pretrained`, or directly from loaded :class:`~canvas_jax.pipeline_io.Components`.
+    Build with :meth:`from_pretrained`, or directly from loaded :class:`~canvas_jax.components.Components`.
     ``mesh``: where to run; default: every device on a ``data`` axis when there are several, else none.
     """
 

@@ -1,4 +1,4 @@
-"""Whole-pipeline conversion: diffusers folder <-> our format (see :mod:`canvas_jax.pipeline_io`).
+"""Whole-pipeline conversion: diffusers folder <-> our format (see :mod:`canvas_jax.components`).
 
     from_diffusers("sd15/", "sd15_jax/")      # Orbax params + config JSON per model, tokenizers, scheduler, index
     to_diffusers("sd15_jax/", "sd15_back/")   # safetensors + config.json that diffusers' from_pretrained loads
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from canvas_jax.convert.diffusers_models import save_unet, save_vae
 from canvas_jax.convert.text_encoders import save_clip_text
-from canvas_jax.pipeline_io import (
+from canvas_jax.components import (
     DIFFUSERS_INDEX,
     FORMAT,
     INDEX_NAME,

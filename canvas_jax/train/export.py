@@ -23,10 +23,10 @@ from canvas_jax.convert.state_dict import to_state_dict
 from canvas_jax.models.bert import BertModel
 from canvas_jax.models.clip import CLIPTextModel
 from canvas_jax.models.lora import lora_layers, remove_lora
-from canvas_jax.train.frozen import unfreeze
-from canvas_jax.train.runs import restore_run
+from canvas_jax.models.frozen import unfreeze
+from canvas_jax.runs import restore_run
 from canvas_jax.train.t2i_task import copy_module
-from canvas_jax.train.text_encoders import tokenizer_folder
+from canvas_jax.text_conditioning import tokenizer_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt")
@@ -63,9 +63,9 @@ def scheduler_config(task) -> dict:
 
 
 def run_components(run_dir: str | os.PathLike, *, ema: bool = True):
-    """The :class:`canvas_jax.pipeline_io.Components` of a text-to-image or inpainting run folder (its latest
+    """The :class:`canvas_jax.components.Components` of a text-to-image or inpainting run folder (its latest
     checkpoint; the EMA UNet when the run kept one), so ``Pipeline.from_pretrained(run_dir)`` needs no export."""
-    from canvas_jax.pipeline_io import Components
+    from canvas_jax.components import Components
 
     cfg, task, model = restore_run(run_dir, ema=ema)
     if cfg.task not in ("text_to_image", "inpaint", "finetune"):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from canvas_jax.diffusion import Schedule
 from canvas_jax.models.lora import lora_layers, remove_lora
-from canvas_jax.train import text_encoders
-from canvas_jax.train.frozen import freeze
-from canvas_jax.train.runs import is_run_dir, restore_run
+from canvas_jax import text_conditioning
+from canvas_jax.models.frozen import freeze
+from canvas_jax.runs import is_run_dir, restore_run
 from canvas_jax.train.t2i_task import TextToImageTask
 from core_jax.config import ConfigError
 
@@ -49,8 +49,8 @@ class InitFromTask(TextToImageTask):
                 config = {"prediction_type": self.cfg.diffusion.prediction_type, **json.loads(sched_file.read_text())}
                 self.sched = Schedule.from_config(config)
             self.text_source = str(Path(src) / "text_encoder")
-            self.text_encoder = freeze(text_encoders.load_text_encoder(self.text_source))
-            self.tokenizer = text_encoders.load_tokenizer(self.text_source, self.cfg.text_encoder.max_length)
+            self.text_encoder = freeze(text_conditioning.load_text_encoder(self.text_source))
+            self.tokenizer = text_conditioning.load_tokenizer(self.text_source, self.cfg.text_encoder.max_length)
         else:
             raise FileNotFoundError(f"init_from={src!r} does not exist; expected a text_to_image run folder or a "
                                     "diffusers pipeline folder")

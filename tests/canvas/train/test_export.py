@@ -11,7 +11,7 @@ from canvas_jax.convert.diffusers_models import load_unet, load_vae
 from canvas_jax.convert.text_encoders import load_bert
 from canvas_jax.models.tokenizer import Tokenizer
 from canvas_jax.train.export import export_pipeline
-from canvas_jax.train.runs import restore_model
+from canvas_jax.runs import restore_model
 
 
 def _flat(module):
@@ -51,7 +51,7 @@ def test_pipeline_loads_run_and_export_as_trained(tmp_path, t2i_run):
     prompt is encoded (force_zeros_for_empty_prompt false) and the default size is the training size."""
     from canvas_jax.pipeline import Pipeline
     from canvas_jax.train.hooks import SampleGrid
-    from canvas_jax.train.runs import restore_run
+    from canvas_jax.runs import restore_run
 
     cfg, task, model = restore_run(t2i_run, ema=True)
     prompts = ["a red square at the top left", "a small blue circle at the center"]

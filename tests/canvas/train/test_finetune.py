@@ -18,7 +18,7 @@ from conftest import tiny_config
 
 from canvas_jax.convert.lora import METADATA_KEY, load_lora
 from canvas_jax.models.lora import LoRAParam, LoRAScale, lora_layers
-from canvas_jax.train.config import CanvasTrainConfig
+from canvas_jax.config import CanvasTrainConfig
 from canvas_jax.train.finetune_task import lora_file
 from canvas_jax.train.hooks import make_hooks
 from canvas_jax.train.run import train

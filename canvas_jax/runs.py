@@ -17,7 +17,7 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def load_config(run_dir: str | os.PathLike):
-    from canvas_jax.train.config import CanvasTrainConfig
+    from canvas_jax.config import CanvasTrainConfig
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -83,6 +83,6 @@ def load_vae(path: str | os.PathLike):
 
 
 def _as_params(module: nnx.Module) -> nnx.Module:
-    from canvas_jax.train.frozen import unfreeze
+    from canvas_jax.models.frozen import unfreeze
 
     return unfreeze(module)
