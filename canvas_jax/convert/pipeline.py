@@ -13,6 +13,7 @@ from pathlib import Path
 
 from canvas_jax.convert.diffusers_models import save_unet, save_vae
 from canvas_jax.convert.text_encoders import save_clip_text
+from canvas_jax.errors import InputError
 from canvas_jax.components import (
     DIFFUSERS_INDEX,
     FORMAT,
@@ -46,7 +47,7 @@ def from_diffusers(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite:
     """Convert a diffusers pipeline folder to our format (weights are checked against each model on load)."""
     src, dst = Path(src), Path(dst)
     if detect_format(src) != "diffusers":
-        raise ValueError(f"{src} is already in {FORMAT} format (it has {INDEX_NAME}); expected a diffusers folder")
+        raise InputError(f"{src} is already in {FORMAT} format (it has {INDEX_NAME}); expected a diffusers folder")
     comps = load_components(src)
     _prepare(dst, overwrite)
     classes = {}
