@@ -31,9 +31,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from canvas_jax import images as imgs
-from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
 from canvas_jax.components import Components, detect_format, load_components
 from canvas_jax.convert.lora import load_lora
+from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
 from canvas_jax.errors import InputError
 from canvas_jax.models.bert import BertModel
 from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora

@@ -1,8 +1,8 @@
 """Text-to-image latent diffusion (``task=text_to_image``) on the shared loop.
 
-The trained module is :class:`~canvas_jax.models.latent_diffusion.LatentDiffusion`: the UNet (its ``nnx.Param`` are the only trained weights,
-so the optimizer state and EMA cover only the UNet), the frozen VAE, and, when text embeddings are not
-cached, the frozen text encoder (both as :class:`~canvas_jax.models.frozen.Frozen` variables). With
+The trained module is :class:`~canvas_jax.models.latent_diffusion.LatentDiffusion`: the UNet (its ``nnx.Param``
+are the only trained weights, so the optimizer state and EMA cover only the UNet), the frozen VAE, and, when
+text embeddings are not cached, the frozen text encoder (both as :class:`~canvas_jax.models.frozen.Frozen` variables). With
 ``text_encoder.cache`` the data iterator carries ``text_emb`` and the encoder never runs in the step; with
 ``vae.cache_latents`` it carries the VAE posterior's ``latent_moments`` and the VAE encoder never runs either.
 
