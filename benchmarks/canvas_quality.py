@@ -41,7 +41,7 @@ from canvas_jax.eval.class_folders import resolve_root  # noqa: E402
 from canvas_jax.eval.inpaint_eval import evaluate_inpaint  # noqa: E402
 from canvas_jax.eval.sampling import SamplingOptions  # noqa: E402
 from canvas_jax.eval.shapes_eval import adherence, evaluate_shapes, generate_shapes, shapes_config_for  # noqa: E402
-from canvas_jax.train.config import CanvasTrainConfig  # noqa: E402
+from canvas_jax.config import CanvasTrainConfig  # noqa: E402
 from canvas_jax.train.run import train  # noqa: E402
 from core_jax import config as config_lib  # noqa: E402
 from core_jax.loop import time_limit_hook  # noqa: E402

@@ -7,7 +7,9 @@
     canvas-jax data build ... / train --config ... / eval shapes|cifar10|inpaint --model PATH ...
 
 Subcommands live in :data:`COMMANDS` (name -> (help, add_arguments, run)).
-Bad input prints one ``canvas-jax: error: ...`` line and exits with code 2.
+Bad input, as our own checks find it (:class:`~canvas_jax.errors.InputError`, a config error, a missing or
+existing path), prints one ``canvas-jax: error: ...`` line and exits with code 2; any other exception is a bug
+and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from canvas_jax.diffusion.plans import SAMPLERS
 from canvas_jax.data.cli import add_data_arguments, run_data
+from canvas_jax.diffusion.plans import SAMPLERS
+from canvas_jax.errors import InputError
 from canvas_jax.eval.cli import add_eval_arguments, run_eval
 from canvas_jax.train.run import add_train_arguments, run_train
+from core_jax.config import ConfigError
 
 PROG = "canvas-jax"
+# what our own checks raise for bad input; everything else is a bug and keeps its traceback
+USAGE_ERRORS = (InputError, ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Bad command-line input: reported as one line, exit code 2."""
 
 
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         return COMMANDS[args.command][2](args)
-    except (UsageError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
+    except USAGE_ERRORS as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 

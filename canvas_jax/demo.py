@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     vae_steps = size["vae_steps"] if args.vae_steps is None else args.vae_steps
     num_prompts = size["num_prompts"] if args.num_prompts is None else args.num_prompts
 
-    from canvas_jax.train.config import CanvasTrainConfig
+    from canvas_jax.config import CanvasTrainConfig
     from canvas_jax.train.preflight import check
 
     out = demo_runs.out_dir("canvas")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from canvas_jax.errors import InputError
+
 ImageLike = "Image.Image | np.ndarray | Sequence[Image.Image] | Sequence[np.ndarray]"
 
 
@@ -22,7 +24,7 @@ def _one_to_array(image, what: str) -> np.ndarray:
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"{what}: expected an HWC / NHWC array with 1, 3 or 4 channels, got shape {image.shape}")
+            raise InputError(f"{what}: expected an HWC / NHWC array with 1, 3 or 4 channels, got shape {image.shape}")
         if x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
         x = x[..., :3]
@@ -30,7 +32,7 @@ def _one_to_array(image, what: str) -> np.ndarray:
             return x.astype(np.float32) / 255.0
         x = x.astype(np.float32)
         if x.size and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
-            raise ValueError(f"{what}: float images must lie in [0, 1], got values in [{x.min():.3g}, {x.max():.3g}]")
+            raise InputError(f"{what}: float images must lie in [0, 1], got values in [{x.min():.3g}, {x.max():.3g}]")
         return np.clip(x, 0.0, 1.0)
     raise TypeError(f"{what}: expected a PIL image, a numpy array or a list of them, got {type(image).__name__}")
 
@@ -39,11 +41,11 @@ def to_array(images, what: str = "image") -> np.ndarray:
     """PIL image(s) or numpy HWC/NHWC (uint8 0..255 or float 0..1) -> float32 NHWC RGB in [0, 1]."""
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError(f"{what}: got an empty list")
+            raise InputError(f"{what}: got an empty list")
         arrays = [_one_to_array(im, what) for im in images]
         shapes = {a.shape[1:] for a in arrays}
         if len(shapes) > 1:
-            raise ValueError(f"{what}: all images of a batch must have one size, got {sorted(shapes)}")
+            raise InputError(f"{what}: all images of a batch must have one size, got {sorted(shapes)}")
         return np.concatenate(arrays, axis=0)
     return _one_to_array(images, what)
 
@@ -54,7 +56,7 @@ def mask_to_array(masks, what: str = "mask") -> np.ndarray:
         return np.asarray(masks.convert("L"), np.float32)[None, ..., None] / 255.0
     if isinstance(masks, (list, tuple)):
         if not masks:
-            raise ValueError(f"{what}: got an empty list")
+            raise InputError(f"{what}: got an empty list")
         return np.concatenate([mask_to_array(m, what) for m in masks], axis=0)
     if isinstance(masks, np.ndarray):
         x = masks
@@ -63,7 +65,7 @@ def mask_to_array(masks, what: str = "mask") -> np.ndarray:
         elif x.ndim == 3:
             x = x[..., None] if x.shape[-1] not in (1, 3) else x[None]
         if x.ndim != 4 or x.shape[-1] not in (1, 3):
-            raise ValueError(f"{what}: expected HW, HW1, NHW or NHWC (1 or 3 channels) arrays, got shape {masks.shape}")
+            raise InputError(f"{what}: expected HW, HW1, NHW or NHWC (1 or 3 channels) arrays, got shape {masks.shape}")
         x = x.mean(axis=-1, keepdims=True) if x.shape[-1] == 3 else x
         return x.astype(np.float32) / 255.0 if np.issubdtype(masks.dtype, np.integer) else x.astype(np.float32)
     raise TypeError(f"{what}: expected a PIL image or a numpy array, got {type(masks).__name__}")

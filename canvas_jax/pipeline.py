@@ -34,11 +34,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from canvas_jax import images as imgs
-from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
-from canvas_jax.pipeline_io import Components, load_components
+from canvas_jax.components import Components, detect_format, load_components
 from canvas_jax.convert.lora import load_lora
+from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
+from canvas_jax.errors import InputError
 from canvas_jax.models.bert import BertModel
 from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora
+from canvas_jax.runs import run_components
 from core_jax.mesh import MeshConfig, batch_spec, make_mesh
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -166,7 +168,7 @@ def _as_list(value, what: str) -> list[str]:
 class Pipeline:
     """Latent diffusion sampling with a UNet, a KL VAE and one (SD) or two (SDXL) CLIP text encoders.
 
-    Build with :meth:`from_pretrained`, or directly from loaded :class:`~canvas_jax.pipeline_io.Components`.
+    Build with :meth:`from_pretrained`, or directly from loaded :class:`~canvas_jax.components.Components`.
     ``mesh``: where to run; default: every device on a ``data`` axis when there are several, else none.
     """
 
@@ -177,7 +179,7 @@ class Pipeline:
         self.sdxl = self.unet.config.get("addition_embed_type") == "text_time"
         self.inpainting_unet = self.unet.config["in_channels"] == 2 * self.unet.config["out_channels"] + 1
         if self.sdxl and components.text_encoder_2 is None:
-            raise ValueError("an SDXL UNet (addition_embed_type='text_time') needs text_encoder_2 and tokenizer_2")
+            raise InputError("an SDXL UNet (addition_embed_type='text_time') needs text_encoder_2 and tokenizer_2")
         self.schedule = Schedule.from_config(components.scheduler_config)
         self.force_zeros_for_empty_prompt = bool(components.model_index.get("force_zeros_for_empty_prompt", True))
         if mesh is None and jax.device_count() > 1:
@@ -220,7 +222,11 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
                         mesh: jax.sharding.Mesh | None = None) -> Pipeline:
-        """Load a diffusers-format folder (``model_index.json``) or one converted to our format."""
+        """Load a diffusers-format folder (``model_index.json``), one converted to our format, or a training run
+        folder (its latest checkpoint, :func:`canvas_jax.runs.run_components`); models in ``dtype``, weights in
+        ``param_dtype``."""
+        if detect_format(path) == "run":
+            return cls(run_components(path, dtype=dtype, param_dtype=param_dtype), mesh=mesh)
         return cls(load_components(path, dtype=dtype, param_dtype=param_dtype), mesh=mesh)
 
     # ---- sizes -------------------------------------------------------------------------------------------
@@ -243,7 +249,7 @@ class Pipeline:
         k = self.size_multiple
         for name, v in (("height", height), ("width", width)):
             if not isinstance(v, (int, np.integer)) or v <= 0 or v % k:
-                raise ValueError(f"{name}={v!r} is not supported: image sides must be positive multiples of {k} "
+                raise InputError(f"{name}={v!r} is not supported: image sides must be positive multiples of {k} "
                                  f"(VAE factor {self.vae_scale_factor} x UNet downsampling "
                                  f"{k // self.vae_scale_factor})")
 
@@ -289,11 +295,11 @@ class Pipeline:
         margins = {"left": left, "top": top, "right": right, "bottom": bottom}
         bad = {k: v for k, v in margins.items() if not isinstance(v, (int, np.integer)) or v < 0}
         if bad:
-            raise ValueError(f"outpaint margins must be non-negative ints, got {bad}")
+            raise InputError(f"outpaint margins must be non-negative ints, got {bad}")
         if not any(margins.values()):
-            raise ValueError("outpaint: all margins are 0; give left/top/right/bottom > 0 pixels to extend")
+            raise InputError("outpaint: all margins are 0; give left/top/right/bottom > 0 pixels to extend")
         if fill not in FILLS:
-            raise ValueError(f"outpaint fill={fill!r}: expected one of {list(FILLS)}")
+            raise InputError(f"outpaint fill={fill!r}: expected one of {list(FILLS)}")
         x = imgs.to_array(image)
         n, h, w, _ = x.shape
         self.check_size(h + top + bottom, w + left + right)
@@ -305,7 +311,7 @@ class Pipeline:
             canvas = np.where(mask > 0.5, rand, canvas)
         for key in ("height", "width"):
             if kwargs.get(key) is not None:
-                raise ValueError(f"outpaint: {key} is set by the image size and the margins; do not pass it")
+                raise InputError(f"outpaint: {key} is set by the image size and the margins; do not pass it")
         return self.inpaint(canvas, mask, prompt, **kwargs)
 
     # ---- internals ---------------------------------------------------------------------------------------
@@ -316,9 +322,9 @@ class Pipeline:
              sampler, seed, latents, output_type, eta, use_karras_sigmas, num_images_per_prompt, *,
              image=None, mask=None, strength=1.0, keep_unmasked=True) -> PipelineOutput:
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r}: expected one of {list(OUTPUT_TYPES)}")
+            raise InputError(f"output_type={output_type!r}: expected one of {list(OUTPUT_TYPES)}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
+            raise InputError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
         prompts = [p for p in _as_list(prompt, "prompt") for _ in range(num_images_per_prompt)]
         batch = len(prompts)
         negatives = None
@@ -327,7 +333,7 @@ class Pipeline:
             if len(negatives) == 1:
                 negatives = negatives * (batch // num_images_per_prompt)
             if len(negatives) * num_images_per_prompt != batch:
-                raise ValueError(f"negative_prompt: got {len(negatives)} for {batch // num_images_per_prompt} "
+                raise InputError(f"negative_prompt: got {len(negatives)} for {batch // num_images_per_prompt} "
                                  "prompts; expected one, or one per prompt")
             negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
 
@@ -376,7 +382,7 @@ class Pipeline:
         if task == "img2img" or (task == "inpaint" and strength < 1.0):
             start_step = strength_to_start_step(num_steps, strength)
         elif task == "inpaint" and strength != 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+            raise InputError(f"strength must be in (0, 1], got {strength}")
         st = _Static(self._graphs, self.schedule, sampler, num_steps, start_step, float(eta), use_karras_sigmas,
                      guided, float(guidance_rescale), task, task == "img2img" or strength < 1.0, bool(keep_unmasked),
                      zero_negative, self.sdxl, output_type != "latent")
@@ -388,7 +394,7 @@ class Pipeline:
             return x
         if x.shape[0] == 1:
             return np.repeat(x, batch, axis=0)
-        raise ValueError(f"{what}: got {x.shape[0]} images for a batch of {batch}; expected 1 or {batch}")
+        raise InputError(f"{what}: got {x.shape[0]} images for a batch of {batch}; expected 1 or {batch}")
 
     def _noise(self, latents, batch: int, height: int, width: int, seed: int) -> np.ndarray:
         channels = self.unet.config["out_channels"]
@@ -398,7 +404,7 @@ class Pipeline:
         latents = np.asarray(latents, np.float32)
         want = (batch, channels, shape[1], shape[2])
         if latents.shape != want:
-            raise ValueError(f"latents: expected NCHW shape {want} for {batch} images of {height}x{width}, "
+            raise InputError(f"latents: expected NCHW shape {want} for {batch} images of {height}x{width}, "
                              f"got {latents.shape}")
         return latents.transpose(0, 2, 3, 1)
 

@@ -3,11 +3,14 @@
 Every problem (missing file, unknown key, wrong type) raises :class:`ConfigError` with a one-line
 message that names the key and, for an unknown key, the nearest valid one; :func:`exit_on_error`
 turns it into that line on stderr and exit code 2 (and a run stopped by a signal into exit status
-128 + signal, see :mod:`core_jax.stopping`).
+128 + signal, see :mod:`core_jax.stopping`). A key a file leaves out keeps its default: the one the
+enclosing schema gives its section (``train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600))``
+keeps ``steps=600`` when the file sets only ``train.batch_size``), else the section's own.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -56,8 +59,9 @@ def _nearest(key: str, candidates: Sequence[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it converted (lists -> tuples etc.)."""
+def _convert(value: Any, tp: Any, key: str, base: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted (lists -> tuples etc.); a section
+    (dataclass) missing keys takes them from ``base``, the enclosing schema's default for it, when given."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     bad = ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if tp is Any:
@@ -65,7 +69,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad
-        return _build(tp, value, key + ".")
+        return _build(tp, value, key + ".", base)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -118,7 +122,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported annotation {tp!r} in the schema")
 
 
-def _build(schema: type[T], data: dict, prefix: str = "") -> T:
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(schema: type[T], data: dict, prefix: str = "", base: Any = None) -> T:
+    """``schema`` from ``data``; a key ``data`` leaves out keeps its value in ``base`` (an instance: the
+    enclosing schema's default for this section) or else the schema's own default."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for name in data:
         if name not in fields:
@@ -128,8 +140,14 @@ def _build(schema: type[T], data: dict, prefix: str = "") -> T:
             )
     kwargs = {}
     for name, f in fields.items():
+        tp = _hints(schema)[name]
         if name in data:
-            kwargs[name] = _convert(data[name], _hints(schema)[name], prefix + name)
+            sub = None
+            if dataclasses.is_dataclass(tp):  # a section: its defaults as the enclosing schema sets them
+                sub = getattr(base, name) if base is not None else _field_default(f)
+            kwargs[name] = _convert(data[name], tp, prefix + name, sub)
+        elif base is not None:
+            kwargs[name] = copy.deepcopy(getattr(base, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"config key '{prefix}{name}' is required and missing")
     return schema(**kwargs)

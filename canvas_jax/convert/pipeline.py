@@ -1,4 +1,4 @@
-"""Whole-pipeline conversion: diffusers folder <-> our format (see :mod:`canvas_jax.pipeline_io`).
+"""Whole-pipeline conversion: diffusers folder <-> our format (see :mod:`canvas_jax.components`).
 
     from_diffusers("sd15/", "sd15_jax/")      # Orbax params + config JSON per model, tokenizers, scheduler, index
     to_diffusers("sd15_jax/", "sd15_back/")   # safetensors + config.json that diffusers' from_pretrained loads
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from canvas_jax.convert.diffusers_models import save_unet, save_vae
 from canvas_jax.convert.text_encoders import save_clip_text
-from canvas_jax.pipeline_io import (
+from canvas_jax.errors import InputError
+from canvas_jax.components import (
     DIFFUSERS_INDEX,
     FORMAT,
     INDEX_NAME,
@@ -46,7 +47,7 @@ def from_diffusers(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite:
     """Convert a diffusers pipeline folder to our format (weights are checked against each model on load)."""
     src, dst = Path(src), Path(dst)
     if detect_format(src) != "diffusers":
-        raise ValueError(f"{src} is already in {FORMAT} format (it has {INDEX_NAME}); expected a diffusers folder")
+        raise InputError(f"{src} is already in {FORMAT} format (it has {INDEX_NAME}); expected a diffusers folder")
     comps = load_components(src)
     _prepare(dst, overwrite)
     classes = {}

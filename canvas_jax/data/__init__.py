@@ -14,7 +14,7 @@ from canvas_jax.data.masks import (
                                     random_mask,
                                     rectangles,
 )
-from canvas_jax.data.pipeline import (
+from canvas_jax.data.loader import (
                                     ImagePipelineConfig,
                                     make_image_iterator,
                                     open_source,

@@ -38,7 +38,7 @@ class ShapesSamples:
 def shapes_config_for(model_path: str | os.PathLike, size: int) -> shapes.ShapesConfig:
     """The Shapes setup a model was trained on: a training run folder's ``data.options`` (held-out pairs,
     backgrounds, shape counts) when it trained on ``dataset: shapes``, else the defaults; at ``size`` pixels."""
-    from canvas_jax.train.runs import is_run_dir, load_config
+    from canvas_jax.runs import is_run_dir, load_config
 
     options = {}
     if is_run_dir(model_path):

@@ -5,7 +5,7 @@
     canvas_jax.train.export_pipeline(cfg.train.run_dir, "out/shapes_pipeline")
 """
 
-from canvas_jax.train.config import CanvasTrainConfig
+from canvas_jax.config import CanvasTrainConfig
 from canvas_jax.train.export import export_pipeline
 from canvas_jax.train.run import add_train_arguments, run_train, train
 from canvas_jax.train.tasks import make_task

@@ -44,7 +44,7 @@ def dataset_folder(cfg) -> str:
 
 def canvas_data(cfg, tokenizer, ctx: DataContext, split: str, with_masks: bool):
     """Batches from ``canvas_jax.data`` (the Shapes default or a built dataset folder) for ``cfg.data``."""
-    from canvas_jax.data.pipeline import ImagePipelineConfig, make_image_iterator
+    from canvas_jax.data.loader import ImagePipelineConfig, make_image_iterator
 
     d = cfg.data
     folder = dataset_folder(cfg)

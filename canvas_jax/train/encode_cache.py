@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from canvas_jax.train import text_encoders
+from canvas_jax import text_conditioning
 
 
 class EncodeCache:
@@ -69,7 +69,7 @@ class EncodeCache:
 
 def text_embedding_cache(encoder: nnx.Module, max_entries: int = 20000) -> EncodeCache:
     """Token states ``[B, T, D]`` of tokenized captions: ``lookup(input_ids, attention_mask)``."""
-    return EncodeCache(encoder, text_encoders.encode, max_entries, what="text_encoder",
+    return EncodeCache(encoder, text_conditioning.encode, max_entries, what="text_encoder",
                        dtypes=(np.int32, np.int32))
 
 

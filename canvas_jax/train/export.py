@@ -23,14 +23,11 @@ from canvas_jax.convert.state_dict import to_state_dict
 from canvas_jax.models.bert import BertModel
 from canvas_jax.models.clip import CLIPTextModel
 from canvas_jax.models.lora import lora_layers, remove_lora
-from canvas_jax.train.frozen import unfreeze
-from canvas_jax.train.runs import restore_run
-from canvas_jax.train.t2i_task import copy_module
-from canvas_jax.train.text_encoders import tokenizer_folder
+from canvas_jax.runs import DIFFUSERS_VERSION, pipeline_components, restore_run
+from canvas_jax.text_conditioning import tokenizer_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt")
-DIFFUSERS_VERSION = "0.30.0"
 
 
 def save_bert(model: BertModel, folder: str | os.PathLike) -> Path:
@@ -56,28 +53,6 @@ def _save_tokenizer(source: str, folder: Path, max_length: int) -> None:
     cfg_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def scheduler_config(task) -> dict:
-    """The run's noise schedule as a diffusers ``scheduler_config.json`` (a DDIMScheduler)."""
-    config = {"_class_name": "DDIMScheduler", "_diffusers_version": DIFFUSERS_VERSION, **task.sched.to_config()}
-    return {k: v for k, v in config.items() if v is not None and v != float("-inf")}
-
-
-def run_components(run_dir: str | os.PathLike, *, ema: bool = True):
-    """The :class:`canvas_jax.pipeline_io.Components` of a text-to-image or inpainting run folder (its latest
-    checkpoint; the EMA UNet when the run kept one), so ``Pipeline.from_pretrained(run_dir)`` needs no export."""
-    from canvas_jax.pipeline_io import Components
-
-    cfg, task, model = restore_run(run_dir, ema=ema)
-    if cfg.task not in ("text_to_image", "inpaint", "finetune"):
-        raise ValueError(f"{run_dir} is a task={cfg.task!r} run; a pipeline needs a text_to_image, inpaint or "
-                         "finetune run (a VAE alone: canvas_jax.convert.diffusers_models.save_vae)")
-    encoder = unfreeze(copy_module(task.text_encoder))
-    index = {"_class_name": "StableDiffusionInpaintPipeline" if cfg.task == "inpaint" else "StableDiffusionPipeline",
-             "force_zeros_for_empty_prompt": False}
-    return Components(unet=model.unet, vae=unfreeze(copy_module(model.vae)), text_encoder=encoder,
-                      tokenizer=task.tokenizer, scheduler_config=scheduler_config(task), model_index=index), task
-
-
 def export_pipeline(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ema: bool = True,
                     overwrite: bool = False) -> Path:
     """Write the run's pipeline (see the module docstring) to ``out_dir``; returns it."""
@@ -86,7 +61,8 @@ def export_pipeline(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
         shutil.rmtree(out)
-    parts, task = run_components(run_dir, ema=ema)
+    run = restore_run(run_dir, ema=ema)
+    parts = pipeline_components(run)
     out.mkdir(parents=True, exist_ok=True)
     if lora_layers(parts.unet):  # a LoRA fine-tune: plain layers with the adapters folded in
         remove_lora(parts.unet, merge=True)
@@ -101,7 +77,7 @@ def export_pipeline(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
         classes = ("CLIPTextModel", "CLIPTokenizer")
     else:
         raise TypeError(f"cannot export text encoder {type(encoder).__name__}")
-    _save_tokenizer(task.text_source, out / "tokenizer", task.tokenizer.model_max_length)
+    _save_tokenizer(run.text_source, out / "tokenizer", run.manifest["max_length"])
     (out / "scheduler").mkdir(exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(parts.scheduler_config, indent=2) + "\n")
     index = {

@@ -1,4 +1,5 @@
-"""Loop hooks of the canvas tasks: sample grids (PNG) with the EMA weights, loss curves (PNG), LoRA weights.
+"""Loop hooks of the canvas tasks: sample grids (PNG) with the EMA weights, loss curves (PNG), LoRA weights, and
+the run folder's ``models.json`` (:mod:`canvas_jax.runs`; a VAE run's with its measured latent scale, at its end).
 
 Files land in the run folder: ``samples/step_000100.png`` (one tile per prompt, captioned),
 ``loss.png`` (train loss per logged step, eval loss as dots; drawn with PIL, no matplotlib) and, for
@@ -12,21 +13,22 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageDraw
 
 from canvas_jax import images as imgs
-from canvas_jax.diffusion import cfg_from_batch, sample
+from canvas_jax.components import Components
+from canvas_jax.pipeline import Pipeline
+from canvas_jax.runs import save_manifest, scheduler_config
 from core_jax.loop import Hook
 from core_jax.metrics import read_jsonl
 
 
 class SampleGrid:
-    """Generates ``prompts`` with the current (EMA) UNet, frozen VAE and text encoder; one PNG per call."""
+    """Generates ``prompts`` with the current (EMA) UNet, frozen VAE and text encoder through
+    :class:`canvas_jax.Pipeline` (the one sampling path: what the run folder later samples); one PNG per call."""
 
     def __init__(self, task, prompts: list[str], *, sampler: str = "dpmpp_2m", num_steps: int = 20,
                  guidance_scale: float = 3.0, seed: int = 0, image_size: int = 32):
@@ -35,40 +37,24 @@ class SampleGrid:
         self.task, self.prompts = task, list(prompts)
         self.sampler, self.num_steps, self.guidance_scale, self.seed = sampler, num_steps, guidance_scale, seed
         self.image_size = image_size
-        self._fn = None
 
-    def _compile(self, graphdef):
-        sched, sampler, steps = self.task.sched, self.sampler, self.num_steps
+    def pipeline(self, model, mesh=None) -> Pipeline:
+        """A :class:`Pipeline` on ``model``'s live weights (no copy) and the task's tokenizer and schedule."""
+        encoder = model.text_encoder if model.text_encoder is not None else self.task.text_encoder
+        parts = Components(unet=model.unet, vae=model.vae, text_encoder=encoder, tokenizer=self.task.tokenizer,
+                           scheduler_config=scheduler_config(self.task.sched),
+                           model_index={"force_zeros_for_empty_prompt": False})
+        return Pipeline(parts, mesh=mesh)
 
-        def generate(state, cond, uncond, noise, scale):
-            model = nnx.merge(graphdef, state)
-
-            def model_fn(x, t):
-                out = model.unet(jnp.concatenate([x, x]), t, jnp.concatenate([uncond, cond]))
-                return cfg_from_batch(out, scale)
-
-            z = sample(model_fn, noise, sched, sampler=sampler, num_steps=steps, rng=jax.random.key(self.seed))
-            vae = model.vae
-            x = vae.decode(z.astype(jnp.float32) / vae.scaling_factor + vae.shift_factor).astype(jnp.float32)
-            return jnp.clip(x / 2.0 + 0.5, 0.0, 1.0)
-
-        return jax.jit(generate)
-
-    def images(self, model) -> np.ndarray:
+    def images(self, model, mesh=None) -> np.ndarray:
         """NHWC float32 images in [0, 1], one per prompt."""
-        graphdef, state = nnx.split(model)
-        if self._fn is None:
-            self._fn = self._compile(graphdef)
-        cond = self.task.encode_prompts(self.prompts)
-        uncond = self.task.encode_prompts([""] * len(self.prompts))
-        f = model.vae.downsample_factor
-        side = self.image_size // f
-        shape = (len(self.prompts), side, side, model.vae.config["latent_channels"])
-        noise = jax.random.normal(jax.random.key(self.seed), shape, jnp.float32)
-        return np.asarray(jax.device_get(self._fn(state, cond, uncond, noise, jnp.float32(self.guidance_scale))))
+        pipe = self.pipeline(model, mesh)
+        return pipe(self.prompts, height=self.image_size, width=self.image_size, num_steps=self.num_steps,
+                    guidance_scale=self.guidance_scale, sampler=self.sampler, seed=self.seed,
+                    output_type="np").images
 
     def __call__(self, trainer, step: int, state: dict) -> None:
-        out = self.images(trainer.model(state, ema=True))
+        out = self.images(trainer.model(state, ema=True), trainer.mesh)
         if jax.process_index() != 0:
             return
         folder = os.path.join(trainer.tc.run_dir, "samples")
@@ -76,6 +62,32 @@ class SampleGrid:
         tiles = [t.resize((max(t.width, 128),) * 2, Image.Resampling.NEAREST) for t in imgs.to_pil(out)]
         grid = imgs.make_grid(tiles, captions=self.prompts, cols=min(4, len(self.prompts)))
         grid.save(os.path.join(folder, f"step_{step:06d}.png"))
+
+
+class WriteManifest:
+    """Writes ``RUN_DIR/models.json`` (:func:`canvas_jax.runs.save_manifest`) at its first call: the run folder
+    then reads back alone."""
+
+    def __init__(self, task):
+        self.task, self.done = task, False
+
+    def __call__(self, trainer, step: int, state: dict) -> None:
+        if not self.done:
+            t = self.task
+            save_manifest(trainer.tc.run_dir, trainer.model(state), sched=t.sched, text_source=t.text_source,
+                          max_length=t.tokenizer.model_max_length)
+            self.done = True
+
+
+def finish_vae(trainer, step: int, state: dict) -> None:
+    """At the end of a VAE run: measure the latent RMS on the eval data and write ``RUN_DIR/models.json`` with
+    ``scaling_factor = 1 / RMS`` (unit-variance latents for the diffusion model; the config's value when the
+    run has no eval data)."""
+    vae = trainer.model(state)
+    ms = trainer.evaluate(state).get("latent_ms", 0.0)
+    if ms > 0:
+        vae.config = {**vae.config, "scaling_factor": 1.0 / math.sqrt(ms)}
+    save_manifest(trainer.tc.run_dir, vae)
 
 
 def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: str, *, title: str = "loss",
@@ -148,11 +160,15 @@ def save_lora_weights(trainer, step: int, state: dict) -> None:
 
 
 def make_hooks(task, cfg, prompts: list[str] | None = None) -> list[Hook]:
-    """The loss-curve hook, the sample-grid hook (text-to-image and fine-tuning with prompts) and the LoRA
-    saver (LoRA fine-tuning) for a run config."""
+    """The loss-curve hook, the ``models.json`` writer, the sample-grid hook (text-to-image and fine-tuning with
+    prompts) and the LoRA saver (LoRA fine-tuning) for a run config."""
     s = cfg.sampling
     never = cfg.train.steps + 1  # "only at the end": the loop calls at_end hooks after the last step
     hooks = [Hook(every=s.plot_every or never, fn=loss_curve)]
+    if cfg.task == "vae":
+        hooks.append(Hook(every=never, fn=finish_vae))
+    else:
+        hooks.append(Hook(every=1, fn=WriteManifest(task)))
     if cfg.task == "finetune" and cfg.lora.rank > 0:
         hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_lora_weights))
     prompts = list(s.prompts) or list(prompts or [])

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from canvas_jax.diffusion import Schedule
 from canvas_jax.models.lora import lora_layers, remove_lora
-from canvas_jax.train import text_encoders
-from canvas_jax.train.frozen import freeze
-from canvas_jax.train.runs import is_run_dir, restore_run
+from canvas_jax import text_conditioning
+from canvas_jax.models.frozen import freeze
+from canvas_jax.runs import is_run_dir, load_config, restore_run
 from canvas_jax.train.t2i_task import TextToImageTask
 from core_jax.config import ConfigError
 
@@ -32,13 +32,17 @@ class InitFromTask(TextToImageTask):
             raise ConfigError(f"config key 'init_from': empty; task={self.cfg.task} starts from a text_to_image run "
                               "folder or a diffusers pipeline folder (unet/, vae/, text_encoder/, tokenizer/)")
         if is_run_dir(src):
-            base_cfg, base, model = restore_run(src, ema=True)
+            base_cfg = load_config(src)
             if base_cfg.task not in BASE_TASKS:
                 raise ValueError(f"init_from={src!r} is a task={base_cfg.task!r} run; expected one of {BASE_TASKS}")
+            run = restore_run(src, ema=True)
+            model = run.model
             if lora_layers(model.unet):  # a LoRA run: its adapters folded into the base weights
                 remove_lora(model.unet, merge=True)
-            self.base_unet, self.vae, self.sched = model.unet, model.vae, base.sched
-            self.text_source, self.text_encoder, self.tokenizer = base.text_source, base.text_encoder, base.tokenizer
+            self.base_unet, self.vae, self.sched = model.unet, model.vae, run.schedule()
+            self.text_source, self.tokenizer = run.text_source, run.tokenizer()
+            self.text_encoder = model.text_encoder if model.text_encoder is not None else \
+                freeze(run.text_encoder())
         elif Path(src).is_dir():
             from canvas_jax.convert.diffusers_models import load_unet, load_vae
 
@@ -49,8 +53,8 @@ class InitFromTask(TextToImageTask):
                 config = {"prediction_type": self.cfg.diffusion.prediction_type, **json.loads(sched_file.read_text())}
                 self.sched = Schedule.from_config(config)
             self.text_source = str(Path(src) / "text_encoder")
-            self.text_encoder = freeze(text_encoders.load_text_encoder(self.text_source))
-            self.tokenizer = text_encoders.load_tokenizer(self.text_source, self.cfg.text_encoder.max_length)
+            self.text_encoder = freeze(text_conditioning.load_text_encoder(self.text_source))
+            self.tokenizer = text_conditioning.load_tokenizer(self.text_source, self.cfg.text_encoder.max_length)
         else:
             raise FileNotFoundError(f"init_from={src!r} does not exist; expected a text_to_image run folder or a "
                                     "diffusers pipeline folder")

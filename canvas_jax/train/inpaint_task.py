@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from canvas_jax.models.unet import UNet2DConditionModel
-from canvas_jax.train.frozen import unfreeze
+from canvas_jax.models.frozen import unfreeze
 from canvas_jax.train.init_from import InitFromTask
 from canvas_jax.train.t2i_task import vae_latents
 

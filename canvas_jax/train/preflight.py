@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from canvas_jax import text_conditioning
 from canvas_jax.convert import text_encoders as te
 from canvas_jax.convert.diffusers_models import model_folder
-from canvas_jax.train import text_encoders
+from canvas_jax.runs import is_run_dir, load_config
 from canvas_jax.train.init_from import BASE_TASKS
-from canvas_jax.train.runs import is_run_dir, load_config
 from core_jax.config import ConfigError
 
 
@@ -70,7 +70,7 @@ def _data(cfg) -> list[str]:
 
 def _text_encoder(source: str, key: str) -> list[str]:
     try:
-        text_encoders.tokenizer_folder(source)
+        text_conditioning.tokenizer_folder(source)
         folder = te.minilm_folder() if source == "minilm" else Path(source)
         te.read_config(folder)
         te.weight_files(folder)

@@ -16,10 +16,10 @@ import os
 
 import jax
 
+from canvas_jax.config import CanvasTrainConfig
+from canvas_jax.runs import is_run_dir
 from canvas_jax.train import preflight
-from canvas_jax.train.config import CanvasTrainConfig
 from canvas_jax.train.hooks import make_hooks
-from canvas_jax.train.runs import is_run_dir
 from canvas_jax.train.tasks import make_task
 from core_jax import config as config_lib
 from core_jax import distributed

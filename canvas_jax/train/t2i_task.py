@@ -1,8 +1,8 @@
 """Text-to-image latent diffusion (``task=text_to_image``) on the shared loop.
 
-The trained module is :class:`LatentDiffusion`: the UNet (its ``nnx.Param`` are the only trained weights,
-so the optimizer state and EMA cover only the UNet), the frozen VAE, and, when text embeddings are not
-cached, the frozen text encoder (both as :class:`~canvas_jax.train.frozen.Frozen` variables). With
+The trained module is :class:`~canvas_jax.models.latent_diffusion.LatentDiffusion`: the UNet (its ``nnx.Param``
+are the only trained weights, so the optimizer state and EMA cover only the UNet), the frozen VAE, and, when
+text embeddings are not cached, the frozen text encoder (both as :class:`~canvas_jax.models.frozen.Frozen` variables). With
 ``text_encoder.cache`` the data iterator carries ``text_emb`` and the encoder never runs in the step; with
 ``vae.cache_latents`` it carries the VAE posterior's ``latent_moments`` and the VAE encoder never runs either.
 
@@ -17,33 +17,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from canvas_jax import text_conditioning
 from canvas_jax.diffusion import Schedule, add_noise, snr, training_target
+from canvas_jax.models.frozen import copy_module, freeze
+from canvas_jax.models.latent_diffusion import LatentDiffusion
 from canvas_jax.models.unet import UNet2DConditionModel, unet_config
 from canvas_jax.models.vae import AutoencoderKL, DiagonalGaussian
-from canvas_jax.train import text_encoders
+from canvas_jax.runs import load_vae
 from canvas_jax.train.data import DataFn, canvas_data
 from canvas_jax.train.encode_cache import (
     CachedIterator,
     latent_cache,
     text_embedding_cache,
 )
-from canvas_jax.train.frozen import freeze
-from canvas_jax.train.runs import load_vae
 from core_jax.task import DataContext
-
-
-class LatentDiffusion(nnx.Module):
-    """The denoiser being trained plus the frozen parts it needs inside the step."""
-
-    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: nnx.Module | None = None):
-        self.unet = unet
-        self.vae = vae
-        self.text_encoder = text_encoder
-
-
-def copy_module(module: nnx.Module) -> nnx.Module:
-    """A new module object sharing ``module``'s (immutable) arrays."""
-    return nnx.merge(*nnx.split(module))
 
 
 def make_schedule(cfg) -> Schedule:
@@ -92,8 +79,8 @@ class TextToImageTask:
         cfg = self.cfg
         self.vae = freeze(load_vae(cfg.vae.path))
         self.text_source = cfg.text_encoder.source
-        self.text_encoder = freeze(text_encoders.load_text_encoder(self.text_source))
-        self.tokenizer = text_encoders.load_tokenizer(self.text_source, cfg.text_encoder.max_length)
+        self.text_encoder = freeze(text_conditioning.load_text_encoder(self.text_source))
+        self.tokenizer = text_conditioning.load_tokenizer(self.text_source, cfg.text_encoder.max_length)
 
     def unet_config(self) -> dict:
         """The config's UNet; ``sample_size`` (latent side, the pipeline's default image size) from the data."""
@@ -104,7 +91,7 @@ class TextToImageTask:
 
     def _check_shapes(self) -> None:
         ucfg = unet_config(self.unet_config())
-        latent, d = self.vae.config["latent_channels"], text_encoders.hidden_size(self.text_encoder)
+        latent, d = self.vae.config["latent_channels"], text_conditioning.hidden_size(self.text_encoder)
         want_in = latent + self.in_channels_extra
         if ucfg["in_channels"] != want_in or ucfg["out_channels"] != latent:
             raise ValueError(f"unet in_channels={ucfg['in_channels']} / out_channels={ucfg['out_channels']} do not fit "
@@ -127,7 +114,7 @@ class TextToImageTask:
         if model.text_encoder is None:
             raise KeyError("batch has no 'text_emb' and the model holds no text encoder (text_encoder.cache is on: "
                            "wrap the data with CachedIterator)")
-        return text_encoders.encode(model.text_encoder, batch["input_ids"], batch["attention_mask"])
+        return text_conditioning.encode(model.text_encoder, batch["input_ids"], batch["attention_mask"])
 
     def extra_inputs(self, model: LatentDiffusion, batch, latents: jax.Array) -> jax.Array | None:
         return None
@@ -173,9 +160,3 @@ class TextToImageTask:
 
     def eval_data(self, ctx: DataContext):
         return self._wrap(self.data_fn(self.cfg, self.tokenizer, ctx, "test", self.in_channels_extra > 0))
-
-    # ------------------------------------------------------------------ prompts (hooks, sampling)
-    def encode_prompts(self, prompts: list[str]):
-        """Token states ``[N, T, D]`` (numpy float32) of prompts, through the cache's encoder."""
-        tok = self.tokenizer(list(prompts))
-        return self.cache.lookup(tok["input_ids"], tok["attention_mask"])

@@ -132,16 +132,6 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
     return cfg
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> RecsysConfig:
-    """The defaults, merged with the YAML file at ``path`` (optional), then ``overrides``; validated."""
-    data = config_lib.to_dict(RecsysConfig())
-    if path is not None:
-        data = _merge(data, config_lib.read_yaml(path))
-    return validate(config_lib.from_dict(RecsysConfig, config_lib.apply_overrides(data, overrides)))
+    """The defaults, with the YAML file at ``path`` (optional) and then ``overrides`` over them; validated."""
+    return validate(config_lib.load(RecsysConfig, path, overrides))

@@ -63,3 +63,18 @@ def test_bad_input_exits_2_with_one_line(tiny_sd, tmp_path, capsys, argv, match)
 
 def test_subcommands_table_is_extensible():
     assert {"sample", "inpaint", "outpaint", "convert"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("exc", [TypeError, ValueError, KeyError])
+def test_a_bug_is_not_a_usage_error(tmp_path, monkeypatch, exc):
+    """Only our own checks' errors are usage errors (exit 2); a bug inside keeps its type and traceback."""
+    import canvas_jax.cli as cli
+
+    def broken(args):
+        raise exc("an internal bug")
+
+    monkeypatch.setattr(cli, "_pipeline", broken)
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(exc, match="an internal bug"):
+        main(["sample", "--model", str(model), "--prompt", "x", "--out", str(tmp_path / "a.png")])

@@ -72,3 +72,27 @@ def test_cli_one_line_error_and_exit_code_2(args, message):
 
 def test_every_shipped_config_validates():
     assert config_lib.load(ToyConfig, os.path.join(ROOT, "configs", "toy.yaml")).train.steps > 0
+
+
+@dataclasses.dataclass
+class _Inner:
+    a: int = 1
+    b: int = 2
+
+
+@dataclasses.dataclass
+class _Outer:
+    inner: _Inner = dataclasses.field(default_factory=lambda: _Inner(a=10, b=20))
+    free: dict = dataclasses.field(default_factory=lambda: {"x": 1, "y": 2})
+
+
+def test_a_partial_section_keeps_the_enclosing_schemas_defaults(tmp_path):
+    """One YAML merge for every package: keys a file leaves out keep the defaults the enclosing schema sets
+    (recsys' RecsysConfig relies on it), while a free-form dict is replaced, not merged."""
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  b: 5\nfree:\n  z: 3\n")
+    cfg = config_lib.load(_Outer, path, ["inner.a=7"])
+    assert cfg.inner == _Inner(a=7, b=5) and cfg.free == {"z": 3}
+    cfg = config_lib.load(_Outer, path)
+    assert cfg.inner == _Inner(a=10, b=5)
+    assert config_lib.load(_Outer).inner == _Inner(a=10, b=20)

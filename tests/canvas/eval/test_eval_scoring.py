@@ -9,7 +9,7 @@ import pytest
 from canvas_jax.data import checker, shapes
 from canvas_jax.eval.inpaint_eval import MAX_PSNR_DB, inpaint_cases, score_inpaint
 from canvas_jax.eval.shapes_eval import ShapesSamples, adherence, shapes_config_for, shapes_prompts, vae_ceiling
-from canvas_jax.train.config import CanvasTrainConfig
+from canvas_jax.config import CanvasTrainConfig
 from core_jax import config as config_lib
 
 

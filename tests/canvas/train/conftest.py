@@ -11,9 +11,9 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(__file__))
 import fakes  # noqa: E402
 
+from canvas_jax.config import CanvasTrainConfig  # noqa: E402
 from canvas_jax.convert.diffusers_models import save_vae  # noqa: E402
 from canvas_jax.models.vae import AutoencoderKL  # noqa: E402
-from canvas_jax.train.config import CanvasTrainConfig  # noqa: E402
 from core_jax import config as config_lib  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_config
 from flax import nnx
 
-from canvas_jax.train import text_encoders
+from canvas_jax import text_conditioning
 from canvas_jax.train.encode_cache import latent_cache
 from canvas_jax.train.t2i_task import vae_latents
 from canvas_jax.train.tasks import make_task
@@ -26,7 +26,7 @@ def test_cached_embeddings_and_loss_equal_uncached(tmp_path, tiny_vae_dir):
         bc, bp = next(it_c), next(it_p)
         assert "text_emb" in bc and "input_ids" not in bc
         seen.update(r.tobytes() for r in bp["input_ids"])
-        direct = np.asarray(text_encoders.encode(plain.text_encoder, bp["input_ids"], bp["attention_mask"]))
+        direct = np.asarray(text_conditioning.encode(plain.text_encoder, bp["input_ids"], bp["attention_mask"]))
         np.testing.assert_allclose(bc["text_emb"], direct, atol=2e-5, rtol=1e-5)
     assert cached.cache.misses == len(seen)  # each distinct caption encoded once
     assert cached.cache.hits > 0
@@ -64,7 +64,7 @@ def test_cached_latents_and_loss_equal_uncached(tmp_path, tiny_vae_dir):
 
 
 def test_cache_keeps_at_most_max_entries(tiny_vae_dir):
-    from canvas_jax.train.runs import load_vae
+    from canvas_jax.runs import load_vae
 
     cache = latent_cache(load_vae(tiny_vae_dir), max_entries=2)
     images = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)

@@ -3,15 +3,14 @@
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
 from canvas_jax.convert.diffusers_models import load_unet, load_vae
 from canvas_jax.convert.text_encoders import load_bert
 from canvas_jax.models.tokenizer import Tokenizer
+from canvas_jax.runs import load_config, restore_run
 from canvas_jax.train.export import export_pipeline
-from canvas_jax.train.runs import restore_model
 
 
 def _flat(module):
@@ -24,7 +23,8 @@ def test_export_pipeline_round_trip(tmp_path, t2i_run):
     index = json.loads((out / "model_index.json").read_text())
     assert index["text_encoder"] == ["transformers", "BertModel"]
     assert index["force_zeros_for_empty_prompt"] is False
-    cfg, model = restore_model(t2i_run, ema=True)
+    run = restore_run(t2i_run, ema=True)
+    cfg, model = run.cfg, run.model
     unet = load_unet(out)
     want, got = _flat(model.unet), _flat(unet)
     assert want.keys() == got.keys()
@@ -47,22 +47,21 @@ def test_export_pipeline_round_trip(tmp_path, t2i_run):
 
 def test_pipeline_loads_run_and_export_as_trained(tmp_path, t2i_run):
     """Pipeline.from_pretrained on the run folder and on its diffusers export generates what the training
-    run's sample-grid hook generates (same noise): the BERT encoder gets its attention mask, the empty
-    prompt is encoded (force_zeros_for_empty_prompt false) and the default size is the training size."""
+    run's sample-grid hook (one sampling path: a Pipeline on the live weights) generates: the BERT encoder gets
+    its attention mask, the empty prompt is encoded (force_zeros_for_empty_prompt false) and the default size
+    is the training size."""
     from canvas_jax.pipeline import Pipeline
     from canvas_jax.train.hooks import SampleGrid
-    from canvas_jax.train.runs import restore_run
+    from canvas_jax.train.tasks import make_task
 
-    cfg, task, model = restore_run(t2i_run, ema=True)
+    cfg = load_config(t2i_run)
+    model = restore_run(t2i_run, ema=True).model
     prompts = ["a red square at the top left", "a small blue circle at the center"]
     kw = dict(sampler="dpmpp_2m", num_steps=3, guidance_scale=3.0)
-    want = SampleGrid(task, prompts, seed=0, image_size=cfg.data.image_size, **kw).images(model)
-    side = cfg.data.image_size // model.vae.downsample_factor
-    noise = jax.random.normal(jax.random.key(0), (2, side, side, model.vae.config["latent_channels"]))
-    latents = np.asarray(noise).transpose(0, 3, 1, 2)
+    want = SampleGrid(make_task(cfg), prompts, seed=0, image_size=cfg.data.image_size, **kw).images(model)
     run_pipe = Pipeline.from_pretrained(t2i_run)
     assert run_pipe.default_size == cfg.data.image_size
-    got = run_pipe(prompts, latents=latents, output_type="np", **kw).images
+    got = run_pipe(prompts, output_type="np", seed=0, **kw).images
     np.testing.assert_allclose(got, want, atol=2e-5)
     exported = Pipeline.from_pretrained(export_pipeline(t2i_run, tmp_path / "pipe"))
-    np.testing.assert_allclose(exported(prompts, latents=latents, output_type="np", **kw).images, want, atol=2e-5)
+    np.testing.assert_allclose(exported(prompts, output_type="np", seed=0, **kw).images, want, atol=2e-5)

@@ -17,12 +17,12 @@ import fakes
 from conftest import tiny_config
 
 from canvas_jax.convert.lora import METADATA_KEY, load_lora
+from canvas_jax.config import CanvasTrainConfig
+from canvas_jax.models.frozen import copy_module
 from canvas_jax.models.lora import LoRAParam, LoRAScale, lora_layers
-from canvas_jax.train.config import CanvasTrainConfig
 from canvas_jax.train.finetune_task import lora_file
 from canvas_jax.train.hooks import make_hooks
 from canvas_jax.train.run import train
-from canvas_jax.train.t2i_task import copy_module
 from canvas_jax.train.tasks import make_task
 from core_jax import config as config_lib
 from core_jax.loop import Trainer

@@ -9,7 +9,7 @@ import pytest
 
 import canvas_jax.train.run as run_module
 from canvas_jax import cli, demo
-from canvas_jax.train.config import CanvasTrainConfig
+from canvas_jax.config import CanvasTrainConfig
 from canvas_jax.train.preflight import PreflightError, check
 from core_jax import config as config_lib
 

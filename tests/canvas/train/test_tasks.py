@@ -60,7 +60,7 @@ def test_inpaint_loss_decreases(tmp_path, t2i_run):
 
 def test_text_to_image_pretrains_its_vae_first(tmp_path):
     from canvas_jax.train.run import train
-    from canvas_jax.train.runs import load_config
+    from canvas_jax.runs import load_config
 
     vae_dir = tmp_path / "vae"
     cfg = tiny_config(tmp_path / "t2i", vae_path=vae_dir, **{

@@ -1,4 +1,4 @@
-"""The frozen text encoder of the text-to-image tasks: which model, its tokenizer, and its conditioning.
+"""Text conditioning (training and run folders): which encoder, its tokenizer, and the token states it gives.
 
 ``source`` is ``"minilm"`` (the packaged all-MiniLM-L6-v2: BERT token states, 384-d) or a transformers
 folder holding a ``BertModel`` or a ``CLIPTextModel`` (with its tokenizer files in the folder, or in a
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from canvas_jax.convert import text_encoders as te
@@ -35,19 +36,20 @@ def load_tokenizer(source: str, max_length: int) -> Tokenizer:
     return Tokenizer.from_folder(tokenizer_folder(source), model_max_length=max_length)
 
 
-def load_text_encoder(source: str) -> nnx.Module:
-    """The pretrained encoder named by ``source`` (see the module docstring), float32."""
+def load_text_encoder(source: str, *, dtype=None, param_dtype=jnp.float32) -> nnx.Module:
+    """The pretrained encoder named by ``source`` (see the module docstring), parameters in ``param_dtype``."""
+    kw = {"dtype": dtype, "param_dtype": param_dtype}
     if source == "minilm":
-        return te.load_bert(te.minilm_folder())
+        return te.load_bert(te.minilm_folder(), **kw)
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"text_encoder.source={source!r}: expected 'minilm' or a folder with a BertModel or "
                                 "CLIPTextModel (config.json + model.safetensors)")
     model_type = te.read_config(folder).get("model_type", "")
     if model_type in ("bert",):
-        return te.load_bert(folder)
+        return te.load_bert(folder, **kw)
     if model_type in ("clip_text_model", "clip"):
-        return te.load_clip_text(folder)
+        return te.load_clip_text(folder, **kw)
     raise ValueError(f"text_encoder.source={source!r}: config.json has model_type={model_type!r}; expected 'bert' or "
                      "'clip_text_model'")
 

@@ -44,3 +44,8 @@ def unfreeze(module: nnx.Module) -> nnx.Module:
         else:
             setattr(parent, path[-1], param)
     return module
+
+
+def copy_module(module: nnx.Module) -> nnx.Module:
+    """A new module object sharing ``module``'s (immutable) arrays."""
+    return nnx.merge(*nnx.split(module))

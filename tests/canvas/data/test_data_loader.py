@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from canvas_jax.data import pipeline as P
+from canvas_jax.data import loader as P
 from canvas_jax.data.shapes import ShapesConfig, ShapesSource
 
 

@@ -1,7 +1,5 @@
-"""Reading and writing whole pipelines: diffusers folders and our own format.
-
-A training run folder (``canvas-jax train``: ``config.yaml`` + ``checkpoints/``) loads too: its latest
-checkpoint's (EMA) UNet, VAE, text encoder, tokenizer and noise schedule.
+"""The components of a pipeline (UNet, VAE, text encoders, tokenizers, scheduler config), read from and written to
+folders: diffusers folders and our own format. (A training run folder is read by :mod:`canvas_jax.runs`.)
 
 A diffusers folder has ``model_index.json`` and ``unet/ vae/ text_encoder/ tokenizer/ scheduler/`` (SDXL adds
 ``text_encoder_2/ tokenizer_2/``), weights in safetensors. Our format keeps the same sub-folder names with,
@@ -28,6 +26,7 @@ from flax import nnx
 
 from canvas_jax.convert.diffusers_models import load_unet, load_vae
 from canvas_jax.convert.text_encoders import load_bert, load_clip_text
+from canvas_jax.errors import InputError
 from canvas_jax.models.bert import BertModel
 from canvas_jax.models.clip import CLIPTextModel, CLIPTextModelWithProjection
 from canvas_jax.models.tokenizer import Tokenizer
@@ -97,10 +96,10 @@ def component_classes(path: Path, fmt: str) -> dict[str, str]:
         classes = {n: _class_of(index, n) for n in MODELS if _class_of(index, n)}
     unknown = {n: c for n, c in classes.items() if c not in CLASSES}
     if unknown:
-        raise ValueError(f"{path}: unsupported component classes {unknown}; expected one of {sorted(CLASSES)}")
+        raise InputError(f"{path}: unsupported component classes {unknown}; expected one of {sorted(CLASSES)}")
     for needed in ("unet", "vae", "text_encoder"):
         if needed not in classes:
-            raise ValueError(f"{path}: the pipeline has no {needed!r} component (this pipeline needs unet, vae and "
+            raise InputError(f"{path}: the pipeline has no {needed!r} component (this pipeline needs unet, vae and "
                              "text_encoder)")
     return classes
 
@@ -126,7 +125,7 @@ def save_module(module: nnx.Module, folder: str | os.PathLike) -> Path:
     """Our format for one model: ``config.json`` (with ``_class_name``) and ``params/`` (Orbax, float32)."""
     folder = Path(folder).absolute()
     folder.mkdir(parents=True, exist_ok=True)
-    config = {**module_config(module), "_class_name": type(module).__name__}
+    config = module_json(module)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=list) + "\n")
     flat = {k: np.asarray(jax.device_get(v[...]), np.float32) for k, v in _flat_state(module)}
     checkpointer = ocp.StandardCheckpointer()
@@ -135,29 +134,42 @@ def save_module(module: nnx.Module, folder: str | os.PathLike) -> Path:
     return folder
 
 
+def module_json(module: nnx.Module) -> dict:
+    """A model's config as our format writes it: the model's config plus ``_class_name``."""
+    return {**module_config(module), "_class_name": type(module).__name__}
+
+
+def build_module(config: dict, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32) -> nnx.Module:
+    """A model (fresh weights) from its :func:`module_json` config."""
+    name = config.get("_class_name")
+    if name not in CLASSES:
+        raise InputError(f"model config: _class_name={name!r}, expected one of {sorted(CLASSES)}")
+    cls = CLASSES[name]
+    cfg = {k: v for k, v in config.items() if k != "_class_name"} if cls in (UNet2DConditionModel, AutoencoderKL) \
+        else dict(config)
+    extra = {}
+    if cls is BertModel:
+        extra["add_pooling_layer"] = bool(cfg.pop("_add_pooling_layer", True))
+    return cls(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, **extra)
+
+
 def load_module(folder: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32) -> nnx.Module:
     """A model saved by :func:`save_module`; parameters restored in ``param_dtype``."""
     folder = Path(folder).absolute()
     config = read_json(folder / "config.json")
     name = config.get("_class_name")
     if name not in CLASSES:
-        raise ValueError(f"{folder / 'config.json'}: _class_name={name!r}, expected one of {sorted(CLASSES)}")
+        raise InputError(f"{folder / 'config.json'}: _class_name={name!r}, expected one of {sorted(CLASSES)}")
     if not (folder / PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{folder / PARAMS_DIR} not found: expected the Orbax checkpoint of {name}")
-    cls = CLASSES[name]
-    cfg = {k: v for k, v in config.items() if k != "_class_name"} if cls in (UNet2DConditionModel, AutoencoderKL) \
-        else config
-    extra = {}
-    if cls is BertModel:
-        extra["add_pooling_layer"] = bool(cfg.pop("_add_pooling_layer", True))
-    module = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, **extra))
+    module = nnx.eval_shape(lambda: build_module(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     flat = _flat_state(module)
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat}
     checkpointer = ocp.StandardCheckpointer()
     try:
         restored = checkpointer.restore(folder / PARAMS_DIR, abstract)
     except (ValueError, KeyError) as err:
-        raise ValueError(f"{folder / PARAMS_DIR}: the checkpoint does not match {name} built from its config.json: "
+        raise InputError(f"{folder / PARAMS_DIR}: the checkpoint does not match {name} built from its config.json: "
                          f"{err}") from err
     for key, var in flat:
         var.set_value(jnp.asarray(restored[key], var.dtype))
@@ -165,13 +177,13 @@ def load_module(folder: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp
 
 
 def load_components(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32) -> Components:
-    """All components of a diffusers or canvas_jax pipeline folder."""
+    """All components of a diffusers or canvas_jax pipeline folder (a training run folder:
+    :func:`canvas_jax.runs.run_components`)."""
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "run":
-        from canvas_jax.train.export import run_components
-
-        return run_components(path)[0]
+        raise InputError(f"{path} is a training run folder: load it with canvas_jax.Pipeline.from_pretrained or "
+                         "canvas_jax.runs.run_components; export it with canvas_jax.train.export_pipeline")
     classes = component_classes(path, fmt)
     models: dict[str, nnx.Module] = {}
     for name, cls_name in classes.items():
