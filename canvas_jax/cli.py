@@ -21,14 +21,11 @@ from pathlib import Path
 
 from canvas_jax.data.cli import add_data_arguments, run_data
 from canvas_jax.diffusion.plans import SAMPLERS
-from canvas_jax.errors import InputError
+from canvas_jax.errors import USAGE_ERRORS, InputError
 from canvas_jax.eval.cli import add_eval_arguments, run_eval
 from canvas_jax.train.run import add_train_arguments, run_train
-from core_jax.config import ConfigError
 
 PROG = "canvas-jax"
-# what our own checks raise for bad input; everything else is a bug and keeps its traceback
-USAGE_ERRORS = (InputError, ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
 class UsageError(InputError):

@@ -39,6 +39,7 @@ from canvas_jax.data.shapes import (
     draw_shape,
     parse_caption,
 )
+from canvas_jax.errors import InputError
 
 _TEMPLATE_SUPERSAMPLE = 4
 _OFFSETS = (-0.2, 0.0, 0.2)  # pixels
@@ -71,11 +72,11 @@ class CheckResult:
 def _validate(image) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image: expected uint8 [H, W, 3], got shape {image.shape}")
+        raise InputError(f"image: expected uint8 [H, W, 3], got shape {image.shape}")
     if image.dtype != np.uint8:
-        raise ValueError(f"image: expected dtype uint8 (0..255), got {image.dtype}")
+        raise InputError(f"image: expected dtype uint8 (0..255), got {image.dtype}")
     if image.shape[0] < 9 or image.shape[1] < 9:
-        raise ValueError(f"image: expected at least 9x9 pixels (a 3x3 grid), got {image.shape[:2]}")
+        raise InputError(f"image: expected at least 9x9 pixels (a 3x3 grid), got {image.shape[:2]}")
     return image
 
 
@@ -171,7 +172,7 @@ def _expected(target) -> tuple[ShapeSpec, ...]:
         return (target,)
     if isinstance(target, Sequence) and all(isinstance(s, ShapeSpec) for s in target):
         return tuple(target)
-    raise TypeError(f"target: expected a caption string, a Scene or a list of ShapeSpec, got {type(target).__name__}")
+    raise InputError(f"target: expected a caption string, a Scene or a list of ShapeSpec, got {type(target).__name__}")
 
 
 def _name(spec: ShapeSpec, with_size: bool) -> str:
@@ -184,7 +185,7 @@ def check(image, target, *, check_size: bool = True, palette: dict[str, tuple[in
     number of shapes, every one well formed (template fit >= ``min_fit``), and at each asked-for position a
     shape of the asked colour, shape (and size)."""
     if not 0.0 <= min_fit <= 1.0:
-        raise ValueError(f"min_fit={min_fit}: expected a template fit (soft IoU) in [0, 1]")
+        raise InputError(f"min_fit={min_fit}: expected a template fit (soft IoU) in [0, 1]")
     expected = _expected(target)
     found = detect(image, palette=palette, tolerance=tolerance, min_area=min_area)
     seen = ", ".join(f"{_name(d.spec, check_size)} at the {d.spec.position}" for d in found) or "nothing"
@@ -212,7 +213,7 @@ def check(image, target, *, check_size: bool = True, palette: dict[str, tuple[in
 def adherence(images, targets, **kwargs) -> float:
     """Fraction of images the checker accepts against their targets (captions / scenes)."""
     if len(images) != len(targets):
-        raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+        raise InputError(f"got {len(images)} images but {len(targets)} targets")
     if not len(images):
-        raise ValueError("adherence of an empty set: expected at least one image")
+        raise InputError("adherence of an empty set: expected at least one image")
     return float(np.mean([bool(check(im, t, **kwargs)) for im, t in zip(images, targets)]))

@@ -6,7 +6,8 @@
                           [--template "a photo of a {class}"] [--size 32] [--name NAME] [--overwrite]
     canvas-jax data build --kind captions --src DIR [--captions FILE] --out DIR [--size 32] [--name NAME]
 
-The dataset folder is printed last; bad input prints one ``canvas-jax: error: ...`` line and exits with 2.
+The dataset folder is printed last; bad input prints one ``canvas-jax: error: ...`` line and exits with 2, any
+other exception is a bug and keeps its traceback.
 Standalone: ``python -m canvas_jax.data.cli build ...``.
 """
 
@@ -15,22 +16,24 @@ from __future__ import annotations
 import argparse
 import sys
 
+from canvas_jax.errors import USAGE_ERRORS, InputError
+
 PROG = "canvas-jax"
 
 
 def _parse_src(values: list[str] | None):
     """``DIR`` (split train) or ``SPLIT=DIR`` entries -> folder or {split: folder}."""
     if not values:
-        raise ValueError("--src is required for --kind folder / captions: an image folder, or SPLIT=FOLDER")
+        raise InputError("--src is required for --kind folder / captions: an image folder, or SPLIT=FOLDER")
     if len(values) == 1 and "=" not in values[0]:
         return values[0]
     out = {}
     for item in values:
         split, sep, folder = item.partition("=")
         if not sep or not split or not folder:
-            raise ValueError(f"--src {item}: with several sources use SPLIT=FOLDER, e.g. train=images/train")
+            raise InputError(f"--src {item}: with several sources use SPLIT=FOLDER, e.g. train=images/train")
         if split in out:
-            raise ValueError(f"--src: split {split!r} given twice")
+            raise InputError(f"--src: split {split!r} given twice")
         out[split] = folder
     return out
 
@@ -66,10 +69,10 @@ def _build(args) -> str:
         from canvas_jax.data.shapes import ShapesConfig, build_shapes, parse_holdout
 
         if args.train_examples < 1 or args.test_examples < 0:
-            raise ValueError(f"--train-examples {args.train_examples} / --test-examples {args.test_examples}: "
+            raise InputError(f"--train-examples {args.train_examples} / --test-examples {args.test_examples}: "
                              "expected >= 1 and >= 0")
         if args.src:
-            raise ValueError("--src is not used with --kind shapes (the images are generated)")
+            raise InputError("--src is not used with --kind shapes (the images are generated)")
         cfg = ShapesConfig(resolution=args.resolution, min_shapes=args.min_shapes, max_shapes=args.max_shapes,
                            backgrounds=tuple(args.backgrounds), holdout=parse_holdout(args.holdout))
         path = build_shapes(args.out, cfg, train_examples=args.train_examples, test_examples=args.test_examples,
@@ -82,7 +85,7 @@ def _build(args) -> str:
     src = _parse_src(args.src)
     if args.kind == "folder":
         if args.captions:
-            raise ValueError("--captions is for --kind captions; --kind folder captions come from --template")
+            raise InputError("--captions is for --kind captions; --kind folder captions come from --template")
         path, _ = ingest.build_image_folder(src, args.out, name=args.name, template=args.template, size=args.size,
                                             overwrite=args.overwrite)
     else:
@@ -92,13 +95,14 @@ def _build(args) -> str:
 
 
 def run_data(args) -> int:
-    """Run a parsed ``data`` command; errors print one line on stderr and return 2."""
+    """Run a parsed ``data`` command; bad input (:data:`~canvas_jax.errors.USAGE_ERRORS`) prints one line on stderr
+    and returns 2, any other exception is a bug and propagates."""
     try:
         if args.data_command == "build":
             print(_build(args))
             return 0
-        raise ValueError(f"unknown data command {args.data_command!r}: expected build")
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError, NotADirectoryError) as err:
+        raise InputError(f"unknown data command {args.data_command!r}: expected build")
+    except USAGE_ERRORS as err:
         msg = str(err).replace("\n", " ")
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from canvas_jax.errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 DEFAULT_TEMPLATE = "a photo of a {class}"
 MAX_CAPTIONS_IN_METADATA = 100_000
@@ -122,11 +124,11 @@ def dataset_name(text: str) -> str:
 def _splits(src) -> dict[str, Path]:
     folders = {"train": src} if isinstance(src, (str, os.PathLike)) else dict(src)
     if not folders:
-        raise ValueError("no source folders given")
+        raise InputError("no source folders given")
     out = {}
     for split, folder in folders.items():
         if not re.fullmatch(r"[a-z][a-z0-9_]*", split):
-            raise ValueError(f"split name {split!r}: expected lowercase letters, digits and underscores")
+            raise InputError(f"split name {split!r}: expected lowercase letters, digits and underscores")
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"source folder {folder} does not exist (split {split!r})")
@@ -169,7 +171,7 @@ def _write(name: str, data_dir, features, splits: Mapping[str, Callable[[], Iter
         shutil.rmtree(root, ignore_errors=True)
         empty = [s for s, c in report.splits.items() if c["written"] == 0] or ["?"]
         first = "; ".join(f"{f['file']}: {f['reason']}" for f in report.skipped_files[:3])
-        raise ValueError(f"no readable image in split {empty[0]!r} ({err}); skipped {report.skipped} "
+        raise InputError(f"no readable image in split {empty[0]!r} ({err}); skipped {report.skipped} "
                          f"file(s){', e.g. ' + first if first else ''}") from None
     report.dataset_dir = path
     report.save(Path(path) / REPORT_FILE)
@@ -204,7 +206,7 @@ def scan_class_folder(folder: str | os.PathLike) -> tuple[list[str], list[tuple[
     folder = Path(folder)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"{folder}: expected one subfolder per class, found none")
+        raise InputError(f"{folder}: expected one subfolder per class, found none")
     items, ignored = [], 0
     for label, cls in enumerate(classes):
         for path in sorted((folder / cls).rglob("*")):
@@ -227,22 +229,22 @@ def build_image_folder(src, data_dir: str | os.PathLike, *, name: str | None = N
     import tensorflow_datasets as tfds
 
     if "{class}" not in template:
-        raise ValueError(f"template {template!r}: expected a '{{class}}' placeholder, e.g. {DEFAULT_TEMPLATE!r}")
+        raise InputError(f"template {template!r}: expected a '{{class}}' placeholder, e.g. {DEFAULT_TEMPLATE!r}")
     if size is not None and size < 1:
-        raise ValueError(f"size={size}: expected a positive number of pixels (or None to keep sizes)")
+        raise InputError(f"size={size}: expected a positive number of pixels (or None to keep sizes)")
     folders = _splits(src)
     report = BuildReport(kind="folder")
     classes, gens = None, {}
     for split, folder in folders.items():
         split_classes, items, ignored = scan_class_folder(folder)
         if not items:
-            raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+            raise InputError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
         report.ignored_files += ignored
         if classes is None:
             classes = split_classes
         unknown = sorted(set(split_classes) - set(classes))
         if unknown:
-            raise ValueError(f"split {split!r} ({folder}) has classes {unknown} that the first split lacks; "
+            raise InputError(f"split {split!r} ({folder}) has classes {unknown} that the first split lacks; "
                              f"expected a subset of {classes}")
         index = {c: i for i, c in enumerate(classes)}
         labels = [index[split_classes[label]] for _, label in items]
@@ -287,7 +289,7 @@ def read_captions(folder: str | os.PathLike, captions_file: str | os.PathLike | 
             reader = csv.DictReader(f)
             missing = {"file", "caption"} - set(reader.fieldnames or ())
             if missing:
-                raise ValueError(f"{captions_file}: header {reader.fieldnames} lacks {sorted(missing)}; "
+                raise InputError(f"{captions_file}: header {reader.fieldnames} lacks {sorted(missing)}; "
                                  "expected columns 'file' and 'caption'")
             for lineno, record in enumerate(reader, start=2):
                 add(lineno, record)
@@ -315,16 +317,16 @@ def build_captioned_folder(src, data_dir: str | os.PathLike, *, captions_file: s
     import tensorflow_datasets as tfds
 
     if size is not None and size < 1:
-        raise ValueError(f"size={size}: expected a positive number of pixels (or None to keep sizes)")
+        raise InputError(f"size={size}: expected a positive number of pixels (or None to keep sizes)")
     folders = _splits(src)
     if captions_file is not None and len(folders) > 1:
-        raise ValueError("captions_file applies to one source folder; with several splits put a captions.jsonl "
+        raise InputError("captions_file applies to one source folder; with several splits put a captions.jsonl "
                          "or captions.csv in each")
     report = BuildReport(kind="captions")
     rows = {split: read_captions(folder, captions_file)[0] for split, folder in folders.items()}
     for split, split_rows in rows.items():
         if not split_rows:
-            raise ValueError(f"the captions file of split {split!r} ({folders[split]}) has no rows")
+            raise InputError(f"the captions file of split {split!r} ({folders[split]}) has no rows")
     unique = sorted({caption for split_rows in rows.values() for _, caption, problem in split_rows if not problem})
     index = {c: i for i, c in enumerate(unique)}
     gens = {}

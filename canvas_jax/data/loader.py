@@ -31,6 +31,7 @@ from PIL import Image
 
 from canvas_jax.data import masks as masks_lib
 from canvas_jax.data.shapes import ShapesConfig, ShapesSource
+from canvas_jax.errors import InputError
 
 INT_FIELDS = ("label", "caption_index", "heldout")
 
@@ -51,14 +52,14 @@ class ImagePipelineConfig:
 
     def __post_init__(self):
         if self.resolution < 1:
-            raise ValueError(f"resolution={self.resolution}: expected a positive number of pixels")
+            raise InputError(f"resolution={self.resolution}: expected a positive number of pixels")
         if self.crop_scale < 1.0:
-            raise ValueError(f"crop_scale={self.crop_scale}: expected >= 1 (the crop is taken from a larger resize)")
+            raise InputError(f"crop_scale={self.crop_scale}: expected >= 1 (the crop is taken from a larger resize)")
         if not 0.0 <= self.caption_dropout <= 1.0:
-            raise ValueError(f"caption_dropout={self.caption_dropout}: expected a probability in [0, 1]")
+            raise InputError(f"caption_dropout={self.caption_dropout}: expected a probability in [0, 1]")
         bad = [k for k in self.mask_kinds if k not in masks_lib.MASK_KINDS]
         if bad:
-            raise ValueError(f"mask_kinds {bad}: expected kinds from {', '.join(masks_lib.MASK_KINDS)}")
+            raise InputError(f"mask_kinds {bad}: expected kinds from {', '.join(masks_lib.MASK_KINDS)}")
         object.__setattr__(self, "mask_kinds", tuple(self.mask_kinds))
 
 
@@ -76,19 +77,28 @@ def resolve_dataset_dir(path: str | os.PathLike) -> Path:
                             f"(found {len(versions)} version folders)")
 
 
+def open_split(path: str | os.PathLike, split: str):
+    """One split of a dataset folder (see :func:`resolve_dataset_dir`) as a random-access source."""
+    from core_jax import data as data_lib
+
+    path = resolve_dataset_dir(path)
+    splits = data_lib.split_names(path)
+    if split not in splits:
+        raise InputError(f"dataset {path} has no split {split!r}; it has {', '.join(splits) or 'none'}")
+    return data_lib.open_split(path, split)
+
+
 def open_source(source, split: str = "train", *, shapes: ShapesConfig | None = None, num_examples: int = 10_000,
                 seed: int = 0):
     """A random-access source: ``"shapes"`` (in-memory Shapes), a dataset folder, or a ``len``/``[i]`` object."""
     if isinstance(source, str) and source == "shapes":
         return ShapesSource(shapes or ShapesConfig(), num_examples=num_examples, seed=seed, split=split)
     if isinstance(source, (str, os.PathLike)):
-        from core_jax import data as data_lib
-
-        return data_lib.open_split(resolve_dataset_dir(source), split)
+        return open_split(source, split)
     if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
         return source
-    raise TypeError(f"source: expected 'shapes', a dataset folder or a random-access source, "
-                    f"got {type(source).__name__}")
+    raise InputError(f"source: expected 'shapes', a dataset folder or a random-access source, "
+                     f"got {type(source).__name__}")
 
 
 def decode_image(value) -> np.ndarray:
@@ -100,9 +110,9 @@ def decode_image(value) -> np.ndarray:
     if x.ndim == 2:
         x = x[..., None]
     if x.ndim != 3 or x.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"record image: expected uint8 [H, W, 3] or encoded bytes, got shape {x.shape}")
+        raise InputError(f"record image: expected uint8 [H, W, 3] or encoded bytes, got shape {x.shape}")
     if x.dtype != np.uint8:
-        raise ValueError(f"record image: expected dtype uint8, got {x.dtype}")
+        raise InputError(f"record image: expected dtype uint8, got {x.dtype}")
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x[..., :3]
 
 
@@ -140,7 +150,7 @@ class _Decode:
 
     def __call__(self, record: dict) -> dict:
         if "image" not in record:
-            raise KeyError(f"record has no 'image' field (fields: {sorted(record)})")
+            raise InputError(f"record has no 'image' field (fields: {sorted(record)})")
         out = {"image": decode_image(record["image"]), "caption": _text(record.get("caption", ""))}
         for key in INT_FIELDS:
             if key in record:
@@ -157,7 +167,7 @@ class _Augment:
         # between this pipeline's thread and the caller's
         self.tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
         if tokenizer is not None and (cfg.max_length or tokenizer.model_max_length) is None:
-            raise ValueError("the tokenizer has no model_max_length: set max_length in the pipeline config")
+            raise InputError("the tokenizer has no model_max_length: set max_length in the pipeline config")
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         cfg = self.cfg
@@ -195,7 +205,7 @@ def make_image_iterator(source, tokenizer, cfg: ImagePipelineConfig = ImagePipel
     from core_jax import data as data_lib
 
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: expected >= 1")
+        raise InputError(f"batch_size={batch_size}: expected >= 1")
     source = open_source(source, split)
     return data_lib.make_iterator(source, batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                                   transforms=[_Decode()], random_transforms=[_Augment(cfg, tokenizer)],

@@ -13,17 +13,19 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from canvas_jax.errors import InputError
+
 MASK_KINDS = ("rectangles", "brush", "outpaint")
 
 
 def _check_size(height: int, width: int) -> None:
     if height < 2 or width < 2:
-        raise ValueError(f"mask size {height}x{width}: expected at least 2x2 pixels")
+        raise InputError(f"mask size {height}x{width}: expected at least 2x2 pixels")
 
 
 def _check_range(name: str, lo: float, hi: float, upper: float) -> None:
     if not 0 < lo <= hi <= upper:
-        raise ValueError(f"{name}=({lo}, {hi}): expected 0 < low <= high <= {upper}")
+        raise InputError(f"{name}=({lo}, {hi}): expected 0 < low <= high <= {upper}")
 
 
 def rectangles(rng: np.random.Generator, height: int, width: int, *, count: tuple[int, int] = (1, 3),
@@ -32,7 +34,7 @@ def rectangles(rng: np.random.Generator, height: int, width: int, *, count: tupl
     _check_size(height, width)
     _check_range("size", *size, 1.0)
     if not 1 <= count[0] <= count[1]:
-        raise ValueError(f"count={count}: expected 1 <= low <= high")
+        raise InputError(f"count={count}: expected 1 <= low <= high")
     mask = np.zeros((height, width), np.float32)
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
         h = max(1, round(rng.uniform(*size) * height))
@@ -49,7 +51,7 @@ def brush_strokes(rng: np.random.Generator, height: int, width: int, *, strokes:
     _check_size(height, width)
     _check_range("thickness", *thickness, 1.0)
     if not 1 <= strokes[0] <= strokes[1] or not 2 <= vertices[0] <= vertices[1]:
-        raise ValueError(f"strokes={strokes}, vertices={vertices}: expected 1 <= strokes, 2 <= vertices (low <= high)")
+        raise InputError(f"strokes={strokes}, vertices={vertices}: expected 1 <= strokes, 2 <= vertices (low <= high)")
     side = min(height, width)
     img = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(img)
@@ -75,7 +77,7 @@ def outpaint_border(rng: np.random.Generator, height: int, width: int, *, max_fr
     _check_size(height, width)
     _check_range("(min_fraction, max_fraction)", min_fraction, max_fraction, 1.0)
     if sides is not None and not 1 <= sides <= 4:
-        raise ValueError(f"sides={sides}: expected 1 to 4")
+        raise InputError(f"sides={sides}: expected 1 to 4")
     n = int(rng.integers(1, 5)) if sides is None else sides
     chosen = rng.choice(4, size=n, replace=False)  # 0 left, 1 top, 2 right, 3 bottom
     widths = np.zeros(4, np.int64)
@@ -98,9 +100,9 @@ def random_mask(rng: np.random.Generator, height: int, width: int, kinds: Sequen
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in MASK_KINDS]
     if not kinds or bad:
-        raise ValueError(f"mask kinds {list(kinds)}: expected a non-empty subset of {', '.join(MASK_KINDS)}")
+        raise InputError(f"mask kinds {list(kinds)}: expected a non-empty subset of {', '.join(MASK_KINDS)}")
     if probs is not None and (len(probs) != len(kinds) or min(probs) < 0 or sum(probs) <= 0):
-        raise ValueError(f"mask probs {list(probs)}: expected {len(kinds)} non-negative weights, not all zero")
+        raise InputError(f"mask probs {list(probs)}: expected {len(kinds)} non-negative weights, not all zero")
     p = None if probs is None else np.asarray(probs, np.float64) / np.sum(probs)
     kind = kinds[int(rng.choice(len(kinds), p=p))]
     fn = {"rectangles": rectangles, "brush": brush_strokes, "outpaint": outpaint_border}[kind]

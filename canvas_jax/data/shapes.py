@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from canvas_jax.errors import InputError
+
 # Shape colours, far apart in RGB so that a colour survives anti-aliasing and an imperfect generator.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -59,7 +61,7 @@ class ShapeSpec:
                                ("position", POSITIONS)):
             value = getattr(self, field)
             if value not in allowed:
-                raise ValueError(f"ShapeSpec.{field}={value!r}: expected one of {', '.join(allowed)}")
+                raise InputError(f"ShapeSpec.{field}={value!r}: expected one of {', '.join(allowed)}")
 
     @property
     def cell(self) -> tuple[int, int]:
@@ -79,12 +81,12 @@ class Scene:
 
     def __post_init__(self):
         if not 1 <= len(self.shapes) <= 9:
-            raise ValueError(f"a scene holds 1 to 9 shapes, got {len(self.shapes)}")
+            raise InputError(f"a scene holds 1 to 9 shapes, got {len(self.shapes)}")
         cells = [s.position for s in self.shapes]
         if len(set(cells)) != len(cells):
-            raise ValueError(f"two shapes share a grid cell: {cells}")
+            raise InputError(f"two shapes share a grid cell: {cells}")
         if self.background not in BACKGROUNDS:
-            raise ValueError(f"background={self.background!r}: expected one of {', '.join(BACKGROUNDS)}")
+            raise InputError(f"background={self.background!r}: expected one of {', '.join(BACKGROUNDS)}")
         object.__setattr__(self, "shapes", tuple(sorted(self.shapes, key=lambda s: POSITIONS.index(s.position))))
 
     @property
@@ -112,18 +114,18 @@ class ShapesConfig:
 
     def __post_init__(self):
         if self.resolution < 16:
-            raise ValueError(f"resolution={self.resolution}: expected >= 16 pixels")
+            raise InputError(f"resolution={self.resolution}: expected >= 16 pixels")
         if not 1 <= self.min_shapes <= self.max_shapes <= 9:
-            raise ValueError(f"min_shapes={self.min_shapes}, max_shapes={self.max_shapes}: expected "
+            raise InputError(f"min_shapes={self.min_shapes}, max_shapes={self.max_shapes}: expected "
                              "1 <= min_shapes <= max_shapes <= 9")
         for bg in self.backgrounds:
             if bg not in BACKGROUNDS:
-                raise ValueError(f"background {bg!r}: expected one of {', '.join(BACKGROUNDS)}")
+                raise InputError(f"background {bg!r}: expected one of {', '.join(BACKGROUNDS)}")
         if not self.backgrounds:
-            raise ValueError("backgrounds: expected at least one")
+            raise InputError("backgrounds: expected at least one")
         for pair in self.holdout:
             if len(pair) != 2 or pair[0] not in PALETTE or pair[1] not in SHAPES:
-                raise ValueError(f"holdout entry {pair!r}: expected (colour, shape) with colour in "
+                raise InputError(f"holdout entry {pair!r}: expected (colour, shape) with colour in "
                                  f"{', '.join(PALETTE)} and shape in {', '.join(SHAPES)}")
         object.__setattr__(self, "holdout", tuple(tuple(p) for p in self.holdout))
         object.__setattr__(self, "backgrounds", tuple(self.backgrounds))
@@ -138,7 +140,7 @@ def parse_holdout(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
     for item in items:
         parts = re.split(r"[:\s]+", item.strip())
         if len(parts) != 2:
-            raise ValueError(f"holdout {item!r}: expected COLOUR:SHAPE, e.g. green:triangle")
+            raise InputError(f"holdout {item!r}: expected COLOUR:SHAPE, e.g. green:triangle")
         out.append((parts[0], parts[1]))
     return tuple(out)
 
@@ -152,7 +154,7 @@ def parse_caption(caption: str) -> tuple[ShapeSpec, ...]:
     for phrase in caption.strip().lower().split(" and "):
         m = _PHRASE.match(phrase.strip())
         if not m:
-            raise ValueError(f"caption phrase {phrase!r}: expected 'a SIZE COLOUR SHAPE at the POSITION'")
+            raise InputError(f"caption phrase {phrase!r}: expected 'a SIZE COLOUR SHAPE at the POSITION'")
         specs.append(ShapeSpec(shape=m.group(3), color=m.group(2), size=m.group(1), position=m.group(4)))
     return tuple(specs)
 
@@ -170,7 +172,7 @@ def shape_polygon(shape: str, box: tuple[float, float, float, float]):
         return [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
     if shape == "circle":
         return None
-    raise ValueError(f"shape {shape!r}: expected one of {', '.join(SHAPES)}")
+    raise InputError(f"shape {shape!r}: expected one of {', '.join(SHAPES)}")
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
@@ -241,7 +243,7 @@ def sample_prompts(n: int, cfg: ShapesConfig = ShapesConfig(), *, heldout: bool 
                    seed: int = 0) -> list[tuple[str, Scene]]:
     """``n`` random multi-shape (caption, scene) pairs: seen ones, or ones holding >= 1 held-out shape."""
     if heldout and not cfg.holdout:
-        raise ValueError("heldout=True but the config holds out no combination")
+        raise InputError("heldout=True but the config holds out no combination")
     rng, out = np.random.default_rng([seed, 99]), []
     while len(out) < n:
         scene = sample_scene(rng, cfg, allow_heldout=heldout)
@@ -260,9 +262,9 @@ class ShapesSource:
     def __init__(self, cfg: ShapesConfig = ShapesConfig(), *, num_examples: int = 10_000, seed: int = 0,
                  split: str = "train"):
         if split not in SPLIT_IDS:
-            raise ValueError(f"split={split!r}: expected one of {', '.join(SPLIT_IDS)}")
+            raise InputError(f"split={split!r}: expected one of {', '.join(SPLIT_IDS)}")
         if num_examples < 1:
-            raise ValueError(f"num_examples={num_examples}: expected >= 1")
+            raise InputError(f"num_examples={num_examples}: expected >= 1")
         self.cfg, self.num_examples, self.seed, self.split = cfg, num_examples, seed, split
 
     def __len__(self) -> int:

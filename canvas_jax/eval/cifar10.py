@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from canvas_jax.data.ingest import DEFAULT_TEMPLATE
+from canvas_jax.errors import InputError
 from canvas_jax.eval.class_folders import class_names, load_split, resolve_root
 from canvas_jax.eval.classifier import (
     ClassifierConfig,
@@ -50,17 +51,17 @@ def get_classifier(path: str | os.PathLike, root, classes: list[str], cfg: Class
     if path.is_file():
         model = load_classifier(path)
         if model.config.num_classes != len(classes):
-            raise ValueError(f"--classifier {path} has {model.config.num_classes} classes but the data has "
+            raise InputError(f"--classifier {path} has {model.config.num_classes} classes but the data has "
                              f"{len(classes)} ({', '.join(classes)}); pass another --classifier path")
         return model, False
     if path.exists():
-        raise ValueError(f"--classifier {path} is not a file; expected a .safetensors path (trained there if absent)")
+        raise InputError(f"--classifier {path} is not a file; expected a .safetensors path (trained there if absent)")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"--classifier {path}: folder {path.parent} does not exist")
     train = load_split(root, "train", classes=classes)
     cfg = cfg or default_classifier_config(len(classes), path.with_suffix(".run"))
     if cfg.model.num_classes != len(classes):
-        raise ValueError(f"classifier config has {cfg.model.num_classes} classes but the data has {len(classes)}")
+        raise InputError(f"classifier config has {cfg.model.num_classes} classes but the data has {len(classes)}")
     model, _ = train_classifier(train.images, train.labels, cfg)
     save_classifier(model, path)
     return model, True
@@ -69,7 +70,7 @@ def get_classifier(path: str | os.PathLike, root, classes: list[str], cfg: Class
 def prompts_for(classes: list[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
     """One caption per class, as :func:`canvas_jax.data.ingest.build_image_folder` writes them."""
     if "{class}" not in template:
-        raise ValueError(f"template {template!r}: expected a '{{class}}' placeholder, e.g. {DEFAULT_TEMPLATE!r}")
+        raise InputError(f"template {template!r}: expected a '{{class}}' placeholder, e.g. {DEFAULT_TEMPLATE!r}")
     return [template.replace("{class}", c.replace("_", " ")) for c in classes]
 
 
@@ -86,14 +87,14 @@ def evaluate_cifar10(pipe, data: str | os.PathLike, classifier: str | os.PathLik
     """Generate ``per_class`` images per class at ``size`` (default: the model's), score them (module docstring).
     ``classifier``: a loaded classifier, or its file (see :func:`get_classifier`)."""
     if per_class < 2:
-        raise ValueError(f"--per-class must be >= 2 (the Fréchet distance needs a covariance), got {per_class}")
+        raise InputError(f"--per-class must be >= 2 (the Fréchet distance needs a covariance), got {per_class}")
     t0 = time.perf_counter()
     root = resolve_root(data, cache_dir)
     classes = class_names(root)
     if isinstance(classifier, SmallCNN):
         model, trained = classifier, False
         if model.config.num_classes != len(classes):
-            raise ValueError(f"the classifier has {model.config.num_classes} classes but the data has {len(classes)}")
+            raise InputError(f"the classifier has {model.config.num_classes} classes but the data has {len(classes)}")
     else:
         model, trained = get_classifier(classifier, root, classes, classifier_config)
     test = load_split(root, "test", classes=classes)

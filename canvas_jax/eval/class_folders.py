@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from canvas_jax.data import ingest
+from canvas_jax.errors import InputError
 
 SPLITS = ("train", "test")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -49,7 +50,7 @@ def _archives(path: Path) -> dict[str, Path]:
     for split in SPLITS:
         matches = [p for p in files if split in p.name]
         if len(matches) > 1:
-            raise ValueError(f"--data {path}: several {split} archives ({', '.join(p.name for p in matches)}); "
+            raise InputError(f"--data {path}: several {split} archives ({', '.join(p.name for p in matches)}); "
                              "expected one")
         if matches:
             found[split] = matches[0]
@@ -72,10 +73,10 @@ def _extract(archives: dict[str, Path], cache_dir: Path) -> Path:
                 tar.extractall(dest, filter="data")
         except (tarfile.TarError, OSError) as err:
             shutil.rmtree(dest, ignore_errors=True)
-            raise ValueError(f"cannot extract {archive}: {err}") from None
+            raise InputError(f"cannot extract {archive}: {err}") from None
         if not (dest / split).is_dir():
             shutil.rmtree(dest, ignore_errors=True)
-            raise ValueError(f"{archive} holds no top-level {split}/ folder; expected {split}/<class>/<image> inside")
+            raise InputError(f"{archive} holds no top-level {split}/ folder; expected {split}/<class>/<image> inside")
     (dest / _DONE).write_text("ok\n")
     return dest
 
@@ -86,7 +87,7 @@ def resolve_root(data: str | os.PathLike, cache_dir: str | os.PathLike = "out/ev
     if not path.exists():
         raise FileNotFoundError(f"--data {data} does not exist; expected {LAYOUTS}")
     if not path.is_dir():
-        raise ValueError(f"--data {data} is a file; expected {LAYOUTS}")
+        raise InputError(f"--data {data} is a file; expected {LAYOUTS}")
     built = _built_dataset(path)
     if built is not None:
         return built
@@ -95,17 +96,17 @@ def resolve_root(data: str | os.PathLike, cache_dir: str | os.PathLike = "out/ev
     archives = _archives(path)
     if set(archives) == set(SPLITS):
         return _extract(archives, Path(cache_dir))
-    raise ValueError(f"--data {data}: unrecognised layout; expected {LAYOUTS}")
+    raise InputError(f"--data {data}: unrecognised layout; expected {LAYOUTS}")
 
 
 def _from_folder(folder: Path, classes: list[str] | None, size: int | None) -> LabelledImages:
     names, items, _ = ingest.scan_class_folder(folder)
     if not items:
-        raise ValueError(f"{folder}: no image files in its class folders")
+        raise InputError(f"{folder}: no image files in its class folders")
     classes = classes or names
     unknown = sorted(set(names) - set(classes))
     if unknown:
-        raise ValueError(f"{folder} has classes {unknown} that the train split lacks; expected a subset of {classes}")
+        raise InputError(f"{folder} has classes {unknown} that the train split lacks; expected a subset of {classes}")
     index = {c: i for i, c in enumerate(classes)}
     images, labels = [], []
     for path, label in items:
@@ -119,19 +120,20 @@ def _from_folder(folder: Path, classes: list[str] | None, size: int | None) -> L
         images.append(image)
         labels.append(index[names[label]])
     if not images:
-        raise ValueError(f"{folder}: no readable image")
+        raise InputError(f"{folder}: no readable image")
     return LabelledImages(np.stack(images), np.asarray(labels, np.int32), list(classes))
 
 
 def _from_built(path: Path, split: str, size: int | None) -> LabelledImages:
+    from canvas_jax.data.loader import open_split
     from core_jax import data as data_lib
 
     meta = data_lib.dataset_metadata(path)
     classes = meta.get("classes")
     if not classes:
-        raise ValueError(f"{path} is not a class-folder dataset (no 'classes' in its metadata); build it with "
+        raise InputError(f"{path} is not a class-folder dataset (no 'classes' in its metadata); build it with "
                          "`canvas-jax data build --kind folder`")
-    source = data_lib.open_split(path, split)
+    source = open_split(path, split)
     images = [np.asarray(source[i]["image"], np.uint8) for i in range(len(source))]
     labels = np.asarray([int(source[i]["label"]) for i in range(len(source))], np.int32)
     if size is not None or len({im.shape for im in images}) > 1:
@@ -147,15 +149,15 @@ def load_split(root: str | os.PathLike, split: str, *, classes: list[str] | None
     """One split of a root from :func:`resolve_root` as uint8 arrays (``size``: resize + centre-crop; default:
     the first image's size). ``classes`` (from the train split) fixes the label numbering of other splits."""
     if split not in SPLITS:
-        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+        raise InputError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     root = Path(root)
     if _built_dataset(root) is not None:
         out = _from_built(root, split, size)
         if classes is not None and out.classes != list(classes):
-            raise ValueError(f"{root}: classes {out.classes} differ from {list(classes)}")
+            raise InputError(f"{root}: classes {out.classes} differ from {list(classes)}")
         return out
     if not (root / split).is_dir():
-        raise ValueError(f"{root}: no {split}/ folder; expected {LAYOUTS}")
+        raise InputError(f"{root}: no {split}/ folder; expected {LAYOUTS}")
     return _from_folder(root / split, classes, size)
 
 
@@ -168,6 +170,6 @@ def class_names(root: str | os.PathLike) -> list[str]:
 
         classes = data_lib.dataset_metadata(built).get("classes")
         if not classes:
-            raise ValueError(f"{root} is not a class-folder dataset (no 'classes' in its metadata)")
+            raise InputError(f"{root} is not a class-folder dataset (no 'classes' in its metadata)")
         return list(classes)
     return ingest.scan_class_folder(root / "train")[0]

@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from canvas_jax.errors import InputError
 from canvas_jax.models.layers import conv, dense, group_norm
 from core_jax import data as data_lib
 from core_jax.loop import Hook, TrainConfig, Trainer
@@ -57,10 +58,10 @@ class SmallCNN(nnx.Module):
 
     def __init__(self, cfg: ClassifierModelConfig, *, rngs: nnx.Rngs):
         if not cfg.widths:
-            raise ValueError("ClassifierModelConfig.widths must name at least one stage width")
+            raise InputError("ClassifierModelConfig.widths must name at least one stage width")
         bad = [w for w in cfg.widths if w % cfg.groups]
         if bad:
-            raise ValueError(f"ClassifierModelConfig: widths {bad} are not divisible by groups={cfg.groups}")
+            raise InputError(f"ClassifierModelConfig: widths {bad} are not divisible by groups={cfg.groups}")
         self.config = cfg
         convs, norms, c = [], [], 3
         for i, w in enumerate(cfg.widths):
@@ -223,7 +224,7 @@ def load_classifier(path: str | os.PathLike) -> SmallCNN:
     with safe_open(path, framework="numpy") as f:
         meta = f.metadata() or {}
     if "config" not in meta:
-        raise ValueError(f"{path} is not a classifier saved by save_classifier (no 'config' metadata)")
+        raise InputError(f"{path} is not a classifier saved by save_classifier (no 'config' metadata)")
     raw = json.loads(meta["config"])
     cfg = ClassifierModelConfig(**{**raw, "widths": tuple(raw["widths"])})
     model = nnx.eval_shape(lambda: SmallCNN(cfg, rngs=nnx.Rngs(0)))
@@ -231,6 +232,6 @@ def load_classifier(path: str | os.PathLike) -> SmallCNN:
     for k, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         key = ".".join(str(p) for p in k)
         if key not in tensors or tensors[key].shape != tuple(var.shape):
-            raise ValueError(f"{path}: weight {key!r} missing or of the wrong shape (expected {tuple(var.shape)})")
+            raise InputError(f"{path}: weight {key!r} missing or of the wrong shape (expected {tuple(var.shape)})")
         var.set_value(jnp.asarray(tensors[key]))
     return model

@@ -6,7 +6,8 @@
     common: [--out report.json] [--sampler dpmpp_2m] [--steps 20] [--guidance-scale 3] [--seed 0] [--batch-size 32]
 
 ``--model``: a pipeline folder (diffusers or canvas_jax format) or a training run folder. Bad input prints one
-``canvas-jax: error: ...`` line and exits with code 2. Standalone: ``python -m canvas_jax.eval.cli shapes ...``.
+``canvas-jax: error: ...`` line and exits with code 2; any other exception is a bug and keeps its traceback.
+Standalone: ``python -m canvas_jax.eval.cli shapes ...``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from canvas_jax.diffusion.plans import SAMPLERS
+from canvas_jax.errors import USAGE_ERRORS, InputError
 
 PROG = "canvas-jax"
 EVALS = ("shapes", "cifar10", "inpaint")
@@ -75,7 +77,7 @@ def _check_out(value: str | None, suffix: str, flag: str) -> Path | None:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{flag} {value}: folder {path.parent} does not exist")
     if path.suffix.lower() != suffix:
-        raise ValueError(f"{flag} {value}: expected a {suffix} file name")
+        raise InputError(f"{flag} {value}: expected a {suffix} file name")
     return path
 
 
@@ -99,7 +101,7 @@ def _shapes_config(args, pipe):
 def evaluate(args) -> dict:
     """Run a parsed ``eval`` command; returns the report."""
     if args.eval_command not in EVALS:
-        raise ValueError(f"unknown evaluation {args.eval_command!r}: expected one of {', '.join(EVALS)}")
+        raise InputError(f"unknown evaluation {args.eval_command!r}: expected one of {', '.join(EVALS)}")
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"--model {args.model}: folder does not exist (expected a pipeline folder or a "
                                 "training run folder)")
@@ -113,13 +115,13 @@ def evaluate(args) -> dict:
     if args.eval_command == "shapes":
         _check_out(args.grid, ".png", "--grid")
         if args.num_prompts < 1:
-            raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+            raise InputError(f"--num-prompts must be >= 1, got {args.num_prompts}")
     elif args.eval_command == "cifar10":  # data and classifier first: bad input fails before the model loads
         from canvas_jax.eval.cifar10 import default_classifier_config, get_classifier
         from canvas_jax.eval.class_folders import class_names, resolve_root
 
         if args.classifier_steps < 1:
-            raise ValueError(f"--classifier-steps must be >= 1, got {args.classifier_steps}")
+            raise InputError(f"--classifier-steps must be >= 1, got {args.classifier_steps}")
         root = resolve_root(args.data, args.cache_dir)
         classes, clf = class_names(root), Path(args.classifier)
         clf_cfg = default_classifier_config(len(classes), clf.with_suffix(".run"), steps=args.classifier_steps,
@@ -148,13 +150,11 @@ def evaluate(args) -> dict:
 
 
 def run_eval(args) -> int:
-    """Print the report as one JSON line (and write ``--out``); errors print one line and return 2."""
-    from core_jax.config import ConfigError
-
+    """Print the report as one JSON line (and write ``--out``); bad input (:data:`~canvas_jax.errors.USAGE_ERRORS`)
+    prints one line and returns 2, any other exception is a bug and propagates."""
     try:
         report = evaluate(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError,
-            KeyError) as err:
+    except USAGE_ERRORS as err:
         msg = str(err).replace("\n", " ")
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import numpy as np
 from canvas_jax.data import shapes
 from canvas_jax.data.checker import check
 from canvas_jax.data.masks import random_mask
+from canvas_jax.errors import InputError
 from canvas_jax.eval.metrics import unmasked_psnr
 from canvas_jax.eval.sampling import SamplingOptions, inpaint
 
@@ -48,9 +49,9 @@ def inpaint_cases(n: int, cfg: shapes.ShapesConfig = shapes.ShapesConfig(), *, m
                   seed: int = 0) -> InpaintCases:
     """``n`` Shapes test-split scenes with their masks."""
     if masks not in MASK_KINDS:
-        raise ValueError(f"mask kind {masks!r}: expected one of {', '.join(MASK_KINDS)}")
+        raise InputError(f"mask kind {masks!r}: expected one of {', '.join(MASK_KINDS)}")
     if n < 1:
-        raise ValueError(f"number of images must be >= 1, got {n}")
+        raise InputError(f"number of images must be >= 1, got {n}")
     source = shapes.ShapesSource(cfg, num_examples=n, seed=seed, split="test")
     rng = np.random.default_rng([seed, 31])
     images, mask_list, captions, held = [], [], [], []

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from canvas_jax.diffusion.plans import SAMPLERS
+from canvas_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +29,11 @@ class SamplingOptions:
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+            raise InputError(f"sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
         if self.num_steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.num_steps}")
+            raise InputError(f"steps must be >= 1, got {self.num_steps}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
 
     def describe(self) -> dict:
         """The settings a report should carry."""
@@ -58,7 +59,7 @@ def _pad(items: list, n: int) -> list:
 def _run_batched(pipe, n: int, size: int, opts: SamplingOptions, call, desc: str) -> np.ndarray:
     """``call(rows, latents)`` -> NHWC float images for a batch of row indices; rows padded to the batch size."""
     if n < 1:
-        raise ValueError(f"{desc}: nothing to generate (0 images)")
+        raise InputError(f"{desc}: nothing to generate (0 images)")
     pipe.check_size(size, size)
     bs = min(opts.batch_size, n)
     out = []

@@ -22,6 +22,7 @@ import numpy as np
 
 from canvas_jax.data import shapes
 from canvas_jax.data.checker import MIN_FIT, check
+from canvas_jax.errors import InputError
 from canvas_jax.eval.metrics import adherence_report, prompt_adherence
 from canvas_jax.eval.sampling import SamplingOptions, generate, to_uint8
 
@@ -52,11 +53,11 @@ def shapes_prompts(n: int, cfg: shapes.ShapesConfig = shapes.ShapesConfig(), *, 
                    kind: str = "scenes", seed: int = 0) -> list[str]:
     """``n`` captions (seen, or each holding a held-out combination); ``single`` gives at most as many as exist."""
     if kind not in PROMPT_KINDS:
-        raise ValueError(f"prompt kind {kind!r}: expected one of {', '.join(PROMPT_KINDS)}")
+        raise InputError(f"prompt kind {kind!r}: expected one of {', '.join(PROMPT_KINDS)}")
     if n < 1:
-        raise ValueError(f"number of prompts must be >= 1, got {n}")
+        raise InputError(f"number of prompts must be >= 1, got {n}")
     if heldout and not cfg.holdout:
-        raise ValueError("no held-out (colour, shape) combination is configured, so there are no held-out prompts")
+        raise InputError("no held-out (colour, shape) combination is configured, so there are no held-out prompts")
     if kind == "scenes":
         return [c for c, _ in shapes.sample_prompts(n, cfg, heldout=heldout, seed=seed)]
     pool = [c for c, _ in shapes.enumerate_prompts(cfg, heldout=heldout)]

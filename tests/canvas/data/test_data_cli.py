@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from canvas_jax.data import cli
@@ -44,8 +45,24 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
     cases = [["build", "--kind", "folder", "--out", str(tmp_path)],
              ["build", "--kind", "captions", "--src", str(tmp_path / "missing"), "--out", str(tmp_path)],
              ["build", "--kind", "folder", "--src", str(tmp_path), "--out", str(tmp_path), "--template", "x"],
-             ["build", "--kind", "shapes", "--out", str(tmp_path), "--holdout", "green:hexagon"]]
+             ["build", "--kind", "shapes", "--out", str(tmp_path), "--holdout", "green:hexagon"],
+             ["build", "--kind", "shapes", "--out", str(tmp_path), "--resolution", "8"],
+             ["build", "--kind", "shapes", "--out", str(tmp_path), "--train-examples", "0"],
+             ["build", "--kind", "folder", "--src", str(tmp_path), "--out", str(tmp_path), "--size", "0"]]
     for argv in cases:
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("canvas-jax: error: "), err
+
+
+@pytest.mark.parametrize("exc", [TypeError, ValueError, KeyError])
+def test_a_bug_is_not_a_usage_error(tmp_path, monkeypatch, exc):
+    """Only our own checks' errors are usage errors (exit 2); a bug inside keeps its type and traceback."""
+    from canvas_jax.data import shapes
+
+    def broken(*args, **kwargs):
+        raise exc("an internal bug")
+
+    monkeypatch.setattr(shapes, "build_shapes", broken)
+    with pytest.raises(exc, match="an internal bug"):
+        cli.main(["build", "--kind", "shapes", "--out", str(tmp_path), "--train-examples", "2"])

@@ -3,6 +3,7 @@ import pytest
 
 from canvas_jax.data import loader as P
 from canvas_jax.data.shapes import ShapesConfig, ShapesSource
+from canvas_jax.errors import InputError
 
 
 def _source(n=64, resolution=16):
@@ -92,9 +93,9 @@ def test_shards_are_disjoint():
 
 
 def test_bad_config_is_named():
-    with pytest.raises(ValueError, match="caption_dropout=1.5"):
+    with pytest.raises(InputError, match="caption_dropout=1.5"):
         P.ImagePipelineConfig(caption_dropout=1.5)
-    with pytest.raises(ValueError, match="mask_kinds"):
+    with pytest.raises(InputError, match="mask_kinds"):
         P.ImagePipelineConfig(mask_kinds=("circles",))
-    with pytest.raises(TypeError, match="source"):
+    with pytest.raises(InputError, match="source"):
         P.open_source(42)

@@ -12,6 +12,7 @@ from PIL import Image
 from canvas_jax import Pipeline
 from canvas_jax.cli import main
 from canvas_jax.data.shapes import ShapesConfig
+from canvas_jax.errors import InputError
 from canvas_jax.eval import (
     ClassifierConfig,
     ClassifierModelConfig,
@@ -126,3 +127,26 @@ def test_bad_input_exits_2_with_one_line(tiny_sd, tmp_path, capsys, argv, match)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert match in err[-1] and err[-1].startswith("canvas-jax")
+
+
+@pytest.mark.parametrize("exc", [TypeError, ValueError, KeyError])
+def test_a_bug_is_not_a_usage_error(tmp_path, monkeypatch, exc):
+    """Only our own checks' errors are usage errors (exit 2); a bug inside keeps its type and traceback."""
+    from canvas_jax.data import shapes
+
+    def broken(*args, **kwargs):
+        raise exc("an internal bug")
+
+    monkeypatch.setattr(shapes, "parse_holdout", broken)  # called before the model loads
+    with pytest.raises(exc, match="an internal bug"):
+        main(["eval", "shapes", "--model", str(tmp_path), "--holdout", "green:triangle", *FAST])
+
+
+def test_a_built_dataset_without_the_split_is_bad_input(tmp_path):
+    from canvas_jax.data.ingest import build_image_folder
+    from canvas_jax.eval.class_folders import load_split
+
+    folders = _class_folders(tmp_path / "images", per_class=2)
+    path, _ = build_image_folder(folders / "train", tmp_path / "data")
+    with pytest.raises(InputError, match="has no split 'test'; it has train"):
+        load_split(path, "test")
