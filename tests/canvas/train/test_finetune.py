@@ -176,4 +176,5 @@ def test_config_errors(tmp_path, capsys):
         main(["task=finetune", f"train.run_dir={tmp_path}"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("config error: config key 'init_from': empty; task=finetune starts from")
+    # the preflight (before anything is built) names the missing base model
+    assert err.startswith("config error: task=finetune cannot run: init_from is empty; expected a text_to_image run")
