@@ -14,36 +14,30 @@ class Frozen(nnx.Variable):
     """A pretrained weight that is used but not trained."""
 
 
-def freeze(module: nnx.Module) -> nnx.Module:
-    """Turn every ``nnx.Param`` of ``module`` into a :class:`Frozen` variable in place (metadata kept)."""
+def _swap(module: nnx.Module, old: type, new: type) -> nnx.Module:
+    """Replace every ``old`` variable of ``module`` with a ``new`` one holding its value, in place."""
     for path, node in list(nnx.iter_graph(module)):
-        if not isinstance(node, nnx.Param):
+        if not isinstance(node, old):
             continue
         parent = module
         for key in path[:-1]:
             parent = parent[key] if isinstance(key, int) else getattr(parent, key)
-        frozen = Frozen(node[...], **{k: v for k, v in node.get_metadata().items() if k == "out_sharding"})
+        var = new(node[...], **{k: v for k, v in node.get_metadata().items() if k == "out_sharding"})
         if isinstance(path[-1], int):
-            parent[path[-1]] = frozen
+            parent[path[-1]] = var
         else:
-            setattr(parent, path[-1], frozen)
+            setattr(parent, path[-1], var)
     return module
+
+
+def freeze(module: nnx.Module) -> nnx.Module:
+    """Turn every ``nnx.Param`` of ``module`` into a :class:`Frozen` variable in place (metadata kept)."""
+    return _swap(module, nnx.Param, Frozen)
 
 
 def unfreeze(module: nnx.Module) -> nnx.Module:
     """The inverse of :func:`freeze` (for saving a frozen part with tools that read ``nnx.Param``)."""
-    for path, node in list(nnx.iter_graph(module)):
-        if not isinstance(node, Frozen):
-            continue
-        parent = module
-        for key in path[:-1]:
-            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
-        param = nnx.Param(node[...], **{k: v for k, v in node.get_metadata().items() if k == "out_sharding"})
-        if isinstance(path[-1], int):
-            parent[path[-1]] = param
-        else:
-            setattr(parent, path[-1], param)
-    return module
+    return _swap(module, Frozen, nnx.Param)
 
 
 def copy_module(module: nnx.Module) -> nnx.Module:
