@@ -23,6 +23,7 @@ def test_canvas_and_recsys_train_exit_with_128_plus_signal(monkeypatch, capsys, 
     import recsys_jax.train.task
 
     monkeypatch.setattr(canvas_jax.train.run, "train", _stopped(sig))
+    monkeypatch.setattr(canvas_jax.train.run.preflight, "check", lambda cfg: None)  # tests/canvas/train/test_preflight.py
     monkeypatch.setattr(recsys_jax.train.task, "train", _stopped(sig))
     for main in (canvas_jax.cli.main, recsys_jax.cli.main):
         with pytest.raises(SystemExit) as exit_:
