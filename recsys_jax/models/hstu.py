@@ -12,14 +12,20 @@ log-bucket of the time gap ``t_i - t_j`` (see :func:`time_buckets`). ``n`` is ``
 ``sqrt(D) * item_emb + pos_emb`` with positions counted from the first real item (see
 ``embeddings.py``), so left and right padding give the same outputs at real positions.
 
-The time gap for query ``i`` uses the query's own timestamp ``t_i`` (the reference implementation
-uses the *next* item's timestamp, i.e. the request time); ``t_i`` keeps outputs strictly causal.
+The time gap for query ``i`` uses the query's own timestamp ``t_i`` (``time_bias_from="query"``, the
+default: outputs stay strictly causal). generative-recommenders' research HSTU uses the *next* item's
+timestamp ``t_{i+1}`` instead (the request time at the last item); ``time_bias_from="next"`` does that
+(checkpoints imported with ``recsys-jax convert from-generative-recommenders`` set it): query ``i``
+uses ``t_{i+1}`` while position ``i + 1`` holds a real item, and its own ``t_i`` at the last real item
+(our inputs carry no separate request time; it is GR's encoder with the request time equal to the
+last action's).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -52,12 +58,23 @@ class HSTUConfig:
     use_time_bias: bool = True
     l2_normalize: bool = True
     layer_norm_eps: float = 1e-6
+    time_bias_from: Literal["query", "next"] = "query"  # "query": t_i - t_j; "next": t_{i+1} - t_j (generative-recommenders)
+
+
+TIME_BIAS_FROM = ("query", "next")
 
 
 def time_buckets(dt: jax.Array, num_buckets: int) -> jax.Array:
     """``clip(floor(log(max(1, |dt|)) / 0.301), 0, num_buckets)`` as int32 (``dt`` in seconds)."""
     dt = jnp.maximum(jnp.abs(dt), 1).astype(jnp.float32)
     return jnp.clip(jnp.floor(jnp.log(dt) / TIME_BUCKET_DIVISOR), 0, num_buckets).astype(jnp.int32)
+
+
+def next_timestamps(ts: jax.Array, mask: jax.Array) -> jax.Array:
+    """``ts[i + 1]`` where position ``i + 1`` is a real item, else ``ts[i]`` (``[B, L]``)."""
+    shifted = jnp.concatenate([ts[:, 1:], ts[:, -1:]], axis=1)
+    next_real = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
+    return jnp.where(next_real, shifted, ts)
 
 
 def relative_position_index(length: int, max_seq_len: int) -> np.ndarray:
@@ -137,6 +154,8 @@ class HSTU(nnx.Module):
             raise ValueError(f"invalid HSTUConfig {cfg}: sizes must be positive")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"HSTUConfig.dropout must be in [0, 1), got {cfg.dropout}")
+        if cfg.time_bias_from not in TIME_BIAS_FROM:
+            raise ValueError(f"HSTUConfig.time_bias_from must be one of {TIME_BIAS_FROM}, got {cfg.time_bias_from!r}")
         self.cfg = cfg
         self.num_items = num_items
         self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs)
@@ -166,7 +185,8 @@ class HSTU(nnx.Module):
             if timestamps is None:
                 raise ValueError("HSTU with use_time_bias=True needs timestamps [B, L] (unix seconds)")
             ts = jnp.asarray(timestamps)
-            buckets = time_buckets(ts[:, :, None] - ts[:, None, :], cfg.num_time_buckets)
+            query_ts = next_timestamps(ts, mask) if cfg.time_bias_from == "next" else ts
+            buckets = time_buckets(query_ts[:, :, None] - ts[:, None, :], cfg.num_time_buckets)
         for layer in self.layers:
             x = layer(x, attn_mask, rel_pos, buckets, deterministic=deterministic)
         x = x * mask[..., None]
