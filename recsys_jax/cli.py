@@ -5,6 +5,8 @@
     recsys-jax train --config configs/recsys/hstu_ml1m.yaml [key.sub=value ...]
     recsys-jax eval --checkpoint RUN_DIR [--split test|validation] [--which auto|best|latest]
     recsys-jax recommend --checkpoint RUN_DIR --history 1193,661,914 [--timestamps ...] [--k 10]
+    recsys-jax convert from-generative-recommenders --checkpoint CKPT --gin CONFIG.gin --out RUN_DIR
+    recsys-jax convert to-generative-recommenders --checkpoint RUN_DIR --out CKPT [--gin OUT.gin]
 
 Each command group registers its subcommands in ``_COMMANDS`` (a function that adds them to the
 top-level subparsers); a subcommand sets ``func`` to a handler ``(args) -> exit code``.
@@ -197,8 +199,55 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert_commands(sub: argparse._SubParsersAction) -> None:
+    conv = sub.add_parser("convert", help="import / export checkpoints of other libraries")
+    csub = conv.add_subparsers(dest="convert_command", required=True)
+    f = csub.add_parser(
+        "from-generative-recommenders", help="generative-recommenders research HSTU checkpoint -> run folder",
+        description="Read a facebookresearch/generative-recommenders research HSTU checkpoint (model_state_dict, "
+                    "torch.load weights_only=True) and its gin config, and write a run folder that Retriever, "
+                    "`recsys-jax recommend` and `recsys-jax eval` load (needs torch and gin-config).")
+    f.add_argument("--checkpoint", required=True, help="the checkpoint GR saved (ckpts/..._epN)")
+    f.add_argument("--gin", required=True, help="the gin config of the run (train_fn.*, hstu_encoder.*)")
+    f.add_argument("--out", required=True, help="the run folder to write")
+    f.add_argument("--dataset", default=None, help="a dataset (recsys-jax data build) whose original item ids are "
+                                                   "GR's item ids: the table is reordered into its ids, for eval")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    f.set_defaults(func=_cmd_convert_from_gr)
+    t = csub.add_parser(
+        "to-generative-recommenders", help="run folder (HSTU) -> generative-recommenders checkpoint",
+        description="Write a run's HSTU as {'model_state_dict': ...} with generative-recommenders' keys and shapes "
+                    "(item row d = dense id d of the run's id map; needs torch).")
+    t.add_argument("--checkpoint", required=True, help="the run folder (train.run_dir or a converted run)")
+    t.add_argument("--out", required=True, help="the checkpoint file to write")
+    t.add_argument("--gin", default=None, help="also write the matching gin values here")
+    t.add_argument("--which", choices=("auto", "best", "latest"), default="auto")
+    t.set_defaults(func=_cmd_convert_to_gr)
+
+
+def _cmd_convert_from_gr(args: argparse.Namespace) -> int:
+    import json
+
+    from recsys_jax.convert import from_generative_recommenders
+
+    out = from_generative_recommenders(args.checkpoint, args.gin, args.out, dataset=args.dataset,
+                                       overwrite=args.overwrite)
+    print(json.dumps({"run_dir": out}))
+    return 0
+
+
+def _cmd_convert_to_gr(args: argparse.Namespace) -> int:
+    import json
+
+    from recsys_jax.convert import to_generative_recommenders
+
+    shapes = to_generative_recommenders(args.checkpoint, args.out, gin=args.gin, which=args.which)
+    print(json.dumps({"checkpoint": args.out, "gin": args.gin, "tensors": len(shapes)}))
+    return 0
+
+
 # Command groups: each adds its subcommands to the top-level subparsers.
-_COMMANDS = [_add_data_commands, _add_run_commands]
+_COMMANDS = [_add_data_commands, _add_run_commands, _add_convert_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

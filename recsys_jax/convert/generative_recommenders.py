@@ -98,14 +98,13 @@ def _check(sd: dict[str, np.ndarray], cfg: HSTUConfig, num_items: int, where: st
 def model_from_state_dict(sd: dict[str, np.ndarray], cfg: HSTUConfig, *, item_rows: np.ndarray | None = None,
                           where: str = "checkpoint") -> HSTU:
     """Our HSTU holding GR's weights. ``item_rows[d]``: the GR item row of our dense id ``d`` (default the
-    identity; ``item_rows[0]`` must be 0, the padding row)."""
+    identity; ``item_rows[0]`` is 0, the padding row, stored as it is so that the export gives it back)."""
     num_gr_items = sd[ITEMS].shape[0] - 1 if ITEMS in sd else 0
     _check(sd, cfg, num_gr_items, where)
     items = sd[ITEMS] if item_rows is None else sd[ITEMS][item_rows]
     model = HSTU(cfg, items.shape[0] - 1, rngs=nnx.Rngs(0))
     table = np.zeros(model.items.embedding.shape, np.float32)
-    table[: items.shape[0]] = items
-    table[0] = 0.0
+    table[: items.shape[0]] = items  # row 0 (GR's padding row, random from its init) is kept, never read
     model.items.embedding[...] = table
     model.positions.embedding[...] = sd[POSITIONS]
     for i, layer in enumerate(model.layers):
@@ -128,8 +127,6 @@ def state_dict_from_model(model: HSTU) -> dict[str, np.ndarray]:
     sd = {ATTN_MASK: np.triu(np.ones((p, p), bool), k=1),
           ITEMS: np.asarray(model.items.embedding[...][: model.num_items + 1]),
           POSITIONS: np.asarray(model.positions.embedding[...])}
-    sd[ITEMS] = sd[ITEMS].copy()
-    sd[ITEMS][0] = 0.0
     for i, layer in enumerate(model.layers):
         pre = LAYER.format(i=i)
         sd[pre + "_uvqk"] = np.asarray(layer.uvqk[...])
@@ -195,7 +192,7 @@ def to_generative_recommenders(run: str | os.PathLike, out: str | os.PathLike, *
     model = restored.model()
     sd = state_dict_from_model(model)
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-    torch.save({"epoch": restored.step, "model_state_dict": {k: torch.from_numpy(np.ascontiguousarray(v))
+    torch.save({"epoch": restored.step, "model_state_dict": {k: torch.from_numpy(np.array(v))
                                                              for k, v in sd.items()}}, os.fspath(out))
     if gin is not None:
         text = GRConfig.from_hstu_config(model.cfg, restored.cfg.data.max_len).to_gin()

@@ -1,5 +1,6 @@
 """HSTU specifics: time buckets, relative positions, and the layer against a naive loop."""
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -77,8 +78,10 @@ def _naive_hstu(model: HSTU, ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
         new = {}
         for ri, i in enumerate(real):
             attn = np.zeros((h, dv))
+            # the query's time: its own, or ("next") the next real item's, its own at the last one
+            t_i = int(ts[real[ri + 1]]) if cfg.time_bias_from == "next" and ri + 1 < len(real) else int(ts[i])
             for rj, j in enumerate(real[: ri + 1]):
-                bucket = min(cfg.num_time_buckets, math.floor(math.log(max(1, abs(int(ts[i]) - int(ts[j])))) / 0.301))
+                bucket = min(cfg.num_time_buckets, math.floor(math.log(max(1, abs(t_i - int(ts[j])))) / 0.301))
                 bias = pos_w[n - 1 + rj - ri] + ts_w[bucket]
                 for head in range(h):
                     a = silu(q[i][head] @ k[j][head] + bias) / n
@@ -116,3 +119,24 @@ def test_time_bias_matters_and_position_bias_can_be_disabled():
     plain_cfg = HSTUConfig(**{**cfg.__dict__, "use_position_bias": False, "use_time_bias": False})
     plain = nnx.eval_shape(lambda: HSTU(plain_cfg, num_items=10, rngs=nnx.Rngs(0)))
     assert not hasattr(plain.layers[0], "pos_bias") and not hasattr(plain.layers[0], "time_bias")
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_time_bias_from_next_item_matches_naive_loop(padding):
+    """``time_bias_from="next"`` (generative-recommenders): gaps from the next real item's timestamp."""
+    cfg = HSTUConfig(embed_dim=8, num_layers=2, num_heads=2, attention_dim=4, linear_dim=3, max_seq_len=7, dropout=0.0,
+                     time_bias_from="next")
+    model = HSTU(cfg, num_items=20, rngs=nnx.Rngs(3))
+    for layer in model.layers:
+        layer.time_bias[...] = jnp.linspace(-3.0, 3.0, cfg.num_time_buckets + 1)
+    real_ids, real_ts = [4, 17, 9, 4, 2], [1_000, 1_003, 1_060, 90_000, 9_000_000]
+    pad = [0, 0]
+    ids = np.array([pad + real_ids if padding == "left" else real_ids + pad], np.int32)
+    ts = np.array([[7, 7] + real_ts if padding == "left" else real_ts + [7, 7]], np.int32)  # pad times ignored
+    got = np.asarray(_apply(model, jnp.asarray(ids), jnp.asarray(ts)))[0]
+    np.testing.assert_allclose(got, _naive_hstu(model, ids[0], ts[0]), atol=2e-5)
+    own = HSTU(dataclasses.replace(cfg, time_bias_from="query"), num_items=20, rngs=nnx.Rngs(3))
+    nnx.update(own, nnx.state(model))
+    assert np.abs(np.asarray(_apply(own, jnp.asarray(ids), jnp.asarray(ts)))[0] - got).max() > 1e-3
+    with pytest.raises(ValueError, match="time_bias_from"):
+        HSTU(dataclasses.replace(cfg, time_bias_from="previous"), num_items=20, rngs=nnx.Rngs(0))
