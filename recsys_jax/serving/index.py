@@ -23,13 +23,15 @@ whole result.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from core_jax.mesh import DEFAULT_RULES, MeshConfig, logical_to_spec, make_mesh
 from recsys_jax.serving import ivf
@@ -54,26 +56,47 @@ def quantize(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8), scale
 
 
+# XLA's while-loop-invariant code motion moves the float32 conversion of bf16 / int8 rows out of the
+# block loop, converting the whole table at once (2-4x the stored bytes of temporary memory); without
+# it each block is converted inside the loop and memory stays O(batch x block) (benchmarks/recsys_topk.py)
+_KEEP_CONVERT_IN_LOOP = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+_CHUNK = 1 << 15  # rows read from the source and converted at a time while building
+
+
+def _device_buffer(shape, dtype, fill, device) -> jax.Array:
+    """A ``shape`` array of ``fill`` made on ``device`` by XLA (no host copy of its size)."""
+    return jax.jit(lambda: jnp.full(shape, fill, dtype), out_shardings=SingleDeviceSharding(device))()
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_rows(buf, rows, start):
+    """``buf[start:start + len(rows)] = rows``, in place (``buf`` donated)."""
+    return lax.dynamic_update_slice(buf, rows, (start,) + (0,) * (buf.ndim - 1))
+
+
 class ItemIndex:
     def __init__(self, embeddings, ids=None, dtype: str = "float32", mesh: Mesh | None = None, *,
                  rules=None, block: int = 16384, group: int = 64, few: int = 32):
-        x = np.asarray(embeddings, dtype=np.float32)
-        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-            raise ValueError(f"embeddings must be a non-empty [N, D] array, got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("embeddings contain NaN or inf")
+        # any [N, D] array that slices by rows (numpy, np.memmap, jax): read in chunks of rows, never
+        # copied whole, so building takes the stored table plus a chunk (see _build_tables)
+        x = embeddings if hasattr(embeddings, "shape") and hasattr(embeddings, "__getitem__") \
+            else np.asarray(embeddings, dtype=np.float32)
+        if len(x.shape) != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"embeddings must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
         dtype = _ALIASES.get(dtype, dtype)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES} (or f32/bf16), got {dtype!r}")
-        n, d = x.shape
-        ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
-        if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"ids must be {n} integers (one per embedding row), got {ids.dtype} {ids.shape}")
-        self._order = np.argsort(ids, kind="stable")  # stored row -> input row
-        self.ids = ids[self._order].astype(np.int64)  # stored row -> id (ascending)
-        if n > 1 and np.any(self.ids[1:] == self.ids[:-1]):
-            dup = self.ids[1:][self.ids[1:] == self.ids[:-1]][0]
-            raise ValueError(f"ids must be unique, id {dup} appears more than once")
+        n, d = (int(v) for v in x.shape)
+        self._order = self._ids = None  # None: ids 0..N-1, stored rows in input order (no O(N) index arrays)
+        if ids is not None:
+            ids = np.asarray(ids)
+            if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"ids must be {n} integers (one per embedding row), got {ids.dtype} {ids.shape}")
+            self._order = np.argsort(ids, kind="stable")  # stored row -> input row
+            self._ids = ids[self._order].astype(np.int64)  # stored row -> id (ascending)
+            if n > 1 and np.any(self._ids[1:] == self._ids[:-1]):
+                dup = self._ids[1:][self._ids[1:] == self._ids[:-1]][0]
+                raise ValueError(f"ids must be unique, id {dup} appears more than once")
         if block < 8:
             raise ValueError(f"block must be >= 8 rows, got {block}")
         self.num_items, self.dim, self.dtype = n, d, dtype
@@ -88,15 +111,17 @@ class ItemIndex:
         self.block = min(block, -(-per_shard // 8) * 8)
         self.rows = -(-n // (self.shards * self.block)) * self.shards * self.block
         self._row, self._mat = P(self._axes), P(self._axes, None)
-        stored, scale = quantize(x[self._order], dtype)
-        pad = self.rows - n
+        self._source = x  # read again by stored() and build_ivf(), chunk by chunk
         self._valid = np.arange(self.rows) < n
-        self._table = self._put(np.pad(stored, ((0, pad), (0, 0))), self._mat)
-        self._scale = self._put(np.pad(scale, (0, pad), constant_values=1.0), self._row)
+        self._table, self._scale = self._build_tables()
         self._valid_dev = self._put(self._valid, self._row)
-        self._host_stored = (stored, scale)
         self._programs: dict = {}
         self._ivf = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Stored row -> item id (ascending)."""
+        return np.arange(self.num_items, dtype=np.int64) if self._ids is None else self._ids
 
     # ---- placement -------------------------------------------------------------------------------
     def _put(self, host: np.ndarray, spec: P) -> jax.Array:
@@ -107,11 +132,55 @@ class ItemIndex:
     def _get(x: jax.Array) -> np.ndarray:
         return np.asarray(x) if x.is_fully_addressable else np.asarray(x.addressable_data(0))
 
+    def _quantized(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stored rows ``[start, stop)`` (stored order; rows past N are padding: zero, scale 1)."""
+        m = max(0, min(stop, self.num_items) - start)
+        idx = slice(start, start + m) if self._order is None else self._order[start:start + m]
+        rows = np.asarray(self._source[idx], dtype=np.float32).reshape(m, self.dim)
+        if not np.all(np.isfinite(rows)):
+            bad = start + int(np.argmax(~np.all(np.isfinite(rows), axis=1)))
+            where = f"row {bad}" if self._order is None else f"id {self._ids[bad]}"
+            raise ValueError(f"embeddings contain NaN or inf (at {where})")
+        stored, scale = quantize(rows, self.dtype)
+        pad = stop - start - m
+        if pad:
+            stored = np.concatenate([stored, np.zeros((pad, self.dim), stored.dtype)])
+            scale = np.concatenate([scale, np.ones(pad, np.float32)])
+        return stored, scale
+
+    def _build_tables(self) -> tuple[jax.Array, jax.Array]:
+        """The sharded ``[rows, D]`` table and ``[rows]`` scale, built per device: a buffer made on the
+        device, filled in place chunk by chunk from the source, so building holds the stored table plus
+        one chunk. bfloat16 rows are stored as their uint16 bits (XLA's CPU backend updates a bfloat16
+        buffer by rewriting all of it) and bitcast back per block inside the search (``topk._scores``).
+        Buffers made by XLA, not handed over from the host, also avoid a one-off copy at their first use."""
+        store = jnp.uint16 if self.dtype == "bfloat16" else jnp.dtype(self.dtype)
+        tables, scales = [], []
+        mat, row = NamedSharding(self.mesh, self._mat), NamedSharding(self.mesh, self._row)
+        for dev, index in mat.addressable_devices_indices_map((self.rows, self.dim)).items():
+            lo, hi, _ = index[0].indices(self.rows)
+            t = _device_buffer((hi - lo, self.dim), store, 0, dev)
+            s = _device_buffer((hi - lo,), jnp.float32, 1, dev)
+            step = min(_CHUNK, hi - lo)
+            for start in range(lo, hi, step):
+                start = min(start, hi - step)  # the last chunk overlaps: one chunk shape, one compile
+                rows, scale = self._quantized(start, start + step)
+                at = jax.device_put(np.int32(start - lo), dev)
+                t = _write_rows(t, jax.device_put(rows.view(store), dev), at)
+                s = _write_rows(s, jax.device_put(scale, dev), at)
+            tables.append(t)
+            scales.append(s)
+        return (jax.make_array_from_single_device_arrays((self.rows, self.dim), mat, tables),
+                jax.make_array_from_single_device_arrays((self.rows,), row, scales))
+
     def stored(self) -> np.ndarray:
         """The stored rows as float32 (dequantized), in the order of ``embeddings``: what is scored."""
-        rows, scale = self._host_stored
         out = np.empty((self.num_items, self.dim), np.float32)
-        out[self._order] = rows.astype(np.float32) * scale[:, None]
+        for start in range(0, self.num_items, _CHUNK):
+            stop = min(start + _CHUNK, self.num_items)
+            rows, scale = self._quantized(start, stop)
+            at = slice(start, stop) if self._order is None else self._order[start:stop]
+            out[at] = rows.astype(np.float32) * scale[:, None]
         return out
 
     # ---- approximate index -----------------------------------------------------------------------
@@ -121,17 +190,16 @@ class ItemIndex:
         k-means runs ``iters`` Lloyd steps on a sample of 64 rows per list, then every item goes to
         its nearest centroid; each shard cuts its items into chunks of ``chunk`` rows by list.
         """
-        x = self.stored()[self._order]
+        x = self.stored() if self._order is None else self.stored()[self._order]  # stored order
         n_lists = n_lists or max(1, min(self.num_items, round(math.sqrt(self.num_items))))
         cent = ivf.kmeans(x, n_lists, iters=iters, seed=seed)
         pad = -(-self.num_items // 8192) * 8192
         lists = np.asarray(ivf.assign(jnp.asarray(np.pad(x, ((0, pad - len(x)), (0, 0)))), jnp.asarray(cent)))
         lists = np.where(self._valid, np.pad(lists[:self.num_items], (0, self.rows - self.num_items)), -1)
         rows, clist = ivf.chunk_layout(lists, self.shards, chunk)
-        stored, scale = self._host_stored
+        stored, scale = self._quantized(0, self.rows)
         safe = np.maximum(rows, 0)
-        srows = np.pad(stored, ((0, self.rows - self.num_items), (0, 0)))[safe]
-        sscale = np.pad(scale, (0, self.rows - self.num_items), constant_values=1.0)[safe]
+        srows, sscale = stored[safe], scale[safe]
         self._ivf = dict(
             n_lists=n_lists, chunk=chunk, rows=rows, chunks=len(rows) // self.shards,
             centroids=self._put(cent, P()), table=self._put(srows, P(self._axes, None, None)),
@@ -169,7 +237,7 @@ class ItemIndex:
             s, r, kept = finish(s, r, ex if has_ex else None, g, k=k, cap=cap)
             return s, r, kept, full
 
-        fn = jax.jit(run)
+        fn = jax.jit(run, compiler_options=None if self.dtype == "float32" else _KEEP_CONVERT_IN_LOOP)
         self._programs[key] = fn
         return fn
 
@@ -179,8 +247,11 @@ class ItemIndex:
         rows = []
         for ex in exclude:
             ex = np.asarray(ex if ex is not None else [], dtype=np.int64).reshape(-1)
-            at = np.searchsorted(self.ids, ex)
-            found = (at < self.num_items) & (self.ids[np.minimum(at, self.num_items - 1)] == ex)
+            if self._ids is None:
+                at, found = ex, (ex >= 0) & (ex < self.num_items)
+            else:
+                at = np.searchsorted(self._ids, ex)
+                found = (at < self.num_items) & (self._ids[np.minimum(at, self.num_items - 1)] == ex)
             rows.append(np.unique(at[found]))
         width = _bucket(max(len(r) for r in rows)) if any(len(r) for r in rows) else 0
         out = np.full((b, width), -1, np.int32)
@@ -193,7 +264,7 @@ class ItemIndex:
         a = np.asarray(a)
         if a.shape != (self.num_items,):
             raise ValueError(f"{name} must have shape [N={self.num_items}] (one per item), got {a.shape}")
-        return a[self._order].astype(dtype)
+        return (a if self._order is None else a[self._order]).astype(dtype)
 
     def search(self, queries, k: int, exclude: Sequence | None = None, mask=None, groups=None,
                per_group_cap: int | None = None, approximate: bool = False, probe: int | None = None):
@@ -248,5 +319,5 @@ class ItemIndex:
                 break
             w = min(limit, 2 * w)
         s, r = s[:b], r[:b]
-        ids = np.where(r >= 0, self.ids[np.maximum(r, 0)], -1)
+        ids = np.where(r >= 0, r if self._ids is None else self._ids[np.maximum(r, 0)], -1).astype(np.int64)
         return ids, s

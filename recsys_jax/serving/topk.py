@@ -26,7 +26,10 @@ NEG = -jnp.inf
 
 
 def _scores(q: jax.Array, rows: jax.Array, scale: jax.Array) -> jax.Array:
-    """``[B, R]`` float32 ``<q, row> * scale`` for stored rows ``[R, D]`` of any storage dtype."""
+    """``[B, R]`` float32 ``<q, row> * scale`` for stored rows ``[R, D]`` of any storage dtype (uint16:
+    bfloat16 rows kept as their bits, converted here, one block at a time)."""
+    if rows.dtype == jnp.uint16:
+        rows = lax.bitcast_convert_type(rows, jnp.bfloat16)
     s = lax.dot_general(q, rows.astype(jnp.float32), (((1,), (1,)), ((), ())), precision=_HIGHEST)
     return s * scale[None, :]
 

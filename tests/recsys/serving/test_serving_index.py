@@ -90,3 +90,41 @@ def test_bad_search(kwargs, match):
     kwargs = {"queries": np.ones((2, 2), np.float32), **kwargs}
     with pytest.raises(ValueError, match=match):
         index.search(**kwargs)
+
+
+class _RowSource:
+    """An [N, D] row source that records the largest slice read (no __array__: it cannot be copied whole)."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.largest = x, x.shape, 0
+
+    def __getitem__(self, idx):
+        rows = self.x[idx]
+        self.largest = max(self.largest, len(rows))
+        return rows
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_memory_stays_near_the_stored_corpus(dtype):
+    """Building reads the source in chunks (no full float32 copy), and the search program converts one
+    block at a time (XLA would otherwise convert the whole bf16/int8 table to float32 per search)."""
+    import jax.numpy as jnp
+
+    from recsys_jax.serving import index as index_mod
+
+    rng = np.random.default_rng(4)
+    n, d = 3 * index_mod._CHUNK + 5, 64
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    src = _RowSource(x)
+    index = ItemIndex(src, dtype=dtype, block=1024)
+    assert 0 < src.largest <= index_mod._CHUNK < n
+    np.testing.assert_array_equal(index.stored(), ItemIndex(x, dtype=dtype, block=1024).stored())
+    q = rng.standard_normal((5, d)).astype(np.float32)
+    ids, _ = index.search(q, 10)
+    ref_ids, _ = brute_force(index.stored(), np.arange(n), q, 10)
+    np.testing.assert_array_equal(ids, ref_ids)
+    (fn,) = index._programs.values()
+    args = (jnp.zeros((8, d)), jnp.zeros((8, 0), jnp.int32), jnp.zeros(index.shards, jnp.int32),
+            index._table, index._scale, index._valid_dev)
+    temp = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert temp < n * d * 4 / 8, f"search temporaries {temp} B: the float32 table is {n * d * 4} B"
