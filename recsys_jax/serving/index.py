@@ -56,10 +56,6 @@ def quantize(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8), scale
 
 
-# XLA's while-loop-invariant code motion moves the float32 conversion of bf16 / int8 rows out of the
-# block loop, converting the whole table at once (2-4x the stored bytes of temporary memory); without
-# it each block is converted inside the loop and memory stays O(batch x block) (benchmarks/recsys_topk.py)
-_KEEP_CONVERT_IN_LOOP = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 _CHUNK = 1 << 15  # rows read from the source and converted at a time while building
 
 
@@ -151,9 +147,11 @@ class ItemIndex:
     def _build_tables(self) -> tuple[jax.Array, jax.Array]:
         """The sharded ``[rows, D]`` table and ``[rows]`` scale, built per device: a buffer made on the
         device, filled in place chunk by chunk from the source, so building holds the stored table plus
-        one chunk. bfloat16 rows are stored as their uint16 bits (XLA's CPU backend updates a bfloat16
-        buffer by rewriting all of it) and bitcast back per block inside the search (``topk._scores``).
-        Buffers made by XLA, not handed over from the host, also avoid a one-off copy at their first use."""
+        one chunk. bfloat16 rows are stored as their uint16 bits and bitcast back per block inside the
+        search (``topk._scores``): on a bfloat16 buffer XLA's CPU backend rewrites the whole buffer for
+        each chunk written, and moves the float32 conversion of the whole table out of the search's
+        block loop (a float32 copy of the corpus per search). Buffers made by XLA, not handed over from
+        the host, also avoid a one-off copy at their first use."""
         store = jnp.uint16 if self.dtype == "bfloat16" else jnp.dtype(self.dtype)
         tables, scales = [], []
         mat, row = NamedSharding(self.mesh, self._mat), NamedSharding(self.mesh, self._row)
@@ -237,7 +235,7 @@ class ItemIndex:
             s, r, kept = finish(s, r, ex if has_ex else None, g, k=k, cap=cap)
             return s, r, kept, full
 
-        fn = jax.jit(run, compiler_options=None if self.dtype == "float32" else _KEEP_CONVERT_IN_LOOP)
+        fn = jax.jit(run)
         self._programs[key] = fn
         return fn
 

@@ -107,24 +107,25 @@ class _RowSource:
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_memory_stays_near_the_stored_corpus(dtype):
     """Building reads the source in chunks (no full float32 copy), and the search program converts one
-    block at a time (XLA would otherwise convert the whole bf16/int8 table to float32 per search)."""
+    block at a time (with a bfloat16-typed table XLA converted the whole table to float32 per search)."""
     import jax.numpy as jnp
 
     from recsys_jax.serving import index as index_mod
 
     rng = np.random.default_rng(4)
-    n, d = 3 * index_mod._CHUNK + 5, 64
+    n, d = 6 * index_mod._CHUNK + 5, 64
     x = rng.standard_normal((n, d)).astype(np.float32)
     src = _RowSource(x)
-    index = ItemIndex(src, dtype=dtype, block=1024)
+    index = ItemIndex(src, dtype=dtype, block=4096)
     assert 0 < src.largest <= index_mod._CHUNK < n
-    np.testing.assert_array_equal(index.stored(), ItemIndex(x, dtype=dtype, block=1024).stored())
-    q = rng.standard_normal((5, d)).astype(np.float32)
-    ids, _ = index.search(q, 10)
-    ref_ids, _ = brute_force(index.stored(), np.arange(n), q, 10)
+    stored = index.stored()
+    np.testing.assert_array_equal(stored, ItemIndex(x, dtype=dtype, block=4096).stored())
+    q = rng.standard_normal((8, d)).astype(np.float32)
+    ids, _ = index.search(q, 20)
+    ref_ids, _ = brute_force(stored, np.arange(n), q, 20)
     np.testing.assert_array_equal(ids, ref_ids)
-    (fn,) = index._programs.values()
-    args = (jnp.zeros((8, d)), jnp.zeros((8, 0), jnp.int32), jnp.zeros(index.shards, jnp.int32),
+    (fn,) = index._programs.values()  # lowered again for a batch of 256 queries
+    args = (jnp.zeros((256, d)), jnp.zeros((256, 0), jnp.int32), jnp.zeros(index.shards, jnp.int32),
             index._table, index._scale, index._valid_dev)
     temp = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
-    assert temp < n * d * 4 / 8, f"search temporaries {temp} B: the float32 table is {n * d * 4} B"
+    assert temp < n * d * 4 / 2, f"search temporaries {temp} B: the float32 table is {n * d * 4} B"
