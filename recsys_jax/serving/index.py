@@ -6,6 +6,12 @@ with rows sorted by id and sharded by the ``items`` logical rule of the mesh (th
 uses; ``mesh=None``: all devices on the ``fsdp`` axis). ``ids, scores = index.search(queries, k, ...)``
 takes and returns numpy arrays.
 
+Memory: ``embeddings`` may be any ``[N, D]`` array that slices by rows (numpy, ``np.memmap``, jax); it
+is read in chunks of rows straight into buffers made on the devices (each process reads only the rows
+of its own devices), so building needs the stored table plus one chunk, and the index keeps no host
+copy: it keeps a reference to ``embeddings`` instead, read again by :meth:`stored` and
+:meth:`build_ivf` (do not modify it afterwards). With ``ids=None`` no per-item id arrays are made.
+
 Semantics (the same on any mesh): the score of an item is ``<query, stored row>`` in float32
 (int8: ``<query, int8 row> * scale``); results are sorted by score, **ties broken by the lower id**.
 Filters run inside the same compiled program: ``exclude`` (per query, a list of ids; unknown ids are
@@ -59,9 +65,14 @@ def quantize(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
 _CHUNK = 1 << 15  # rows read from the source and converted at a time while building
 
 
+@functools.lru_cache(maxsize=64)
+def _filler(shape, dtype, fill, device):
+    return jax.jit(lambda: jnp.full(shape, fill, dtype), out_shardings=SingleDeviceSharding(device))
+
+
 def _device_buffer(shape, dtype, fill, device) -> jax.Array:
     """A ``shape`` array of ``fill`` made on ``device`` by XLA (no host copy of its size)."""
-    return jax.jit(lambda: jnp.full(shape, fill, dtype), out_shardings=SingleDeviceSharding(device))()
+    return _filler(tuple(shape), jnp.dtype(dtype), fill, device)()
 
 
 @functools.partial(jax.jit, donate_argnums=0)
