@@ -217,7 +217,9 @@ class Retriever:
         exclude = [ids for ids, _ in rows] if exclude_history else None
         spec = parse_quotas(quotas, k, self.categories) if quotas is not None else None
         adv, cat = self._advertiser[1:], self._category[1:]
-        cands = model_candidates(self.index, users, exclude, k, spec, advertiser=adv, category=cat, pool=pool)
+        # histories up to the window's length share one exclusion width (one compiled search per batch size)
+        cands = model_candidates(self.index, users, exclude, k, spec, advertiser=adv, category=cat, pool=pool,
+                                 min_exclude=self.max_len)
         if spec is None and sources is None:
             return [(ids, scores.astype(np.float32), None) for ids, scores in cands]
         out = []
