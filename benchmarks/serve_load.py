@@ -30,7 +30,6 @@ sys.path.insert(0, ROOT)
 
 def serve_random(a) -> None:
     """Child process: a random-weight HSTU over ``a.items`` items behind the real server."""
-    import numpy as np  # noqa: F401
     from flax import nnx
 
     from recsys_jax.data.sequences import IdMap

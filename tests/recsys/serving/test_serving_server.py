@@ -129,7 +129,8 @@ def test_overload_is_503_and_the_server_keeps_serving(retriever, recsys_run):
         history, ts = _history(recsys_run, 0)
         answers = post_all(srv.url, [{"history": history, "timestamps": ts}] * 10)
         codes = sorted(s for s, _ in answers)
-        assert set(codes) == {200, 503} and codes.count(200) >= 3, codes
+        # the queued ones (max_queue=2) and any the batcher had already taken are answered
+        assert set(codes) == {200, 503} and 2 <= codes.count(200) <= 4, codes
         assert all("overloaded" in a["error"] for s, a in answers if s == 503)
         service.batcher.process = run_batch
         status, got = post_all(srv.url, [{"history": history, "timestamps": ts}])[0]
