@@ -7,6 +7,7 @@
     recsys-jax recommend --checkpoint RUN_DIR --history 1193,661,914 [--timestamps ...] [--k 10]
     recsys-jax convert from-generative-recommenders --checkpoint CKPT --gin CONFIG.gin --out RUN_DIR
     recsys-jax convert to-generative-recommenders --checkpoint RUN_DIR --out CKPT [--gin OUT.gin]
+    recsys-jax serve --checkpoint RUN_DIR --port 8080 [--max-batch 32] [--max-wait-ms 2] [--max-queue 256]
 
 Each command group registers its subcommands in ``_COMMANDS`` (a function that adds them to the
 top-level subparsers); a subcommand sets ``func`` to a handler ``(args) -> exit code``.
@@ -243,11 +244,44 @@ def _cmd_convert_to_gr(args: argparse.Namespace) -> int:
 
     shapes = to_generative_recommenders(args.checkpoint, args.out, gin=args.gin, which=args.which)
     print(json.dumps({"checkpoint": args.out, "gin": args.gin, "tensors": len(shapes)}))
+def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="HTTP JSON API: POST /recommend, GET /healthz, POST /reload",
+                       description="Serve a run's checkpoint over HTTP with micro-batching (aiohttp). POST /recommend "
+                                   "{history, timestamps, k, quotas, unknown, exclude_history}; GET /healthz; POST "
+                                   "/reload [{checkpoint, which}] or SIGHUP loads a new checkpoint without dropping "
+                                   "requests. A bad field is a 400 naming it; a full queue a 503.")
+    s.add_argument("--checkpoint", required=True, help="the run folder (train.run_dir)")
+    s.add_argument("--which", choices=("auto", "best", "latest"), default="auto")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--k", type=int, default=10, help="k of a request that gives none")
+    s.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    s.add_argument("--unknown", choices=("error", "skip"), default="error", help="default for unknown item ids")
+    s.add_argument("--max-batch", type=int, default=32, help="requests per batch (padded to a power of two)")
+    s.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
+    s.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond which the answer is 503")
+    s.add_argument("--index-dtype", choices=("float32", "bfloat16", "int8"), default="float32")
+    s.add_argument("--no-warmup", action="store_true", help="compile on the first requests instead of at start")
+    s.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from recsys_jax.retriever import Retriever
+    from recsys_jax.serving.server import RecommendService, serve
+
+    def load(path, which):
+        return Retriever.from_checkpoint(path, which=which, index_dtype=args.index_dtype)
+
+    service = RecommendService(load(args.checkpoint, args.which), checkpoint=args.checkpoint, which=args.which,
+                               loader=load, default_k=args.k, max_k=args.max_k, unknown=args.unknown,
+                               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                               warmup=not args.no_warmup)
+    serve(service, host=args.host, port=args.port)
     return 0
 
 
 # Command groups: each adds its subcommands to the top-level subparsers.
-_COMMANDS = [_add_data_commands, _add_run_commands, _add_convert_commands]
+_COMMANDS = [_add_data_commands, _add_run_commands, _add_convert_commands, _add_serve_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -250,7 +250,7 @@ class ItemIndex:
         self._programs[key] = fn
         return fn
 
-    def _exclude_rows(self, exclude, b: int) -> np.ndarray:
+    def _exclude_rows(self, exclude, b: int, min_width: int = 0) -> np.ndarray:
         if len(exclude) != b:
             raise ValueError(f"exclude must hold one list of ids per query ({b}), got {len(exclude)}")
         rows = []
@@ -263,6 +263,7 @@ class ItemIndex:
                 found = (at < self.num_items) & (self._ids[np.minimum(at, self.num_items - 1)] == ex)
             rows.append(np.unique(at[found]))
         width = _bucket(max(len(r) for r in rows)) if any(len(r) for r in rows) else 0
+        width = max(width, _bucket(min_width) if min_width else 0)
         out = np.full((b, width), -1, np.int32)
         for i, r in enumerate(rows):
             if len(r):
@@ -276,8 +277,12 @@ class ItemIndex:
         return (a if self._order is None else a[self._order]).astype(dtype)
 
     def search(self, queries, k: int, exclude: Sequence | None = None, mask=None, groups=None,
-               per_group_cap: int | None = None, approximate: bool = False, probe: int | None = None):
+               per_group_cap: int | None = None, approximate: bool = False, probe: int | None = None,
+               min_exclude: int = 0):
         """``(ids [B, k] int64, scores [B, k] float32)`` for ``queries`` [B, D]; see the module doc.
+
+        ``min_exclude``: pad the per-query exclusion lists to at least this many slots (rounded up to
+        a power of two), so that requests with shorter lists reuse one compiled program.
 
         ``approximate=True`` searches the IVF index (built on first use with :meth:`build_ivf`'s
         defaults) scanning ``probe`` chunks per shard (default: about 1/16 of the chunks).
@@ -296,7 +301,7 @@ class ItemIndex:
         b = len(q)
         bp = _bucket(b, 8)
         qp = np.pad(q, ((0, bp - b), (0, 0)))
-        ex = self._exclude_rows(exclude, b) if exclude is not None else np.zeros((b, 0), np.int32)
+        ex = self._exclude_rows(exclude, b, min_exclude) if exclude is not None else np.zeros((b, 0), np.int32)
         ex = np.pad(ex, ((0, bp - b), (0, 0)), constant_values=-1)
         ok = self._valid
         if mask is not None:

@@ -47,6 +47,18 @@ def test_fewer_eligible_than_k_pads_with_minus_one():
     assert s[0, 0] == 1.0 and np.all(np.isneginf(s[0, 1:]))
 
 
+def test_min_exclude_pads_the_exclusion_lists_without_changing_results():
+    rng = np.random.default_rng(4)
+    x = int_data(rng, 300, 4)
+    q = rng.standard_normal((3, 4)).astype(np.float32)
+    index = ItemIndex(x, block=16)
+    exclude = [[5, 9], [], [1, 2, 3]]
+    assert index._exclude_rows(exclude, 3, min_exclude := 50).shape == (3, 64)
+    got = index.search(q, 20, exclude=exclude, min_exclude=min_exclude)
+    np.testing.assert_array_equal(got[0], index.search(q, 20, exclude=exclude)[0])
+    np.testing.assert_array_equal(got[0], brute_force(x, np.arange(300), q, 20, exclude=exclude)[0])
+
+
 def test_float_data_matches_numpy_within_rounding():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((20000, 16)).astype(np.float32)
