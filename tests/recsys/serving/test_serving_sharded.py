@@ -10,7 +10,7 @@ DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serving_mesh_
 
 
 def _run(meshes, devices, launcher=(), env=None):
-    env = {**os.environ, **(env or {}), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    env = {**os.environ, **(env or {}), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
     proc = subprocess.run([*launcher, sys.executable, DRIVER, *meshes], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
