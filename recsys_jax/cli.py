@@ -229,10 +229,14 @@ def _add_convert_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_convert_from_gr(args: argparse.Namespace) -> int:
     import json
 
-    from recsys_jax.convert import from_generative_recommenders
+    try:  # needs the `convert` extra (torch, gin-config): a missing one is one line, not a traceback
+        from recsys_jax.convert import from_generative_recommenders
 
-    out = from_generative_recommenders(args.checkpoint, args.gin, args.out, dataset=args.dataset,
-                                       overwrite=args.overwrite)
+        out = from_generative_recommenders(args.checkpoint, args.gin, args.out, dataset=args.dataset,
+                                           overwrite=args.overwrite)
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"run_dir": out}))
     return 0
 
@@ -240,10 +244,17 @@ def _cmd_convert_from_gr(args: argparse.Namespace) -> int:
 def _cmd_convert_to_gr(args: argparse.Namespace) -> int:
     import json
 
-    from recsys_jax.convert import to_generative_recommenders
+    try:
+        from recsys_jax.convert import to_generative_recommenders
 
-    shapes = to_generative_recommenders(args.checkpoint, args.out, gin=args.gin, which=args.which)
+        shapes = to_generative_recommenders(args.checkpoint, args.out, gin=args.gin, which=args.which)
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"checkpoint": args.out, "gin": args.gin, "tensors": len(shapes)}))
+    return 0
+
+
 def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="HTTP JSON API: POST /recommend, GET /healthz, POST /reload",
                        description="Serve a run's checkpoint over HTTP with micro-batching (aiohttp). POST /recommend "
