@@ -44,7 +44,7 @@ demo-smoke:
 		PYTHON=$(PYTHON) FRESH=1
 
 test: $(VENV)/.installed-test
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
