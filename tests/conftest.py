@@ -6,7 +6,9 @@ another test or a subprocess. So, unless the caller set them already:
   ops, run a little slower, compiled several times faster;
 - compiled programs go to a persistent cache shared by the session and its subprocesses (a fresh temporary
   folder, removed at the end), so a program compiled once is loaded, not compiled, the next time.
-Subprocess tests append their own flags to ``os.environ["XLA_FLAGS"]`` rather than replacing it.
+Subprocess tests append their own flags to ``os.environ["XLA_FLAGS"]`` rather than replacing it. Tests that
+launch several processes as one cluster drop the cache (a process that loads a program the other compiled
+hung a 2-process run at its shutdown barrier).
 """
 
 import atexit
@@ -17,7 +19,8 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags:
-    os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true".strip()
+    _fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    os.environ["XLA_FLAGS"] = f"{_flags} {_fast}".strip()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="jax-test-cache-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)

@@ -28,9 +28,10 @@ def tiny_sd(tmp_path_factory):
 
 
 def test_train_evaluate_and_sample_on_two_processes(tmp_path, tiny_sd):
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": ROOT}
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    # no shared compilation cache across the cluster's processes (tests/conftest.py)
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_COMPILATION_CACHE_DIR"):
         env.pop(name, None)
     proc = subprocess.run([os.path.join(ROOT, "launch", "local.sh"), "2", "--", sys.executable,
                            os.path.join(ROOT, "tests", "multiprocess_driver.py"), str(tmp_path), str(tiny_sd)],

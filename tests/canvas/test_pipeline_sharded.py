@@ -10,6 +10,8 @@ import pytest
 
 import canvas_jax
 
+_XLA_BASE = os.environ.get("XLA_FLAGS", "")  # the session's flags (tests/conftest.py)
+
 pytest.importorskip("diffusers")
 
 SCRIPT = textwrap.dedent("""
@@ -28,7 +30,7 @@ SCRIPT = textwrap.dedent("""
 def test_sharded_batch_equals_single_device(tiny_sd, tmp_path, tiny_latents):
     latents = tiny_latents  # the parity tests' call: the single-device program is already compiled
     np.save(tmp_path / "latents.npy", latents)
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": _XLA_BASE + " --xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_sd), str(tmp_path / "latents.npy"),
                            str(tmp_path / "out.npy")], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,8 +11,10 @@ DRIVER = os.path.join(ROOT, "tests", "core", "toy_driver.py")
 
 def run_driver(*args, devices=1, env=None, check=True, timeout=300, launcher=None):
     """Run tests/core/toy_driver.py in a fresh process with `devices` simulated CPU devices."""
-    e = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": ROOT, **(env or {})}
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    e = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, **(env or {})}
+    if launcher:  # several processes: no shared compilation cache (tests/conftest.py)
+        e.pop("JAX_COMPILATION_CACHE_DIR", None)
     cmd = [*(launcher or []), sys.executable, DRIVER, *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -12,12 +12,14 @@ import pytest
 
 from core_jax.metrics import read_jsonl
 
+_XLA_BASE = os.environ.get("XLA_FLAGS", "")  # the session's flags (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _start(args, sleep):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "TOY_STEP_SLEEP": str(sleep),
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"}
+           "XLA_FLAGS": _XLA_BASE + " --xla_force_host_platform_device_count=1"}
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "core", "toy_driver.py"), "train", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -74,7 +76,7 @@ def test_signal_saves_current_step_and_exits_with_128_plus_signal(tmp_path, toy_
     128 + the signal number, so schedulers can tell preemption from completion."""
     run_dir = str(tmp_path / "run")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"}
+           "XLA_FLAGS": _XLA_BASE + " --xla_force_host_platform_device_count=1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "core_jax.toy", "--config", "configs/toy.yaml", f"train.run_dir={run_dir}",
          f"data.dir={toy_data}", "train.steps=1000000", "train.log_every=1", "train.eval_every=0",

@@ -18,6 +18,8 @@ from recsys_jax.eval.metrics import (
     top_k,
 )
 
+_XLA_BASE = os.environ.get("XLA_FLAGS", "")  # the session's flags (tests/conftest.py)
+
 # 1-D embeddings so scores are easy to read: user = [1] scores item i as table[i].
 #            pad  1    2    3    4    5    6
 SCORES = [0.0, 0.9, 0.5, 0.7, 0.5, 0.1, 0.5]
@@ -172,6 +174,6 @@ SHARDED = textwrap.dedent(
 
 
 def test_top_k_and_ranks_with_row_sharded_table():
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=_XLA_BASE + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

@@ -7,11 +7,13 @@ import sys
 
 import pytest
 
+_XLA_BASE = os.environ.get("XLA_FLAGS", "")  # the session's flags (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def test_sharded_evaluation_equals_unsharded(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "XLA_FLAGS": _XLA_BASE + " --xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": ROOT}
     proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "sharded_eval_driver.py"),
                            str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -10,8 +10,10 @@ DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serving_mesh_
 
 
 def _run(meshes, devices, launcher=(), env=None):
-    env = {**os.environ, **(env or {}), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, **(env or {}), "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    if launcher:  # several processes: no shared compilation cache (tests/conftest.py)
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     proc = subprocess.run([*launcher, sys.executable, DRIVER, *meshes], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
