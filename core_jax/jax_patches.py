@@ -17,10 +17,8 @@ def _sharding(self):
     raise AttributeError(f"The 'sharding' attribute is not available on {self._error_repr()}.")
 
 
-def apply() -> bool:
-    """Replace ``Tracer.sharding`` if it is still JAX's raising property; True when patched."""
+def apply() -> None:
+    """Replace ``Tracer.sharding`` while it is JAX's raising property (idempotent)."""
     prop = _core.Tracer.__dict__.get("sharding")
-    if not isinstance(prop, property) or prop.fget is _sharding:
-        return prop is not None and getattr(prop, "fget", None) is _sharding
-    _core.Tracer.sharding = property(_sharding, doc=prop.__doc__)
-    return True
+    if isinstance(prop, property) and prop.fget is not _sharding:
+        _core.Tracer.sharding = property(_sharding, doc=prop.__doc__)
