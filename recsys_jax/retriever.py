@@ -16,6 +16,7 @@ error naming it, or skipped with ``unknown="skip"``. The items are searched by a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -95,7 +96,6 @@ class Retriever:
         self.table = model.item_embeddings()  # [N + 1, D], computed once
         n = self.num_items
         self.index = ItemIndex(np.asarray(self.table)[1:n + 1], ids=np.arange(1, n + 1), dtype=index_dtype, mesh=mesh)
-        self._rows = self.index.stored()  # [N, D] float32 as scored (row i = dense id i + 1)
         self.set_item_attributes(advertiser=advertiser, category=category)
         self._warned_timestamps = False
         self.step: int | None = None  # the checkpoint's step and kind ("best" / "latest"), from_checkpoint only
@@ -133,6 +133,12 @@ class Retriever:
         """Side info (title, genres ...) of an original item id, or None."""
         dense = self._dense(item_id)
         return self.side_info[dense] if self.side_info and dense is not None else None
+
+    @functools.cached_property
+    def _rows(self) -> np.ndarray:
+        """[N, D] float32 rows as the index scores them (row i = dense id i + 1): built on first use (scoring
+        items that only another source proposed), so a retriever without sources holds no second copy."""
+        return self.index.stored()
 
     def set_item_attributes(self, advertiser: Mapping | None = None, category: Mapping | None = None) -> None:
         """Advertiser and category of each item (original id -> label; missing: none) for ``quotas``.
