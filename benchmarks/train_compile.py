@@ -30,14 +30,12 @@ def _timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/canvas/shapes_tiny.yaml")
-    p.add_argument("--task", default="text_to_image", choices=["text_to_image", "vae"])
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
+def loop_step(config: str, task_name: str, overrides: list[str], *, cache_latents: bool = False):
+    """The loop's train step on constant random batches: ``(cfg, trainer, state, batch, jitted step)``.
 
+    A random VAE of the config's shape stands in for the pretrained one; text states are cached (random);
+    with ``cache_latents`` the batch carries VAE posterior moments instead of the step running the encoder.
+    """
     from canvas_jax.config import CanvasTrainConfig
     from canvas_jax.convert.diffusers_models import save_vae
     from canvas_jax.models.vae import AutoencoderKL
@@ -47,27 +45,39 @@ def main(argv=None) -> None:
     from core_jax.loop import Trainer
 
     tmp = tempfile.mkdtemp()
-    cfg = config_lib.load(CanvasTrainConfig, args.config, [
-        f"task={args.task}", "vae.cache_latents=false", "text_encoder.cache=true", f"train.run_dir={tmp}/run",
-        *args.overrides])
-    if args.task != "vae":
+    base = [f"task={task_name}", f"vae.cache_latents={str(cache_latents).lower()}", "text_encoder.cache=true",
+            f"train.run_dir={tmp}/run"]
+    cfg = config_lib.load(CanvasTrainConfig, config, [*base, *overrides])
+    if task_name != "vae":
         save_vae(AutoencoderKL(cfg.vae.config, rngs=nnx.Rngs(0)), os.path.join(tmp, "vae"))
-        cfg = config_lib.load(CanvasTrainConfig, args.config, [
-            f"task={args.task}", "vae.cache_latents=false", "text_encoder.cache=true", f"train.run_dir={tmp}/run",
-            f"vae.path={tmp}/vae", *args.overrides])
+        cfg = config_lib.load(CanvasTrainConfig, config, [*base, f"vae.path={tmp}/vae", *overrides])
     task = make_task(cfg)
     trainer = Trainer(task, cfg)
     state = trainer.init_state()
     b, s = cfg.train.batch_size, cfg.data.image_size
     batch = {"image": jax.random.uniform(jax.random.key(0), (b, s, s, 3), minval=-1, maxval=1)}
-    if args.task != "vae":
+    if task_name != "vae":
         from canvas_jax import text_conditioning
 
         d = text_conditioning.hidden_size(task.text_encoder)
         batch["text_emb"] = jax.random.normal(jax.random.key(1), (b, cfg.text_encoder.max_length, d))
+        if cache_latents:
+            post = jax.jit(task.vae.encode)(batch["image"])
+            batch["latent_moments"] = jnp.concatenate([post.mean, post.logvar], axis=-1)
     batch = mesh_lib.global_batch({k: jax.device_get(v) for k, v in batch.items()}, trainer.mesh)
+    return cfg, trainer, state, batch, jax.jit(trainer._train_step, donate_argnums=0)
 
-    step = jax.jit(trainer._train_step, donate_argnums=0)
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/canvas/shapes_tiny.yaml")
+    p.add_argument("--task", default="text_to_image", choices=["text_to_image", "vae"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+
+    cfg, trainer, state, batch, step = loop_step(args.config, args.task, args.overrides)
+    b = cfg.train.batch_size
     lowered, lower_s, _ = _timed(lambda: step.lower(state, batch))
     compiled, compile_s, compile_cpu = _timed(lowered.compile)
     state, _ = compiled(state, batch)
