@@ -10,8 +10,8 @@
   text states are not cached the frozen text encoder rides along as :class:`~canvas_jax.models.frozen.Frozen`
   variables.
 
-:func:`contrastive_loss` is the symmetric InfoNCE loss; rows with identical captions count as positives of
-each other (a caption shared by several images in a batch is not a negative of itself).
+:func:`contrastive_loss` is the symmetric InfoNCE loss; :func:`same_caption` tells which rows of a batch share a
+caption (for retrieval metrics).
 """
 
 from __future__ import annotations
@@ -152,16 +152,14 @@ def same_caption(keys: jax.Array) -> jax.Array:
     return jnp.all(keys[:, None, :] == keys[None, :, :], axis=-1)
 
 
-def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-                     positives: jax.Array | None = None) -> jax.Array:
-    """Symmetric InfoNCE: the mean of image->text and text->image cross-entropies over ``logit_scale *
-    image_emb @ text_emb.T``. ``positives`` [B, B] (default: the identity) marks the matching pairs; a row with
-    several is a uniform soft target over them."""
-    logits = logit_scale * (image_emb @ text_emb.T)
-    n = logits.shape[0]
-    pos = jnp.eye(n, dtype=bool) if positives is None else positives | jnp.eye(n, dtype=bool)
-    target = pos.astype(jnp.float32) / jnp.sum(pos, axis=1, keepdims=True)
-    i2t = -jnp.sum(target * jax.nn.log_softmax(logits, axis=1), axis=1)
-    t2i = -jnp.sum(target.T * jax.nn.log_softmax(logits.T, axis=1), axis=1)
-    return 0.5 * (jnp.mean(i2t) + jnp.mean(t2i))
+def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -> jax.Array:
+    """Symmetric InfoNCE: the mean of the image->text and text->image cross-entropies of ``logit_scale *
+    image_emb @ text_emb.T`` with the diagonal as targets.
 
+    Identical captions in a batch need no special case: their text embeddings are identical, so the sum of
+    their rows equals the loss with every copy as a positive (a uniform soft target over the copies)."""
+    logits = logit_scale * (image_emb @ text_emb.T)
+    labels = jnp.arange(logits.shape[0])
+    i2t = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], axis=1)
+    t2i = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=0), labels[None, :], axis=0)
+    return 0.5 * (jnp.mean(i2t) + jnp.mean(t2i))

@@ -3,8 +3,7 @@
 The model (:class:`~canvas_jax.models.image_text.ImageTextModel`) embeds an image with its CNN tower and a
 caption as the frozen ``text_encoder``'s token states, mean-pooled over the attention mask, through a
 trainable projection; both L2-normalised. Loss: symmetric InfoNCE over the batch with CLIP's learned, clipped
-temperature (:func:`~canvas_jax.models.image_text.contrastive_loss`; identical captions in a batch are
-positives of each other).
+temperature (:func:`~canvas_jax.models.image_text.contrastive_loss`).
 
 With ``text_encoder.cache`` (the default) each distinct caption is encoded and pooled once, outside the step
 (an :class:`~canvas_jax.train.encode_cache.EncodeCache`, as the text-to-image task caches its token states):
@@ -74,14 +73,14 @@ class ContrastiveTask:
     def loss(self, model: ImageTextModel, batch, rng):
         img, txt = self.embed(model, batch)
         scale = model.logit_scale()
-        loss = contrastive_loss(img, txt, scale, same_caption(batch["input_ids"]))
+        loss = contrastive_loss(img, txt, scale)
         return loss, {"logit_scale": scale}
 
     def eval_step(self, model: ImageTextModel, batch):
         img, txt = self.embed(model, batch)
         same = same_caption(batch["input_ids"])
         metrics = retrieval_metrics(img, txt, same, batch.get("heldout"))
-        return {"loss": contrastive_loss(img, txt, model.logit_scale(), same), **metrics}
+        return {"loss": contrastive_loss(img, txt, model.logit_scale()), **metrics}
 
     # ------------------------------------------------------------------ data
     def _wrap(self, it):
