@@ -64,9 +64,16 @@ def clip_config(run_dir, **over) -> CanvasTrainConfig:
 
 @pytest.fixture(scope="session")
 def clip_run(tmp_path_factory):
-    """A finished tiny ``task=clip`` run folder (EMA on); returns (run folder, the loop's last metrics)."""
-    from canvas_jax.train.run import train
+    """A finished tiny ``task=clip`` run (12 steps, EMA on): (run folder, its task, eval metrics of the initial
+    state, the loop's last metrics)."""
+    from canvas_jax.train.hooks import make_hooks
+    from canvas_jax.train.tasks import make_task
+    from core_jax.loop import Trainer
 
     run_dir = tmp_path_factory.mktemp("clip_run")
-    _, last = train(clip_config(run_dir, **{"train.ema_decay": 0.9}), data_fn=fakes.data_fn())
-    return str(run_dir), last
+    cfg = clip_config(run_dir, **{"train.ema_decay": 0.9, "train.steps": 12})
+    task = make_task(cfg, data_fn=fakes.data_fn())
+    trainer = Trainer(task, cfg, hooks=make_hooks(task, cfg))
+    before = trainer.evaluate(trainer.init_state())
+    _, last = trainer.fit()
+    return str(run_dir), task, before, last

@@ -2,6 +2,7 @@
 checkpoint, reads back from its run folder, and rejects bad configs with a message naming the key."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -17,47 +18,43 @@ from core_jax.loop import Hook, Trainer
 from core_jax.metrics import read_jsonl
 
 
-def test_clip_loss_decreases_and_retrieval_beats_chance(tmp_path):
-    cfg = clip_config(tmp_path / "run", **{"train.steps": 16})
-    task = make_task(cfg, data_fn=fakes.data_fn())
-    trainer = Trainer(task, cfg)
-    before = trainer.evaluate(trainer.init_state())
-    _, last = trainer.fit()
+def test_clip_loss_decreases_and_retrieval_beats_chance(clip_run):
+    run_dir, task, before, last = clip_run
     assert last["eval_loss"] < 0.8 * before["loss"], (before, last)
-    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl", "train")]
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
-    # 12 captions (colour x corner) over 16 test images: chance caption->image recall@1 is ~0.1-0.2
+    losses = [r["loss"] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"), "train")]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    # 12 captions (colour x corner) over 16 test images
     assert last["eval_caption_to_image_recall@1"] > before["caption_to_image_recall@1"]
     assert last["eval_caption_to_image_recall@5"] >= 0.5
-    assert task.cache.misses <= 12 and task.cache.hits > 0  # each distinct caption encoded once
+    assert task.cache.misses <= 12 + 16 and task.cache.hits > 0  # each distinct caption encoded once (per split)
+    assert not os.path.exists(os.path.join(run_dir, "models.json"))  # the run reads back from config.yaml
 
 
-def test_clip_resumes_exactly_from_a_checkpoint(tmp_path):
-    over = {"train.steps": 6, "train.checkpoint.every": 3}
-    Trainer(make_task(clip_config(tmp_path / "a", **over), data_fn=fakes.data_fn()),
-            clip_config(tmp_path / "a", **over)).fit()
-    straight = dict((r["step"], r["loss"]) for r in read_jsonl(tmp_path / "a" / "metrics.jsonl", "train"))
+def test_clip_resumes_exactly_from_a_checkpoint(clip_run, tmp_path):
+    """Stopped at step 5 (checkpoint), then resumed by a fresh task (and text cache): steps 6-12 log the losses of
+    the uninterrupted run."""
+    straight = dict((r["step"], r["loss"]) for r in read_jsonl(os.path.join(clip_run[0], "metrics.jsonl"), "train"))
 
-    def stop_at_3(trainer, step, state):
-        if step == 3:
+    def stop_at_5(trainer, step, state):
+        if step == 5:
             trainer.request_stop()
 
-    cfg = clip_config(tmp_path / "b", **over)
-    Trainer(make_task(cfg, data_fn=fakes.data_fn()), cfg, hooks=[Hook(every=1, fn=stop_at_3)]).fit()
-    first = [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl", "train")]
-    assert max(first) == 3
-    cfg = clip_config(tmp_path / "b", **over)
-    Trainer(make_task(cfg, data_fn=fakes.data_fn()), cfg).fit()  # a fresh task and cache: resumes from step 3
-    resumed = dict((r["step"], r["loss"]) for r in read_jsonl(tmp_path / "b" / "metrics.jsonl", "train"))
-    assert sorted(resumed) == list(range(1, 7))
-    for s in range(4, 7):
+    over = {"train.ema_decay": 0.9, "train.steps": 12}
+    cfg = clip_config(tmp_path, **over)
+    Trainer(make_task(cfg, data_fn=fakes.data_fn()), cfg, hooks=[Hook(every=1, fn=stop_at_5)]).fit()
+    assert max(r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl", "train")) == 5
+    cfg = clip_config(tmp_path, **over)
+    Trainer(make_task(cfg, data_fn=fakes.data_fn()), cfg).fit()
+    resumed = dict((r["step"], r["loss"]) for r in read_jsonl(tmp_path / "metrics.jsonl", "train"))
+    assert sorted(resumed) == list(range(1, 13))
+    for s in range(6, 13):
         assert resumed[s] == straight[s], (s, resumed[s], straight[s])
 
 
 def test_loaded_model_embeds_images_and_texts(clip_run):
-    run_dir, last = clip_run
+    run_dir = clip_run[0]
     clip = load_image_text_model(run_dir)
-    assert clip.step == 8 and clip.embed_dim == 16
+    assert clip.step == 12 and clip.embed_dim == 16
     examples = fakes.examples(6, 16, seed=1)
     images = np.stack([e["image"] for e in examples])
     captions = [e["caption"] for e in examples]
@@ -76,7 +73,7 @@ def test_loaded_model_embeds_images_and_texts(clip_run):
 
 
 def test_eval_clip_cli(clip_run, tmp_path, capsys):
-    run_dir, _ = clip_run
+    run_dir = clip_run[0]
     out = tmp_path / "report.json"
     assert eval_cli.main(["clip", "--model", run_dir, "--num-examples", "8", "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
