@@ -118,6 +118,9 @@ def evaluate(args) -> dict:
     if args.eval_command == "clip":
         from canvas_jax.eval.retrieval import evaluate_clip
 
+        if args.num_examples < 2:  # before the model loads
+            raise InputError(f"--num-examples must be >= 2 (a retrieval gallery), got {args.num_examples}")
+
         return {**evaluate_clip(args.model, num_examples=args.num_examples, which=args.checkpoint,
                                 batch_size=args.batch_size), "model": str(args.model)}
     opts = _options(args)
