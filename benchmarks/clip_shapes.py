@@ -4,7 +4,12 @@ image->caption recall@1/@5, overall, for scenes of seen (colour, shape) pairs an
 pair (green triangle: never in training). Prints one JSON line per measurement. Target: caption->image
 recall@1 >= 0.90.
 
+Then a harder probe of the held-out pair: every single-shape scene (5 colours x 4 kinds x 2 sizes x 9 cells =
+360, of which the 18 green triangles are held out) as one gallery, where a held-out caption has no other shape
+to be recognised by and its nearest rivals differ in one attribute only.
+
     python benchmarks/clip_shapes.py --max-minutes 25 [--set key=value ...]
+    python benchmarks/clip_shapes.py --eval-only out/bench/clip_shapes/clip_shapes   # a trained run
 
 The run goes to ``--work-dir`` (default out/bench/clip_shapes) and starts afresh; ``--set`` overrides any
 config key (e.g. ``data.dir=...`` to reuse a built Shapes dataset). The eval reads the latest checkpoint (no
@@ -26,12 +31,26 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 
 from canvas_jax.config import CanvasTrainConfig  # noqa: E402
-from canvas_jax.eval.retrieval import evaluate_clip  # noqa: E402
+from canvas_jax.data import shapes  # noqa: E402
+from canvas_jax.eval.retrieval import evaluate_clip, evaluate_retrieval  # noqa: E402
+from canvas_jax.image_text import load_image_text_model  # noqa: E402
 from canvas_jax.train.run import train  # noqa: E402
 from core_jax import config as config_lib  # noqa: E402
 from core_jax.loop import time_limit_hook  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "canvas", "clip_shapes.yaml")
+
+
+def single_shape_probe(run_dir: str) -> dict:
+    """Retrieval over all single-shape scenes of the run's Shapes setup (seen and held-out pairs)."""
+    clip = load_image_text_model(run_dir, which="latest")
+    d = clip.run_config.data
+    cfg = shapes.ShapesConfig(resolution=d.image_size, **d.options)
+    seen, held = shapes.enumerate_prompts(cfg), shapes.enumerate_prompts(cfg, heldout=True)
+    captions = [c for c, _ in seen + held]
+    images = [shapes.render(scene, cfg.resolution) for _, scene in seen + held]
+    flags = [0] * len(seen) + [1] * len(held)
+    return evaluate_retrieval(clip, images, captions, heldout=flags)
 
 
 def main(argv=None) -> int:
@@ -41,7 +60,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float, default=25.0, help="wall cap on training (after compilation)")
     p.add_argument("--num-examples", type=int, default=512, help="test scenes in the retrieval gallery")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value config override")
+    p.add_argument("--eval-only", default=None, help="a trained task=clip run folder: evaluate it, train nothing")
     args = p.parse_args(argv)
+    if args.eval_only:
+        report = evaluate_clip(args.eval_only, num_examples=args.num_examples, which="latest")
+        print(json.dumps({"bench": "clip_shapes_eval", **report, "run_dir": args.eval_only}), flush=True)
+        print(json.dumps({"bench": "clip_shapes_single_shapes", **single_shape_probe(args.eval_only)}), flush=True)
+        return 0
 
     run_dir = os.path.join(args.work_dir, "clip_shapes")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -60,6 +85,7 @@ def main(argv=None) -> int:
     target = report["caption_to_image_recall@1"] >= 0.90
     print(json.dumps({"bench": "clip_shapes_eval", **report, "target_caption_to_image_recall@1": 0.90,
                       "target_met": bool(target), "run_dir": run_dir}), flush=True)
+    print(json.dumps({"bench": "clip_shapes_single_shapes", **single_shape_probe(run_dir)}), flush=True)
     return 0
 
 
