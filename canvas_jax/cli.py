@@ -4,7 +4,7 @@
     canvas-jax inpaint --model PATH --image in.png --mask m.png --prompt "..." --out out.png
     canvas-jax outpaint --model PATH --image in.png --right 64 --prompt "..." --out out.png
     canvas-jax convert from-diffusers|to-diffusers SRC DST
-    canvas-jax data build ... / train --config ... / eval shapes|cifar10|inpaint --model PATH ...
+    canvas-jax data build ... / train --config ... / eval shapes|cifar10|inpaint|clip --model PATH ...
 
 Subcommands live in :data:`COMMANDS` (name -> (help, add_arguments, run)).
 Bad input, as our own checks find it (:class:`~canvas_jax.errors.InputError`, a config error, a missing or

@@ -9,6 +9,8 @@ One schema serves every task; ``task`` picks which one runs:
   diffusers pipeline folder), with random masks.
 - ``finetune``: train the UNet of ``init_from`` further with the text-to-image loss: LoRA adapters alone
   (``lora.rank > 0``) or every UNet weight (``lora.rank=0``).
+- ``clip``: an image-text embedding model (``clip``: a small CNN image tower and a projection of the frozen
+  ``text_encoder``'s mean-pooled states) trained contrastively on the captioned images.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from canvas_jax.models.image_text import ImageTextConfig
 from canvas_jax.models.lora import LoRAConfig
 from core_jax.config import ConfigError
 from core_jax.loop import TrainConfig
 from core_jax.mesh import MeshConfig
 from core_jax.optim import OptimConfig
 
-TASKS = ("vae", "text_to_image", "inpaint", "finetune")
+TASKS = ("vae", "text_to_image", "inpaint", "finetune", "clip")
 
 
 def _tiny_vae() -> dict[str, Any]:
@@ -122,14 +125,42 @@ class LoRATrainConfig:
 
 
 @dataclasses.dataclass
+class ClipConfig:
+    """``task=clip``: the image-text model (:class:`~canvas_jax.models.image_text.ImageTextConfig`; its image size
+    is ``data.image_size``, its text width the text encoder's) and its retrieval eval."""
+
+    channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128])  # CNN stages, each halves
+    embed_dim: int = 128
+    text_hidden: int = 512  # the text projection's MLP width (0: linear)
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    eval_examples: int = 512  # test images per retrieval gallery (each eval batch is one gallery)
+
+    def __post_init__(self):
+        if self.eval_examples < 2:
+            raise ConfigError(f"config key 'clip.eval_examples': {self.eval_examples!r}; expected at least 2 images "
+                              "per retrieval gallery (e.g. 512)")
+
+    def model_config(self, image_size: int, text_dim: int) -> ImageTextConfig:
+        """The model's config; a bad value raises ConfigError naming the key."""
+        try:
+            return ImageTextConfig(image_size=image_size, channels=tuple(self.channels), embed_dim=self.embed_dim,
+                                   text_dim=text_dim, text_hidden=self.text_hidden,
+                                   init_temperature=self.init_temperature, max_logit_scale=self.max_logit_scale)
+        except ValueError as err:
+            raise ConfigError(f"config section 'clip' (data.image_size={image_size}): {err}") from None
+
+
+@dataclasses.dataclass
 class CanvasTrainConfig:
-    task: Literal["vae", "text_to_image", "inpaint", "finetune"] = "text_to_image"
+    task: Literal["vae", "text_to_image", "inpaint", "finetune", "clip"] = "text_to_image"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
     text_encoder: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
     unet: dict[str, Any] = dataclasses.field(default_factory=_tiny_unet)  # diffusers UNet config (text_to_image)
     init_from: str = ""  # inpaint, finetune: a text_to_image (or finetune) run folder or a diffusers pipeline folder
     lora: LoRATrainConfig = dataclasses.field(default_factory=LoRATrainConfig)  # finetune
+    clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)  # clip
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -3,6 +3,7 @@
     canvas-jax eval shapes  --model PATH [--num-prompts 64] [--prompts scenes|single] [--grid grid.png]
     canvas-jax eval cifar10 --model PATH --data DIR --classifier FILE [--per-class 100] [--classifier-steps 4000]
     canvas-jax eval inpaint --model PATH [--num-images 64] [--masks shape|random]
+    canvas-jax eval clip    --model RUN [--num-examples 512] [--checkpoint auto|best|latest] [--out report.json]
     common: [--out report.json] [--sampler dpmpp_2m] [--steps 20] [--guidance-scale 3] [--seed 0] [--batch-size 32]
 
 ``--model``: a pipeline folder (diffusers or canvas_jax format) or a training run folder. Bad input prints one
@@ -22,7 +23,7 @@ from canvas_jax.diffusion.plans import SAMPLERS
 from canvas_jax.errors import USAGE_ERRORS, InputError
 
 PROG = "canvas-jax"
-EVALS = ("shapes", "cifar10", "inpaint")
+EVALS = ("shapes", "cifar10", "inpaint", "clip")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -68,6 +69,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--masks", default="shape", choices=("shape", "random"),
                    help="a rectangle over one shape of the scene, or random masks (boxes, strokes, borders)")
     _holdout_arg(i)
+    r = sub.add_parser("clip", help="image-text model (a task=clip run): caption<->image retrieval recall@1/@5 "
+                                    "on the test split")
+    r.add_argument("--model", required=True, help="a task=clip training run folder")
+    r.add_argument("--out", default=None, help="also write the JSON report to this .json file")
+    r.add_argument("--num-examples", type=int, default=512, help="test images (and captions) in the gallery")
+    r.add_argument("--checkpoint", default="auto", choices=("auto", "best", "latest"),
+                   help="which checkpoint (auto: best when the run kept one)")
+    r.add_argument("--batch-size", type=int, default=256)
 
 
 def _check_out(value: str | None, suffix: str, flag: str) -> Path | None:
@@ -106,6 +115,14 @@ def evaluate(args) -> dict:
         raise FileNotFoundError(f"--model {args.model}: folder does not exist (expected a pipeline folder or a "
                                 "training run folder)")
     _check_out(args.out, ".json", "--out")
+    if args.eval_command == "clip":
+        from canvas_jax.eval.retrieval import evaluate_clip
+
+        if args.num_examples < 2:  # before the model loads
+            raise InputError(f"--num-examples must be >= 2 (a retrieval gallery), got {args.num_examples}")
+
+        return {**evaluate_clip(args.model, num_examples=args.num_examples, which=args.checkpoint,
+                                batch_size=args.batch_size), "model": str(args.model)}
     opts = _options(args)
     if getattr(args, "holdout", None) is not None:
         from canvas_jax.data.shapes import parse_holdout

@@ -167,7 +167,7 @@ def make_hooks(task, cfg, prompts: list[str] | None = None) -> list[Hook]:
     hooks = [Hook(every=s.plot_every or never, fn=loss_curve)]
     if cfg.task == "vae":
         hooks.append(Hook(every=never, fn=finish_vae))
-    else:
+    elif cfg.task != "clip":  # a clip run folder reads back from its config.yaml alone
         hooks.append(Hook(every=1, fn=WriteManifest(task)))
     if cfg.task == "finetune" and cfg.lora.rank > 0:
         hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_lora_weights))

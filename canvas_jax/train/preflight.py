@@ -30,8 +30,9 @@ def check(cfg) -> None:
     problems = _data(cfg) + _packages(cfg)
     if cfg.task == "text_to_image":
         problems += _vae(cfg.vae.path, cfg.vae.pretrain_steps)
+    if cfg.task in ("text_to_image", "clip"):
         problems += _text_encoder(cfg.text_encoder.source, "text_encoder.source")
-    elif cfg.task in ("inpaint", "finetune"):
+    if cfg.task in ("inpaint", "finetune"):
         problems += _init_from(cfg.init_from)
     if problems:
         raise PreflightError(f"task={cfg.task} cannot run: " + "; ".join(problems))

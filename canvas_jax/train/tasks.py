@@ -1,4 +1,4 @@
-"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image, inpainting or fine-tuning."""
+"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image, inpainting, fine-tuning or clip."""
 
 from __future__ import annotations
 
@@ -20,4 +20,9 @@ def make_task(cfg, *, data_fn=None):
         from canvas_jax.train.finetune_task import FinetuneTask
 
         return FinetuneTask(cfg, data_fn=data_fn)
-    raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image', 'inpaint' or 'finetune'")
+    if cfg.task == "clip":
+        from canvas_jax.train.contrastive_task import ContrastiveTask
+
+        return ContrastiveTask(cfg, data_fn=data_fn)
+    raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image', 'inpaint', 'finetune' or "
+                     "'clip'")

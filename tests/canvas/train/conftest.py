@@ -52,3 +52,28 @@ def t2i_run(tmp_path_factory, tiny_vae_dir):
     cfg = tiny_config(run_dir, vae_path=tiny_vae_dir, **{"train.ema_decay": 0.9, "train.steps": 4})
     train(cfg, data_fn=fakes.data_fn())
     return str(run_dir)
+
+
+def clip_config(run_dir, **over) -> CanvasTrainConfig:
+    """A tiny ``task=clip`` config on the fakes data (16 px, 12 distinct captions, a gallery of 16 test images)."""
+    clip = {"task": "clip", "data.caption_dropout": 0.0, "clip.channels": [8, 16], "clip.embed_dim": 16,
+            "clip.text_hidden": 32, "clip.eval_examples": 16, "optim.learning_rate": 3e-3, "train.steps": 8,
+            "train.batch_size": 16}
+    return tiny_config(run_dir, **{**clip, **over})
+
+
+@pytest.fixture(scope="session")
+def clip_run(tmp_path_factory):
+    """A finished tiny ``task=clip`` run (12 steps, EMA on): (run folder, its task, eval metrics of the initial
+    state, the loop's last metrics)."""
+    from canvas_jax.train.hooks import make_hooks
+    from canvas_jax.train.tasks import make_task
+    from core_jax.loop import Trainer
+
+    run_dir = tmp_path_factory.mktemp("clip_run")
+    cfg = clip_config(run_dir, **{"train.ema_decay": 0.9, "train.steps": 12})
+    task = make_task(cfg, data_fn=fakes.data_fn())
+    trainer = Trainer(task, cfg, hooks=make_hooks(task, cfg))
+    before = trainer.evaluate(trainer.init_state())
+    _, last = trainer.fit()
+    return str(run_dir), task, before, last
