@@ -25,6 +25,8 @@ FILES = {"plain": "ip-adapter_tiny.safetensors", "plus": "ip-adapter-plus_tiny.s
 # per sampler: a plain scale, or diffusers' per-block dict (the tiny UNet's cross-attention blocks: down 0, up 1, mid)
 SCALES = {"ddim": 0.7, "dpmpp_2m": 1.0, "euler": {"down": 0.5, "up": {"block_1": [0.0, 1.2]}}}
 STEPS = 3
+# the plain-ddim parity call's settings: the tests below reuse its compiled program where they can
+KW = dict(num_steps=STEPS, guidance_scale=5.0, sampler="ddim", output_type="np")
 
 
 def _image(seed, size=(48, 40)):
@@ -80,15 +82,15 @@ def test_preprocessing_matches_clip_image_processor():
 def test_every_mode_embeds_and_errors(pipes):
     ours, _ = pipes["plain"]
     ours.set_ip_adapter_scale(1.0)
-    kw = dict(num_steps=2, guidance_scale=3.0, sampler="ddim", output_type="np", seed=0)
+    kw = dict(KW, seed=0)
     a, b = _image(7), _image(8)
     base = np.full((32, 32, 3), 128, np.uint8)
     mask = np.zeros((32, 32), np.uint8)
     mask[:, 16:] = 255
-    calls = {"txt2img": lambda **k: ours(PROMPTS[0], **k, **kw),
-             "img2img": lambda **k: ours.img2img(base, PROMPTS[0], strength=0.8, **k, **kw),
-             "inpaint": lambda **k: ours.inpaint(base, mask, PROMPTS[0], **k, **kw),
-             "outpaint": lambda **k: ours.outpaint(base[:, :16], PROMPTS[0], right=16, **k, **kw)}
+    calls = {"txt2img": lambda **k: ours(PROMPTS, **k, **kw),
+             "img2img": lambda **k: ours.img2img(base, PROMPTS, strength=0.8, **k, **kw),
+             "inpaint": lambda **k: ours.inpaint(base, mask, PROMPTS, **k, **kw),
+             "outpaint": lambda **k: ours.outpaint(base[:, :16], PROMPTS, right=16, **k, **kw)}
     for mode, call in calls.items():
         with_a = call(ip_adapter_image=a).images
         assert np.abs(call(ip_adapter_image=b).images - with_a).max() > 1e-2, mode
@@ -117,32 +119,32 @@ def test_with_lora(tiny_sd, tiny_ip_adapters, tmp_path):
     for layer in lora_layers(donor.unet).values():
         layer.lora_B[...] = 0.2 * rng.standard_normal(layer.lora_B.shape).astype(np.float32)
     lora_file = save_lora(donor.unet, tmp_path / "lora")
-    kw = dict(num_steps=2, guidance_scale=3.0, sampler="ddim", output_type="np")
+    kw = KW
 
     lora_only = canvas_jax.Pipeline.from_pretrained(tiny_sd)
     lora_only.load_lora_weights(lora_file)
     with pytest.raises(InputError, match="no IP-Adapter is loaded"):
-        lora_only(PROMPTS[0], ip_adapter_image=_image(1), **kw)
-    expected_lora = lora_only(PROMPTS[0], **kw).images
+        lora_only(PROMPTS, ip_adapter_image=_image(1), **kw)
+    expected_lora = lora_only(PROMPTS, **kw).images
 
     pipe = canvas_jax.Pipeline.from_pretrained(tiny_sd)
     pipe.load_ip_adapter(tiny_ip_adapters, weight_name=FILES["plain"])
-    ip_only = pipe(PROMPTS[0], ip_adapter_image=_image(1), **kw).images
+    ip_only = pipe(PROMPTS, ip_adapter_image=_image(1), **kw).images
     pipe.load_lora_weights(lora_file, scale=0.0)
-    np.testing.assert_allclose(pipe(PROMPTS[0], ip_adapter_image=_image(1), **kw).images, ip_only, atol=1e-5)
+    np.testing.assert_allclose(pipe(PROMPTS, ip_adapter_image=_image(1), **kw).images, ip_only, atol=1e-5)
     pipe.set_lora_scale(1.0)
-    both = pipe(PROMPTS[0], ip_adapter_image=_image(1), **kw).images
+    both = pipe(PROMPTS, ip_adapter_image=_image(1), **kw).images
     assert np.abs(both - ip_only).max() > 1e-2 and np.abs(both - expected_lora).max() > 1e-2
     pipe.set_ip_adapter_scale(0.0)
-    np.testing.assert_allclose(pipe(PROMPTS[0], ip_adapter_image=_image(1), **kw).images, expected_lora, atol=1e-5)
+    np.testing.assert_allclose(pipe(PROMPTS, ip_adapter_image=_image(1), **kw).images, expected_lora, atol=1e-5)
 
 
 def test_cli_sample_with_image_prompt(tiny_sd, tiny_ip_adapters, tmp_path, capsys):
     ref, out = tmp_path / "ref.png", tmp_path / "out.png"
     _image(1).save(ref)
-    argv = ["sample", "--model", str(tiny_sd), "--prompt", PROMPTS[0], "--steps", "2", "--guidance", "3",
-            "--sampler", "ddim", "--out", str(out)]
-    ip = ["--ip-adapter", str(tiny_ip_adapters), "--ip-weight-name", FILES["plus"], "--ip-image", str(ref)]
+    argv = ["sample", "--model", str(tiny_sd), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", str(STEPS),
+            "--guidance", "5", "--sampler", "ddim", "--out", str(out)]
+    ip = ["--ip-adapter", str(tiny_ip_adapters), "--ip-weight-name", FILES["plain"], "--ip-image", str(ref)]
     assert main([*argv, *ip, "--ip-scale", "0.7"]) == 0 and out.is_file()
     first = np.asarray(Image.open(out))
     assert main([*argv, *ip, "--ip-scale", "0"]) == 0

@@ -41,6 +41,9 @@ def test_matches_transformers(tmp_path, hidden_act):
     with torch.no_grad():
         expected = ref(pixel_values=torch.from_numpy(pixels), output_hidden_states=True)
     assert len(out.hidden_states) == len(expected.hidden_states) == 4
+    print(f"clip vision {hidden_act}: max abs diff image_embeds "
+          f"{np.abs(np.asarray(out.image_embeds) - expected.image_embeds.numpy()).max():.1e}, penultimate states "
+          f"{np.abs(np.asarray(out.hidden_states[-2]) - expected.hidden_states[-2].numpy()).max():.1e}")
     np.testing.assert_allclose(out.image_embeds, expected.image_embeds.numpy(), atol=TOL)
     np.testing.assert_allclose(out.last_hidden_state, expected.last_hidden_state.numpy(), atol=TOL)
     np.testing.assert_allclose(out.hidden_states[-2], expected.hidden_states[-2].numpy(), atol=TOL)
