@@ -1,7 +1,7 @@
 """``canvas-jax`` command line: sample / inpaint / outpaint PNGs, convert pipelines.
 
     canvas-jax sample --model PATH --prompt "a cat" [--prompt ...] --out grid.png
-    canvas-jax sample --model PATH --prompt "a cat" --ip-adapter DIR --ip-weight-name F --ip-image ref.png --ip-scale 0.7 ...
+    canvas-jax sample --model PATH --prompt "a cat" --ip-adapter DIR --ip-image ref.png --ip-scale 0.7 ...
     canvas-jax inpaint --model PATH --image in.png --mask m.png --prompt "..." --out out.png
     canvas-jax outpaint --model PATH --image in.png --right 64 --prompt "..." --out out.png
     canvas-jax convert from-diffusers|to-diffusers SRC DST

@@ -210,7 +210,7 @@ class UNet2DConditionModel(nnx.Module):
         cfg = unet_config(config)
         self.config = cfg
         self.dtype = dtype
-        self.ip_adapter = nnx.data(None)  # the IP-Adapter image projection (canvas_jax.models.ip_adapter.attach_ip_adapter)
+        self.ip_adapter = nnx.data(None)  # IP-Adapter image projection (models.ip_adapter.attach_ip_adapter)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         n = len(cfg["down_block_types"])
         boc = list(cfg["block_out_channels"])

@@ -15,6 +15,7 @@ from canvas_jax.models.ip_adapter import (
     remove_ip_adapter,
     set_ip_adapter_scale,
 )
+from canvas_jax.models.lora import freeze
 from canvas_jax.models.unet import UNet2DConditionModel
 
 UNET = dict(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=24,
@@ -81,6 +82,9 @@ def test_trainable_set_and_block_scales():
                      "ip_adapter.image_proj.norm.scale", "ip_adapter.image_proj.norm.bias",
                      *(f"{n}.ip_adapter.{k}.kernel" for n, _ in cross_attention_layers(unet)
                        for k in ("to_k_ip", "to_v_ip"))}
+    # adapter training: freeze every other parameter and the adapter is exactly what the optimizer sees
+    freeze(unet, nnx.Not(nnx.PathContains("ip_adapter")))
+    assert {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(unet, nnx.Param))} == names
     # diffusers' per-block dict: unnamed parts get 0, lists give each transformer of a block its own scale
     scales = set_ip_adapter_scale(unet, {"up": {"block_1": [0.25, 1.0]}})
     assert scales == {"down_blocks.0.attentions.0.transformer_blocks.0.attn2": 0.0,
