@@ -43,7 +43,7 @@ from canvas_jax.convert.lora import load_lora
 from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
 from canvas_jax.errors import InputError
 from canvas_jax.models.bert import BertModel
-from canvas_jax.models.ip_adapter import remove_ip_adapter, set_ip_adapter_scale
+from canvas_jax.models.ip_adapter import cross_attention_layers, remove_ip_adapter, set_ip_adapter_scale
 from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora
 from canvas_jax.runs import run_components
 from core_jax.mesh import MeshConfig, batch_spec, make_mesh
@@ -243,7 +243,7 @@ class Pipeline:
         The first load recompiles once (the UNet's structure changes)."""
         root = Path(path)
         file = root if root.suffix == ".safetensors" else root / subfolder / weight_name
-        load_ip_adapter(self.unet, file, scale=scale)
+        encoder = None
         if image_encoder_folder is not None:
             enc = Path(image_encoder_folder)
             if not enc.is_absolute():
@@ -252,7 +252,21 @@ class Pipeline:
             if not (enc / "config.json").is_file():
                 raise InputError(f"image_encoder_folder: no CLIP image encoder (config.json + model.safetensors) in "
                                  f"{enc}; pass image_encoder_folder=None to use ip_adapter_image_embeds only")
-            self.image_encoder = load_clip_vision(enc, dtype=self.unet.dtype)
+            encoder = load_clip_vision(enc, dtype=self.unet.dtype)
+        previous = self.unet.ip_adapter, {n: a.ip_adapter for n, a in cross_attention_layers(self.unet)}
+        plus = load_ip_adapter(self.unet, file, scale=scale)
+        if encoder is not None:
+            cfg, proj = encoder.config, self.unet.ip_adapter.image_proj
+            have, want = ((cfg.hidden_size, proj.proj_in.in_features) if plus
+                          else (cfg.projection_dim, proj.image_embeds.in_features))
+            if have != want:
+                self.unet.ip_adapter = previous[0]  # leave the pipeline as it was
+                for name, attn in cross_attention_layers(self.unet):
+                    attn.ip_adapter = previous[1][name]
+                raise InputError(f"the image encoder in {enc} gives {have}-d "
+                                 f"{'hidden states' if plus else 'image_embeds'}, but the IP-Adapter {file} "
+                                 f"expects {want}-d ones")
+        self.image_encoder = encoder
         self._split_models()
 
     def set_ip_adapter_scale(self, scale) -> None:

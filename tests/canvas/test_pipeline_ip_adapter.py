@@ -154,3 +154,19 @@ def test_cli_sample_with_image_prompt(tiny_sd, tiny_ip_adapters, tmp_path, capsy
     assert "--ip-image and --ip-adapter go together" in capsys.readouterr().err
     assert main([*argv, *ip[:2], "--ip-weight-name", "missing.safetensors", "--ip-image", str(ref)]) == 2
     assert "no IP-Adapter weights" in capsys.readouterr().err
+
+
+def test_an_image_encoder_that_does_not_fit(tiny_sd, tiny_ip_adapters, tmp_path):
+    from flax import nnx
+
+    from canvas_jax.convert.clip_vision import save_clip_vision
+    from canvas_jax.models.clip_vision import CLIPVisionModelWithProjection
+
+    config = transformers.CLIPVisionConfig.from_pretrained(tiny_ip_adapters / "image_encoder").to_dict()
+    save_clip_vision(CLIPVisionModelWithProjection({**config, "projection_dim": 8}, rngs=nnx.Rngs(0)), tmp_path / "enc")
+    pipe = canvas_jax.Pipeline.from_pretrained(tiny_sd)
+    with pytest.raises(InputError, match="gives 8-d image_embeds, but the IP-Adapter .* expects 24-d ones"):
+        pipe.load_ip_adapter(tiny_ip_adapters, weight_name=FILES["plain"], image_encoder_folder=tmp_path / "enc")
+    with pytest.raises(InputError, match="no CLIP image encoder"):
+        pipe.load_ip_adapter(tiny_ip_adapters, weight_name=FILES["plain"], image_encoder_folder="elsewhere")
+    assert pipe.unet.ip_adapter is None and pipe.image_encoder is None  # unchanged
