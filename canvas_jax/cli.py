@@ -1,6 +1,7 @@
 """``canvas-jax`` command line: sample / inpaint / outpaint PNGs, convert pipelines.
 
     canvas-jax sample --model PATH --prompt "a cat" [--prompt ...] --out grid.png
+    canvas-jax sample --model PATH --prompt "a cat" --ip-adapter DIR --ip-image ref.png --ip-scale 0.7 ...
     canvas-jax inpaint --model PATH --image in.png --mask m.png --prompt "..." --out out.png
     canvas-jax outpaint --model PATH --image in.png --right 64 --prompt "..." --out out.png
     canvas-jax convert from-diffusers|to-diffusers SRC DST
@@ -67,6 +68,15 @@ def _add_generation_args(p: argparse.ArgumentParser, *, image: bool) -> None:
         p.add_argument("--width", type=int, default=None)
     else:
         p.add_argument("--image", required=True, help="input image file")
+    ip = p.add_argument_group("image prompt (IP-Adapter)")
+    ip.add_argument("--ip-adapter", default=None, metavar="PATH",
+                    help="IP-Adapter weights: a .safetensors file, or a folder holding --ip-weight-name")
+    ip.add_argument("--ip-weight-name", default="ip-adapter.safetensors", help="weights file inside --ip-adapter")
+    ip.add_argument("--ip-image-encoder", default="image_encoder", metavar="PATH",
+                    help="CLIP image encoder folder: a name inside the --ip-adapter folder, or a path")
+    ip.add_argument("--ip-image", action="append", default=None, metavar="FILE",
+                    help="reference image (repeat for several images of one prompt)")
+    ip.add_argument("--ip-scale", type=float, default=1.0, help="IP-Adapter strength (0: text only)")
 
 
 def _add_sample(p):
@@ -111,15 +121,30 @@ def _common(args) -> dict:
         raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    return dict(negative_prompt=args.negative_prompt, num_steps=args.steps, guidance_scale=args.guidance,
-                guidance_rescale=args.guidance_rescale, sampler=args.sampler, seed=args.seed,
-                use_karras_sigmas=True if args.karras else None, num_images_per_prompt=args.num_images)
+    if bool(args.ip_image) != bool(args.ip_adapter):
+        raise UsageError("--ip-image and --ip-adapter go together: the adapter weights and a reference image")
+    kw = dict(negative_prompt=args.negative_prompt, num_steps=args.steps, guidance_scale=args.guidance,
+              guidance_rescale=args.guidance_rescale, sampler=args.sampler, seed=args.seed,
+              use_karras_sigmas=True if args.karras else None, num_images_per_prompt=args.num_images)
+    if args.ip_image:
+        kw["ip_adapter_image"] = [_load_image(_existing_file(f)) for f in args.ip_image]
+    return kw
 
 
 def _pipeline(args):
     import canvas_jax
 
-    return canvas_jax.Pipeline.from_pretrained(args.model)
+    pipe = canvas_jax.Pipeline.from_pretrained(args.model)
+    if args.ip_adapter:
+        path = Path(args.ip_adapter)
+        if not path.exists():
+            raise UsageError(f"--ip-adapter {path} does not exist")
+        try:
+            pipe.load_ip_adapter(path, weight_name=args.ip_weight_name, image_encoder_folder=args.ip_image_encoder,
+                                 scale=args.ip_scale)
+        except ValueError as err:  # weights that do not fit this UNet: the user's input, not a bug
+            raise UsageError(f"--ip-adapter {path}: {err}") from err
+    return pipe
 
 
 def _write(images, args, out: Path) -> None:

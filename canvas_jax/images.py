@@ -108,3 +108,42 @@ def make_grid(images: Sequence[Image.Image], *, cols: int | None = None,
         for j, line in enumerate(lines[i] if captions else []):
             draw.text((x + 2, y + h + 1 + j * caption_height), line, fill="black")
     return grid
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation (transformers' OPENAI_CLIP_MEAN / STD)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _one_clip_input(image, size: int, what: str) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        x = image if image.ndim == 3 else (image[..., None] if image.ndim == 2 else None)
+        if x is None or x.shape[-1] not in (1, 3, 4):
+            raise InputError(f"{what}: expected one HWC image (1, 3 or 4 channels), got shape {image.shape}")
+        if not np.issubdtype(x.dtype, np.integer):  # float in [0, 1]
+            x = np.round(np.clip(_one_to_array(x, what)[0], 0.0, 1.0) * 255.0)
+        x = x.astype(np.uint8)
+        image = Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"{what}: expected PIL images or numpy arrays, got {type(image).__name__}")
+    image = image.convert("RGB")
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    image = image.resize((size, new_long) if w <= h else (new_long, size), Image.BICUBIC)
+    x = np.asarray(image)
+    top, left = (x.shape[0] - size) // 2, (x.shape[1] - size) // 2
+    x = (x[top:top + size, left:left + size].astype(np.float64) * (1 / 255)).astype(np.float32)
+    return (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+
+
+def clip_image_inputs(images, size: int = 224, what: str = "ip_adapter_image") -> np.ndarray:
+    """CLIP image encoder inputs as transformers' ``CLIPImageProcessor`` makes them (NHWC float32 here): resize the
+    shortest side to ``size`` (PIL bicubic), center-crop ``size`` x ``size``, scale to [0, 1], normalise with the
+    CLIP mean / std. ``images``: a PIL image, a uint8 (or [0, 1] float) HWC / NHWC array, or a list of them."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError(f"{what}: got an empty list")
+        return np.stack([_one_clip_input(im, size, what) for im in images])
+    return _one_clip_input(images, size, what)[None]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -35,10 +36,14 @@ from jax.sharding import PartitionSpec as P
 
 from canvas_jax import images as imgs
 from canvas_jax.components import Components, detect_format, load_components
+from canvas_jax.convert.clip_vision import load_clip_vision
+from canvas_jax.convert.ip_adapter import WEIGHT_NAME as IP_WEIGHT_NAME
+from canvas_jax.convert.ip_adapter import load_ip_adapter
 from canvas_jax.convert.lora import load_lora
 from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
 from canvas_jax.errors import InputError
 from canvas_jax.models.bert import BertModel
+from canvas_jax.models.ip_adapter import cross_attention_layers, remove_ip_adapter, set_ip_adapter_scale
 from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora
 from canvas_jax.runs import run_components
 from core_jax.mesh import MeshConfig, batch_spec, make_mesh
@@ -114,6 +119,8 @@ def _generate_impl(st: _Static, states: dict, inputs: dict) -> jax.Array:
     sf, shift = vae.scaling_factor, vae.shift_factor
     noise = inputs["noise"]
     ctx, pooled = _encode_text(st, m, inputs["ids"], inputs.get("ids2"), inputs.get("attn"), st.guided)
+    # IP-Adapter image tokens, projected once for the whole loop ([uncond; cond] rows like the text)
+    ip_tokens = unet.ip_adapter(inputs["ip_embeds"]) if "ip_embeds" in inputs else None
     added = None
     if st.sdxl:
         time_ids = inputs["time_ids"]
@@ -139,7 +146,7 @@ def _generate_impl(st: _Static, states: dict, inputs: dict) -> jax.Array:
         x_in = jnp.concatenate([x] * 2) if st.guided else x
         if extra is not None:
             x_in = jnp.concatenate([x_in, extra.astype(x_in.dtype)], axis=-1)
-        out = unet(x_in, t, ctx, added)
+        out = unet(x_in, t, ctx, added, ip_tokens=ip_tokens)
         return cfg_from_batch(out, inputs["guidance_scale"], st.guidance_rescale) if st.guided else out
 
     latents = sample(model_fn, noise, st.sched, sampler=st.sampler, num_steps=st.num_steps, rng=inputs["rng"],
@@ -155,6 +162,12 @@ def _generate_impl(st: _Static, states: dict, inputs: dict) -> jax.Array:
 
 
 _generate = jax.jit(_generate_impl, static_argnums=0)
+
+
+@nnx.jit
+def _encode_images(encoder, pixels):
+    out = encoder(pixels)
+    return out.image_embeds, out.hidden_states[-2]
 
 
 def _as_list(value, what: str) -> list[str]:
@@ -185,6 +198,7 @@ class Pipeline:
         if mesh is None and jax.device_count() > 1:
             mesh = make_mesh(MeshConfig(data=-1))
         self.mesh = mesh
+        self.image_encoder = None  # the IP-Adapter's CLIP vision tower (load_ip_adapter)
         self._split_models()
 
     def _split_models(self) -> None:
@@ -218,6 +232,111 @@ class Pipeline:
         """Fold the LoRA weights into the base kernels (faster sampling), or unfold them (``merge=False``)."""
         (merge_lora if merge else unmerge_lora)(self.unet)
         self._split_models()
+
+    # ---- IP-Adapter ---------------------------------------------------------------------------------------
+    def load_ip_adapter(self, path: str | os.PathLike, subfolder: str = "", weight_name: str = IP_WEIGHT_NAME, *,
+                        image_encoder_folder: str | os.PathLike | None = "image_encoder", scale: float = 1.0) -> None:
+        """Load IP-Adapter weights (diffusers / original format: ``image_proj.*``, ``ip_adapter.<i>.to_k_ip``...)
+        from ``path/subfolder/weight_name`` (or ``path`` itself, a ``.safetensors`` file) into the UNet at
+        ``scale``, and the CLIP image encoder from ``image_encoder_folder``: a name inside ``path/subfolder``, a path
+        relative to ``path`` (with a "/"), or an absolute path; None: no encoder (pass ``ip_adapter_image_embeds``).
+        The first load recompiles once (the UNet's structure changes)."""
+        root = Path(path)
+        file = root if root.suffix == ".safetensors" else root / subfolder / weight_name
+        encoder = None
+        if image_encoder_folder is not None:
+            enc = Path(image_encoder_folder)
+            if not enc.is_absolute():
+                base = root.parent if root.suffix == ".safetensors" else root
+                enc = base / subfolder / enc if len(enc.parts) == 1 else base / enc
+            if not (enc / "config.json").is_file():
+                raise InputError(f"image_encoder_folder: no CLIP image encoder (config.json + model.safetensors) in "
+                                 f"{enc}; pass image_encoder_folder=None to use ip_adapter_image_embeds only")
+            encoder = load_clip_vision(enc, dtype=self.unet.dtype)
+        previous = self.unet.ip_adapter, {n: a.ip_adapter for n, a in cross_attention_layers(self.unet)}
+        plus = load_ip_adapter(self.unet, file, scale=scale)
+        if encoder is not None:
+            cfg, proj = encoder.config, self.unet.ip_adapter.image_proj
+            have, want = ((cfg.hidden_size, proj.proj_in.in_features) if plus
+                          else (cfg.projection_dim, proj.image_embeds.in_features))
+            if have != want:
+                self.unet.ip_adapter = previous[0]  # leave the pipeline as it was
+                for name, attn in cross_attention_layers(self.unet):
+                    attn.ip_adapter = previous[1][name]
+                raise InputError(f"the image encoder in {enc} gives {have}-d "
+                                 f"{'hidden states' if plus else 'image_embeds'}, but the IP-Adapter {file} "
+                                 f"expects {want}-d ones")
+        self.image_encoder = encoder
+        self._split_models()
+
+    def set_ip_adapter_scale(self, scale) -> None:
+        """Image-prompt strength: one float, or a per-block dict as diffusers takes (``{"down": {"block_2": [0.0,
+        1.0]}, "up": {"block_0": [0.0, 1.0, 0.0]}}``; unnamed blocks get 0). No recompilation."""
+        set_ip_adapter_scale(self.unet, scale)
+        self._split_models()
+
+    def unload_ip_adapter(self) -> None:
+        """Remove the IP-Adapter (and its image encoder): the base model again."""
+        remove_ip_adapter(self.unet)
+        self.image_encoder = None
+        self._split_models()
+
+    def encode_image(self, image) -> tuple[np.ndarray, np.ndarray]:
+        """(image embeddings, negative embeddings) of the reference image(s) as the loaded adapter reads them:
+        ``image_embeds`` [n, D] and zeros (plain IP-Adapter), or the encoder's penultimate hidden states [n, T, D]
+        of the images and of an all-zero image (IP-Adapter Plus), as diffusers' ``encode_image`` does."""
+        if self.unet.ip_adapter is None:
+            raise InputError("ip_adapter_image: no IP-Adapter is loaded; call pipe.load_ip_adapter(...) first")
+        if self.image_encoder is None:
+            raise InputError("ip_adapter_image: no image encoder is loaded (image_encoder_folder=None); pass "
+                             "ip_adapter_image_embeds instead, or load the adapter with its image_encoder_folder")
+        pixels = imgs.clip_image_inputs(image, self.image_encoder.config.image_size)
+        if not self.unet.ip_adapter.plus:
+            embeds, _ = _encode_images(self.image_encoder, pixels)
+            embeds = np.asarray(embeds, np.float32)
+            return embeds, np.zeros_like(embeds)
+        _, hidden = _encode_images(self.image_encoder, np.concatenate([pixels, np.zeros_like(pixels)]))
+        hidden = np.asarray(hidden, np.float32)
+        return hidden[:len(pixels)], hidden[len(pixels):]
+
+    def _ip_embeds(self, image, embeds, negative, batch: int, guided: bool) -> np.ndarray | None:
+        """The ``ip_embeds`` input [B', n_images, ...] (B' = 2B, [negative; positive], when guided), or None."""
+        if image is None and embeds is None:
+            if self.unet.ip_adapter is not None:
+                raise InputError("an IP-Adapter is loaded: pass ip_adapter_image (or ip_adapter_image_embeds), or "
+                                 "call pipe.unload_ip_adapter() to sample from text alone")
+            return None
+        if self.unet.ip_adapter is None:
+            raise InputError("ip_adapter_image / ip_adapter_image_embeds given but no IP-Adapter is loaded; call "
+                             "pipe.load_ip_adapter(...) first")
+        if image is not None and embeds is not None:
+            raise InputError("pass ip_adapter_image or ip_adapter_image_embeds, not both")
+        proj = self.unet.ip_adapter.image_proj
+        plus = self.unet.ip_adapter.plus
+        dim = proj.proj_in.in_features if plus else proj.image_embeds.in_features
+        if image is not None:
+            embeds, default_negative = self.encode_image(image)
+        else:
+            embeds = np.asarray(embeds, np.float32)
+            default_negative = np.zeros_like(embeds) if not plus else None
+        want = "[images, tokens, features]" if plus else "[images, features]"
+        for name, x in (("ip_adapter_image_embeds", embeds), ("negative_ip_adapter_image_embeds", negative)):
+            if x is not None and (np.ndim(x) != (3 if plus else 2) or np.shape(x)[-1] != dim):
+                raise InputError(f"{name}: expected {want} with {dim} features for this "
+                                 f"{'IP-Adapter Plus' if plus else 'IP-Adapter'}, got shape {np.shape(x)}")
+        if negative is None:
+            negative = default_negative
+        if negative is None and guided:
+            raise InputError("IP-Adapter Plus with ip_adapter_image_embeds and guidance: also pass "
+                             "negative_ip_adapter_image_embeds (the encoder's penultimate states of a zero image)")
+        negative = None if negative is None else np.asarray(negative, np.float32)
+        if negative is not None and negative.shape != embeds.shape:
+            raise InputError(f"negative_ip_adapter_image_embeds: shape {negative.shape} differs from "
+                             f"ip_adapter_image_embeds {embeds.shape}")
+        rows = np.repeat(embeds[None], batch, axis=0)
+        if guided:
+            rows = np.concatenate([np.repeat(negative[None], batch, axis=0), rows])
+        return rows
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
@@ -258,35 +377,49 @@ class Pipeline:
                  num_steps: int = 25, guidance_scale: float = 7.5, guidance_rescale: float = 0.0,
                  sampler: str = "dpmpp_2m", seed: int = 0, latents=None, output_type: str = "pil",
                  eta: float = 0.0, use_karras_sigmas: bool | None = None,
-                 num_images_per_prompt: int = 1) -> PipelineOutput:
-        """Text to image. ``latents``: NCHW starting noise (unit variance, like diffusers' ``latents``)."""
+                 num_images_per_prompt: int = 1, ip_adapter_image=None, ip_adapter_image_embeds=None,
+                 negative_ip_adapter_image_embeds=None) -> PipelineOutput:
+        """Text to image. ``latents``: NCHW starting noise (unit variance, like diffusers' ``latents``).
+
+        With an IP-Adapter loaded (:meth:`load_ip_adapter`), ``ip_adapter_image`` is the image prompt: a PIL image,
+        an HWC / NHWC uint8 array, or a list (several images of one adapter: their tokens are concatenated), used
+        for every prompt. Or pass ``ip_adapter_image_embeds`` ([images, D] image_embeds, or [images, T, D]
+        penultimate encoder states for Plus); the unconditional branch gets zeros (plain) or the zero image's
+        states (Plus), or ``negative_ip_adapter_image_embeds``. The same arguments work in every mode."""
         return self._run("txt2img", prompt, negative_prompt, height, width, num_steps, guidance_scale,
                          guidance_rescale, sampler, seed, latents, output_type, eta, use_karras_sigmas,
-                         num_images_per_prompt)
+                         num_images_per_prompt, ip=(ip_adapter_image, ip_adapter_image_embeds,
+                                                    negative_ip_adapter_image_embeds))
 
     def img2img(self, image, prompt, strength: float = 0.6, negative_prompt=None, *, height: int | None = None,
                 width: int | None = None, num_steps: int = 25, guidance_scale: float = 7.5,
                 guidance_rescale: float = 0.0, sampler: str = "dpmpp_2m", seed: int = 0, latents=None,
                 output_type: str = "pil", eta: float = 0.0, use_karras_sigmas: bool | None = None,
-                num_images_per_prompt: int = 1) -> PipelineOutput:
-        """Re-draw ``image`` (PIL / numpy, one or one per prompt) from noise level ``strength`` in (0, 1]."""
+                num_images_per_prompt: int = 1, ip_adapter_image=None, ip_adapter_image_embeds=None,
+                negative_ip_adapter_image_embeds=None) -> PipelineOutput:
+        """Re-draw ``image`` (PIL / numpy, one or one per prompt) from noise level ``strength`` in (0, 1]
+        (IP-Adapter arguments as in :meth:`__call__`)."""
         return self._run("img2img", prompt, negative_prompt, height, width, num_steps, guidance_scale,
                          guidance_rescale, sampler, seed, latents, output_type, eta, use_karras_sigmas,
-                         num_images_per_prompt, image=image, strength=strength)
+                         num_images_per_prompt, image=image, strength=strength,
+                         ip=(ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image_embeds))
 
     def inpaint(self, image, mask, prompt, negative_prompt=None, *, strength: float = 1.0,
                 height: int | None = None, width: int | None = None, num_steps: int = 25,
                 guidance_scale: float = 7.5, guidance_rescale: float = 0.0, sampler: str = "dpmpp_2m",
                 seed: int = 0, latents=None, output_type: str = "pil", eta: float = 0.0,
                 use_karras_sigmas: bool | None = None, num_images_per_prompt: int = 1,
-                keep_unmasked: bool = True) -> PipelineOutput:
+                keep_unmasked: bool = True, ip_adapter_image=None, ip_adapter_image_embeds=None,
+                negative_ip_adapter_image_embeds=None) -> PipelineOutput:
         """Repaint where ``mask`` is white (>= 0.5). A 9-channel inpainting UNet is conditioned on the mask and
         the masked image's latents; any other UNet keeps the unmasked latents by blending after every step.
-        ``keep_unmasked`` pastes the original pixels back outside the mask."""
+        ``keep_unmasked`` pastes the original pixels back outside the mask. IP-Adapter arguments as in
+        :meth:`__call__`."""
         return self._run("inpaint", prompt, negative_prompt, height, width, num_steps, guidance_scale,
                          guidance_rescale, sampler, seed, latents, output_type, eta, use_karras_sigmas,
                          num_images_per_prompt, image=image, mask=mask, strength=strength,
-                         keep_unmasked=keep_unmasked)
+                         keep_unmasked=keep_unmasked,
+                         ip=(ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image_embeds))
 
     def outpaint(self, image, prompt, left: int = 0, top: int = 0, right: int = 64, bottom: int = 0, *,
                  fill: str = "edge", **kwargs) -> PipelineOutput:
@@ -320,7 +453,7 @@ class Pipeline:
 
     def _run(self, task, prompt, negative_prompt, height, width, num_steps, guidance_scale, guidance_rescale,
              sampler, seed, latents, output_type, eta, use_karras_sigmas, num_images_per_prompt, *,
-             image=None, mask=None, strength=1.0, keep_unmasked=True) -> PipelineOutput:
+             image=None, mask=None, strength=1.0, keep_unmasked=True, ip=(None, None, None)) -> PipelineOutput:
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type={output_type!r}: expected one of {list(OUTPUT_TYPES)}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -377,6 +510,9 @@ class Pipeline:
         inputs["noise"] = self._noise(latents, batch, height, width, seed)
         inputs["rng"] = jax.random.fold_in(jax.random.key(seed), 1)
         inputs["guidance_scale"] = np.float32(guidance_scale)
+        ip_embeds = self._ip_embeds(*ip, batch, guided)
+        if ip_embeds is not None:
+            inputs["ip_embeds"] = ip_embeds
 
         start_step = 0
         if task == "img2img" or (task == "inpaint" and strength < 1.0):
@@ -426,7 +562,7 @@ class Pipeline:
             if key == "rng" or key == "guidance_scale":
                 sharded[key] = _to_mesh(value, NamedSharding(self.mesh, P()))
                 continue
-            halves = 2 if key in ("ids", "ids2", "attn") and value.shape[0] == 2 * batch else 1
+            halves = 2 if key in ("ids", "ids2", "attn", "ip_embeds") and value.shape[0] == 2 * batch else 1
             value = pad_rows(value, halves) if pad else np.asarray(value)
             spec = batch_spec(value.ndim) if halves == 1 else P()
             sharded[key] = _to_mesh(value, NamedSharding(self.mesh, spec))

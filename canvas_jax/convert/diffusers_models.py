@@ -112,7 +112,9 @@ def _save(model: nnx.Module, folder: str | os.PathLike, class_name: str, dtype) 
     if config.get("num_attention_heads"):  # diffusers reads the head counts from attention_head_dim
         config["attention_head_dim"], config["num_attention_heads"] = config["num_attention_heads"], None
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    state = {k: np.ascontiguousarray(v.astype(dtype)) for k, v in to_state_dict(model).items()}
+    # an attached IP-Adapter is not part of the diffusers UNet: it is saved on its own (convert.ip_adapter)
+    state = {k: np.ascontiguousarray(v.astype(dtype)) for k, v in to_state_dict(model).items()
+             if "ip_adapter" not in k.split(".")}
     save_file(state, folder / f"{WEIGHTS_STEM}.safetensors", metadata={"format": "pt"})
     return folder
 

@@ -107,9 +107,14 @@ class CLIPTextEmbeddings(nnx.Module):
 
 
 class CLIPAttention(nnx.Module):
-    def __init__(self, cfg: CLIPTextConfig, *, rngs, **dt):
+    """Multi-head self-attention; causal for the text tower, bidirectional (``causal=False``) for the vision tower.
+
+    ``cfg`` is any config with hidden_size / num_attention_heads (CLIPTextConfig or CLIPVisionConfig)."""
+
+    def __init__(self, cfg, *, causal: bool = True, rngs, **dt):
         h = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads
+        self.causal = causal
         self.q_proj = dense(h, h, ("embed", "heads"), rngs=rngs, **dt)
         self.k_proj = dense(h, h, ("embed", "heads"), rngs=rngs, **dt)
         self.v_proj = dense(h, h, ("embed", "heads"), rngs=rngs, **dt)
@@ -117,12 +122,12 @@ class CLIPAttention(nnx.Module):
 
     def __call__(self, x, mask=None):
         out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.num_heads,
-                                   mask=mask, is_causal=True)
+                        mask=mask, is_causal=self.causal)
         return self.out_proj(out)
 
 
 class CLIPMLP(nnx.Module):
-    def __init__(self, cfg: CLIPTextConfig, *, rngs, **dt):
+    def __init__(self, cfg, *, rngs, **dt):
         self.act = activation(cfg.hidden_act)
         self.fc1 = dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), rngs=rngs, **dt)
         self.fc2 = dense(cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), rngs=rngs, **dt)
@@ -132,10 +137,10 @@ class CLIPMLP(nnx.Module):
 
 
 class CLIPEncoderLayer(nnx.Module):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)) (shared by the text and vision towers)."""
 
-    def __init__(self, cfg: CLIPTextConfig, *, rngs, **dt):
-        self.self_attn = CLIPAttention(cfg, rngs=rngs, **dt)
+    def __init__(self, cfg, *, causal: bool = True, rngs, **dt):
+        self.self_attn = CLIPAttention(cfg, causal=causal, rngs=rngs, **dt)
         self.layer_norm1 = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs, **dt)
         self.mlp = CLIPMLP(cfg, rngs=rngs, **dt)
         self.layer_norm2 = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs, **dt)
@@ -146,8 +151,11 @@ class CLIPEncoderLayer(nnx.Module):
 
 
 class CLIPEncoder(nnx.Module):
-    def __init__(self, cfg: CLIPTextConfig, *, rngs, **dt):
-        self.layers = nnx.List([CLIPEncoderLayer(cfg, rngs=rngs, **dt) for _ in range(cfg.num_hidden_layers)])
+    """The stack of :class:`CLIPEncoderLayer`; returns the input then every layer's output."""
+
+    def __init__(self, cfg, *, causal: bool = True, rngs, **dt):
+        self.layers = nnx.List([CLIPEncoderLayer(cfg, causal=causal, rngs=rngs, **dt)
+                                for _ in range(cfg.num_hidden_layers)])
 
     def __call__(self, x, mask=None):
         states = [x]

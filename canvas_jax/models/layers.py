@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.extend
@@ -306,11 +306,19 @@ class Attention(nnx.Module):
         self.to_k = dense(context_dim or query_dim, inner, ("embed", "heads"), use_bias=qkv_bias, **kw)
         self.to_v = dense(context_dim or query_dim, inner, ("embed", "heads"), use_bias=qkv_bias, **kw)
         self.to_out = nnx.List([dense(inner, query_dim, ("heads", "embed"), use_bias=out_bias, **kw)])
+        # IP-Adapter's decoupled image key/value branch (canvas_jax.models.ip_adapter.attach_ip_adapter sets it)
+        self.ip_adapter = nnx.data(None)
 
-    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None) -> jax.Array:
-        """x: [B, T, query_dim]; context: [B, S, context_dim] or None (self-attention) -> [B, T, query_dim]."""
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None,
+                 ip_tokens: jax.Array | None = None) -> jax.Array:
+        """x: [B, T, query_dim]; context: [B, S, context_dim] or None (self-attention) -> [B, T, query_dim].
+        ``ip_tokens`` [B, N, context_dim]: image tokens for the IP-Adapter branch (``+= scale * attn(q, k_ip,
+        v_ip)`` before ``to_out``); ignored without an adapter."""
         context = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, mask=mask)
+        q = self.to_q(x)
+        out = attention(q, self.to_k(context), self.to_v(context), self.heads, mask=mask)
+        if self.ip_adapter is not None and ip_tokens is not None:
+            out = out + self.ip_adapter(q, ip_tokens, self.heads).astype(out.dtype)
         return self.to_out[0](out)
 
 
@@ -339,6 +347,14 @@ class SpatialSelfAttention(Attention):
 # Transformer.
 
 
+class CrossContext(NamedTuple):
+    """What the cross-attention layers read: the text states [B, S, D] and, with an IP-Adapter, the projected image
+    tokens [B, N, D] (None: text only). The UNet's blocks pass it through unchanged."""
+
+    text: jax.Array
+    ip_tokens: jax.Array | None = None
+
+
 class GEGLU(nnx.Module):
     """``proj`` to twice the width, then ``hidden * gelu(gate)`` (exact, erf-based GELU)."""
 
@@ -351,14 +367,34 @@ class GEGLU(nnx.Module):
         return hidden * jax.nn.gelu(gate, approximate=False)
 
 
-class FeedForward(nnx.Module):
-    """``net = [GEGLU(dim -> mult*dim), dropout slot, Linear(mult*dim -> dim)]`` as in diffusers."""
+class GELU(nnx.Module):
+    """``proj`` then exact (erf-based) GELU: diffusers' ``GELU`` activation module."""
 
-    def __init__(self, dim: int, *, mult: int = 4, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
+    def __init__(self, dim: int, inner_dim: int, *, use_bias: bool = True, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
                  param_dtype: Dtype = jnp.float32):
+        self.proj = dense(dim, inner_dim, ("embed", "mlp"), use_bias=use_bias, rngs=rngs, dtype=dtype,
+                          param_dtype=param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.gelu(self.proj(x), approximate=False)
+
+
+class FeedForward(nnx.Module):
+    """``net = [GEGLU or GELU (dim -> mult*dim), dropout slot, Linear(mult*dim -> dim)]`` as in diffusers
+    (``activation_fn`` "geglu" or "gelu"; ``bias`` for every linear layer)."""
+
+    def __init__(self, dim: int, *, mult: float = 4, activation_fn: str = "geglu", bias: bool = True,
+                 rngs: nnx.Rngs, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        inner = dim * mult
-        self.net = nnx.List([GEGLU(dim, inner, **kw), Identity(), dense(inner, dim, ("mlp", "embed"), **kw)])
+        inner = int(dim * mult)
+        if activation_fn == "geglu" and bias:
+            act = GEGLU(dim, inner, **kw)
+        elif activation_fn == "gelu":
+            act = GELU(dim, inner, use_bias=bias, **kw)
+        else:
+            raise ValueError(f"FeedForward: activation_fn={activation_fn!r} (bias={bias}) is not supported; expected "
+                             "'geglu' (with bias) or 'gelu'")
+        self.net = nnx.List([act, Identity(), dense(inner, dim, ("mlp", "embed"), use_bias=bias, **kw)])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for layer in self.net:
@@ -379,9 +415,12 @@ class BasicTransformerBlock(nnx.Module):
         self.norm3 = layer_norm(dim, eps, **kw)
         self.ff = FeedForward(dim, **kw)
 
-    def __call__(self, x: jax.Array, context: jax.Array, *, context_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, context, *, context_mask: jax.Array | None = None) -> jax.Array:
+        """``context``: the text states [B, S, D], or a :class:`CrossContext` (text states plus IP-Adapter image
+        tokens for ``attn2``)."""
+        text, ip_tokens = context if isinstance(context, CrossContext) else (context, None)
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context, mask=context_mask)
+        x = x + self.attn2(self.norm2(x), text, mask=context_mask, ip_tokens=ip_tokens)
         return x + self.ff(self.norm3(x))
 
 

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.models.layers import (Downsample2D, Dtype, ResnetBlock2D, TimestepEmbedding, Transformer2DModel,
-                                      Upsample2D, activation, conv, group_norm, timestep_embedding)
+from canvas_jax.models.layers import (CrossContext, Downsample2D, Dtype, ResnetBlock2D, TimestepEmbedding,
+                                      Transformer2DModel, Upsample2D, activation, conv, group_norm, timestep_embedding)
 
 # diffusers' defaults for every key of unet/config.json (the values are hyperparameters, not code).
 UNET_DEFAULTS: dict[str, Any] = {
@@ -210,6 +210,7 @@ class UNet2DConditionModel(nnx.Module):
         cfg = unet_config(config)
         self.config = cfg
         self.dtype = dtype
+        self.ip_adapter = nnx.data(None)  # IP-Adapter image projection (models.ip_adapter.attach_ip_adapter)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         n = len(cfg["down_block_types"])
         boc = list(cfg["block_out_channels"])
@@ -289,9 +290,12 @@ class UNet2DConditionModel(nnx.Module):
 
     def __call__(self, sample: jax.Array, timesteps: jax.Array | float, encoder_hidden_states: jax.Array,
                  added_cond_kwargs: Mapping[str, jax.Array] | None = None, *,
-                 encoder_attention_mask: jax.Array | None = None) -> jax.Array:
+                 encoder_attention_mask: jax.Array | None = None, ip_tokens: jax.Array | None = None) -> jax.Array:
         """sample [B, H, W, in_channels], timesteps scalar or [B], encoder_hidden_states [B, T, D]
-        (optional boolean ``encoder_attention_mask`` [B, T], True = attend) -> [B, H, W, out_channels]."""
+        (optional boolean ``encoder_attention_mask`` [B, T], True = attend) -> [B, H, W, out_channels].
+
+        ``ip_tokens`` [B, N, D]: IP-Adapter image tokens (``self.ip_adapter(image_embeds)``, see
+        :mod:`canvas_jax.models.ip_adapter`) that the cross-attention layers attend to besides the text."""
         cfg = self.config
         if sample.ndim != 4 or sample.shape[-1] != cfg["in_channels"]:
             raise ValueError(f"UNet2DConditionModel: sample must be NHWC with {cfg['in_channels']} channels, "
@@ -303,6 +307,14 @@ class UNet2DConditionModel(nnx.Module):
             sample = 2 * sample - 1.0
         temb = self._time_embedding(timesteps, sample.shape[0], added_cond_kwargs)
         ctx, mask = encoder_hidden_states.astype(self.dtype), encoder_attention_mask
+        if ip_tokens is not None:
+            if self.ip_adapter is None:
+                raise ValueError("UNet2DConditionModel: ip_tokens given but no IP-Adapter is attached "
+                                 "(canvas_jax.models.ip_adapter.attach_ip_adapter)")
+            if ip_tokens.ndim != 3 or ip_tokens.shape[0] != sample.shape[0]:
+                raise ValueError(f"UNet2DConditionModel: ip_tokens must be [{sample.shape[0]}, N, D], "
+                                 f"got shape {ip_tokens.shape}")
+            ctx = CrossContext(ctx, ip_tokens.astype(self.dtype))
 
         x = self.conv_in(sample.astype(self.dtype))
         skips = [x]

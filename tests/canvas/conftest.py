@@ -166,3 +166,65 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 def tiny_latents() -> np.ndarray:
     """Seed-independent NCHW starting latents for parity runs (batch 2: two prompts)."""
     return np.random.default_rng(123).standard_normal((2, 4, TINY_SIZE // 2, TINY_SIZE // 2)).astype(np.float32)
+
+
+TINY_IMAGE_ENCODER = dict(hidden_size=32, intermediate_size=37, projection_dim=24, num_hidden_layers=2,
+                          num_attention_heads=4, image_size=32, patch_size=8)
+# Plus resampler: diffusers rebuilds it with depth 4, 64-wide heads and an MLP ratio of 4
+TINY_PLUS = dict(hidden_dims=48, heads=1, num_queries=6, depth=4)
+
+
+def build_tiny_ip_adapters(folder: Path, unet_folder: Path, *, seed: int = 30) -> Path:
+    """Random IP-Adapter files in the original / diffusers format for the UNet in ``unet_folder``, written key by key
+    (``ip-adapter_tiny.safetensors``: plain, 4 tokens; ``ip-adapter-plus_tiny.safetensors``: Plus resampler) plus
+    a random transformers ``CLIPVisionModelWithProjection`` in ``image_encoder/``. The ``ip_adapter.<i>`` indices
+    follow diffusers' attn_processors order (read from diffusers' own UNet)."""
+    import diffusers
+    import torch
+    import transformers
+    from safetensors.numpy import save_file
+
+    torch.manual_seed(seed)
+    encoder = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**TINY_IMAGE_ENCODER))
+    _perturb(encoder, torch, seed=seed)
+    encoder.save_pretrained(folder / "image_encoder")
+    unet = diffusers.UNet2DConditionModel.from_pretrained(unet_folder)
+    cross = unet.config.cross_attention_dim
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=0.2):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    def ln(n):
+        return {"weight": 1.0 + w(n, scale=0.1), "bias": w(n, scale=0.1)}
+
+    ip, key_id = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            inner = unet.get_submodule(name[:-len(".processor")]).to_k.out_features
+            ip[f"ip_adapter.{key_id}.to_k_ip.weight"] = w(inner, cross)
+            ip[f"ip_adapter.{key_id}.to_v_ip.weight"] = w(inner, cross)
+            key_id += 2
+    plain = {"image_proj.proj.weight": w(4 * cross, TINY_IMAGE_ENCODER["projection_dim"]),
+             "image_proj.proj.bias": w(4 * cross), **{f"image_proj.norm.{k}": v for k, v in ln(cross).items()}}
+    save_file({**plain, **ip}, folder / "ip-adapter_tiny.safetensors")
+    h, e, inner = TINY_PLUS["hidden_dims"], TINY_IMAGE_ENCODER["hidden_size"], 64 * TINY_PLUS["heads"]
+    plus = {"image_proj.latents": w(1, TINY_PLUS["num_queries"], h, scale=h ** -0.5),
+            "image_proj.proj_in.weight": w(h, e), "image_proj.proj_in.bias": w(h),
+            "image_proj.proj_out.weight": w(cross, h), "image_proj.proj_out.bias": w(cross),
+            **{f"image_proj.norm_out.{k}": v for k, v in ln(cross).items()}}
+    for layer in range(TINY_PLUS["depth"]):
+        pre = f"image_proj.layers.{layer}"
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            plus.update({f"{pre}.{norm}.{k}": v for k, v in ln(h).items()})
+        plus.update({f"{pre}.0.to_q.weight": w(inner, h), f"{pre}.0.to_kv.weight": w(2 * inner, h),
+                     f"{pre}.0.to_out.weight": w(h, inner), f"{pre}.1.1.weight": w(4 * h, h),
+                     f"{pre}.1.3.weight": w(h, 4 * h)})
+    save_file({**plus, **ip}, folder / "ip-adapter-plus_tiny.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapters(tmp_path_factory, tiny_sd) -> Path:
+    """A folder with random IP-Adapter weights (plain and Plus) for ``tiny_sd`` and their ``image_encoder/``."""
+    return build_tiny_ip_adapters(tmp_path_factory.mktemp("ip_adapters"), tiny_sd / "unet")

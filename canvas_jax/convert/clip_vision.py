@@ -1,0 +1,47 @@
+"""Load and save the CLIP vision tower from / to transformers folders (``config.json`` + ``model.safetensors``).
+
+``load_clip_vision(folder)`` reads a ``CLIPVisionModelWithProjection`` (the IP-Adapter ``image_encoder/``
+folder), a ``CLIPVisionModel`` or a full ``CLIPModel`` (its text weights are ignored);
+``save_clip_vision(model, folder)`` writes a folder that ``transformers.CLIPVisionModelWithProjection``
+(or ``CLIPVisionModel``) ``.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+from flax import nnx
+
+from canvas_jax.convert.state_dict import empty_module, load_state_dict, to_state_dict
+from canvas_jax.convert.text_encoders import read_config, read_weights, save_safetensors
+from canvas_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
+
+
+def load_clip_vision(folder: str | Path, with_projection: bool = True, *, dtype=None, param_dtype=jnp.float32,
+                     variant: str | None = None) -> CLIPVisionModel:
+    """A CLIP vision tower from ``folder``: :class:`CLIPVisionModelWithProjection` (``with_projection=True``,
+    needs ``visual_projection`` in the checkpoint) or :class:`CLIPVisionModel`."""
+    config = CLIPVisionConfig.from_dict(read_config(folder))
+    cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
+    model = empty_module(lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    ignore = [r".*position_ids", r"text_model\..*", r"text_projection\..*", "logit_scale"]
+    if not with_projection:
+        ignore.append(r"visual_projection\..*")
+    return load_state_dict(model, read_weights(folder, variant), what=f"CLIP vision tower from {folder}",
+                           ignore=ignore)
+
+
+def save_clip_vision(model: CLIPVisionModel, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arch = "CLIPVisionModelWithProjection" if isinstance(model, CLIPVisionModelWithProjection) else "CLIPVisionModel"
+    config = {**model.config.to_dict(), "architectures": [arch], "dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_safetensors(to_state_dict(model), folder / "model.safetensors")
+    return folder
+
+
+__all__ = ["load_clip_vision", "save_clip_vision"]
