@@ -8,14 +8,13 @@ folder), a ``CLIPVisionModel`` or a full ``CLIPModel`` (its text weights are ign
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.convert.state_dict import empty_module, load_state_dict, to_state_dict
-from canvas_jax.convert.text_encoders import read_config, read_weights, save_safetensors
+from canvas_jax.convert.state_dict import empty_module, load_state_dict
+from canvas_jax.convert.text_encoders import read_config, read_weights, save_transformers_folder
 from canvas_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
 
@@ -35,13 +34,8 @@ def load_clip_vision(folder: str | Path, with_projection: bool = True, *, dtype=
 
 def save_clip_vision(model: CLIPVisionModel, folder: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     arch = "CLIPVisionModelWithProjection" if isinstance(model, CLIPVisionModelWithProjection) else "CLIPVisionModel"
-    config = {**model.config.to_dict(), "architectures": [arch], "dtype": "float32"}
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    save_safetensors(to_state_dict(model), folder / "model.safetensors")
-    return folder
+    return save_transformers_folder(model, folder, arch)
 
 
 __all__ = ["load_clip_vision", "save_clip_vision"]

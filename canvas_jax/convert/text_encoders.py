@@ -95,15 +95,20 @@ def load_clip_text(folder: str | Path, with_projection: bool = False, *, dtype=N
     return load_state_dict(model, weights, what=f"CLIP text encoder from {folder}", ignore=ignore)
 
 
-def save_clip_text(model: CLIPTextModel, folder: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads."""
+def save_transformers_folder(model: nnx.Module, folder: str | Path, architecture: str) -> Path:
+    """Write ``config.json`` (``model.config`` + ``architecture``) and ``model.safetensors`` for transformers."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    arch = "CLIPTextModelWithProjection" if isinstance(model, CLIPTextModelWithProjection) else "CLIPTextModel"
-    config = {**model.config.to_dict(), "architectures": [arch], "dtype": "float32"}
+    config = {**model.config.to_dict(), "architectures": [architecture], "dtype": "float32"}
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_safetensors(to_state_dict(model), folder / "model.safetensors")
     return folder
+
+
+def save_clip_text(model: CLIPTextModel, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads."""
+    arch = "CLIPTextModelWithProjection" if isinstance(model, CLIPTextModelWithProjection) else "CLIPTextModel"
+    return save_transformers_folder(model, folder, arch)
 
 
 def load_bert(folder: str | Path, *, dtype=None, param_dtype=jnp.float32, variant: str | None = None) -> BertModel:
