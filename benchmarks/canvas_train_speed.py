@@ -72,19 +72,24 @@ def ours_loop(task: str, overrides: list[str]):
     return cfg, run, flops
 
 
-def ours_sd15(batch: int):
+def ours_sd15(batch: int, config: dict = SD15_UNET, side: int = 32, dtype=jnp.float32, added_cond=None):
+    """A bare jitted UNet train step (epsilon loss, AdamW) on constant random inputs: (run, XLA FLOPs per step).
+    ``config``/``side``: the UNet and its latent side; ``dtype``: compute dtype (weights stay float32);
+    ``added_cond``: SDXL's ``added_cond_kwargs`` for one example (broadcast over the batch)."""
     import optax
     from flax import nnx
 
     from canvas_jax.models.unet import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(SD15_UNET, rngs=nnx.Rngs(0))
+    unet = UNet2DConditionModel(config, rngs=nnx.Rngs(0), dtype=dtype)
     opt = nnx.Optimizer(unet, optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5)), wrt=nnx.Param)
     graph, state = nnx.split((unet, opt))
     k = jax.random.split(jax.random.key(0), 3)
-    x0 = jax.random.normal(k[0], (batch, 32, 32, 4))
-    ctx = jax.random.normal(k[1], (batch, 77, 768))
+    x0 = jax.random.normal(k[0], (batch, side, side, unet.config["in_channels"]))
+    ctx = jax.random.normal(k[1], (batch, 77, unet.config["cross_attention_dim"]))
     t = jnp.array([999, 500][:batch] + [250] * max(batch - 2, 0))
+    added = None if added_cond is None else {n: jnp.broadcast_to(v, (batch, *jnp.shape(v)[1:]))
+                                             for n, v in added_cond.items()}
 
     @jax.jit
     def step(state, x0, ctx, t, key):
@@ -92,7 +97,7 @@ def ours_sd15(batch: int):
         noise = jax.random.normal(key, x0.shape)
 
         def loss(m):
-            return jnp.mean(jnp.square(m(x0 + noise, t, ctx) - noise))
+            return jnp.mean(jnp.square(m(x0 + noise, t, ctx, added).astype(jnp.float32) - noise))
 
         l, grads = nnx.value_and_grad(loss)(unet)
         opt.update(unet, grads)
