@@ -67,7 +67,7 @@ def sequences(root: str | os.PathLike | None = None) -> list[tuple[int, ...]]:
 
 def caption(seq: tuple[int, ...]) -> str:
     """The lower-cased Unicode name of a sequence, named from its parts; KeyError for a code point with no name."""
-    parts, letters, flag = [], [], all(0x1F1E6 <= c <= 0x1F1FF for c in seq)
+    parts, letters, flag = [], [], len(seq) > 1 and all(0x1F1E6 <= c <= 0x1F1FF for c in seq)
     for c in seq:
         if c in SKIP:
             continue
