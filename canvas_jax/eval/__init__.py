@@ -19,6 +19,7 @@ from canvas_jax.eval.frechet import (
                                         frechet_distance,
                                         frechet_distance_of_features,
                                         gaussian_stats,
+                                        mobilenet_frechet_distance,
 )
 from canvas_jax.eval.inpaint_eval import evaluate_inpaint
 from canvas_jax.eval.metrics import (
@@ -34,5 +35,6 @@ from canvas_jax.eval.shapes_eval import evaluate_shapes
 __all__ = ["ClassifierConfig", "ClassifierModelConfig", "SamplingOptions", "SmallCNN", "accuracy",
            "adherence_report", "classifier_frechet_distance", "evaluate_cifar10", "evaluate_inpaint", "evaluate_shapes",
            "extract_features", "frechet_distance", "frechet_distance_of_features", "gaussian_stats", "load_classifier",
+           "mobilenet_frechet_distance",
            "predict_logits", "prompt_adherence", "psnr", "save_classifier", "train_classifier", "train_classifier_on",
            "unmasked_psnr"]

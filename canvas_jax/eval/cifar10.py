@@ -6,7 +6,9 @@ as one safetensors file, judges ``per_class`` images generated for each prompt `
 * ``classifier_accuracy``: the fraction classified as their prompt's class;
 * ``classifier_frechet_distance``: the Fréchet distance between generated and real test images in the
   classifier's feature space (FID's formula, but not Inception features: not comparable with FID);
-* ``classifier_test_accuracy``: the classifier's accuracy on the real test images, to judge the judge.
+* ``classifier_test_accuracy``: the classifier's accuracy on the real test images, to judge the judge;
+* ``mobilenet_frechet_distance`` (given a MobileNetV2): the same distance in the pooled feature space of the
+  pretrained ImageNet MobileNetV2 (:func:`canvas_jax.eval.frechet.mobilenet_frechet_distance`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from canvas_jax.eval.classifier import (
     save_classifier,
     train_classifier,
 )
-from canvas_jax.eval.frechet import classifier_frechet_distance
+from canvas_jax.eval.frechet import classifier_frechet_distance, mobilenet_frechet_distance
 from canvas_jax.eval.sampling import SamplingOptions, generate
 from core_jax.loop import TrainConfig
 
@@ -83,9 +85,12 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 def evaluate_cifar10(pipe, data: str | os.PathLike, classifier: str | os.PathLike | SmallCNN, *,
                      per_class: int = 100, opts: SamplingOptions = SamplingOptions(), template: str = DEFAULT_TEMPLATE,
                      cache_dir: str | os.PathLike = "out/eval_cache", size: int | None = None,
-                     classifier_config: ClassifierConfig | None = None) -> dict:
+                     classifier_config: ClassifierConfig | None = None, mobilenet=None,
+                     mobilenet_size: int = 224) -> dict:
     """Generate ``per_class`` images per class at ``size`` (default: the model's), score them (module docstring).
-    ``classifier``: a loaded classifier, or its file (see :func:`get_classifier`)."""
+    ``classifier``: a loaded classifier, or its file (see :func:`get_classifier`); ``mobilenet``: a
+    :class:`~canvas_jax.models.mobilenet.MobileNetV2` for ``mobilenet_frechet_distance`` (images seen at
+    ``mobilenet_size``), or None."""
     if per_class < 2:
         raise InputError(f"--per-class must be >= 2 (the Fréchet distance needs a covariance), got {per_class}")
     t0 = time.perf_counter()
@@ -104,9 +109,13 @@ def evaluate_cifar10(pipe, data: str | os.PathLike, classifier: str | os.PathLik
     generated = _resize(generated, test.images.shape[1])
     pred = predict_logits(model, generated).argmax(-1)
     test_acc = float(np.mean(predict_logits(model, test.images).argmax(-1) == test.labels))
+    extra = {} if mobilenet is None else {
+        "mobilenet_frechet_distance": mobilenet_frechet_distance(mobilenet, generated, test.images,
+                                                                 size=mobilenet_size),
+        "mobilenet_size": mobilenet_size}
     return {"eval": "cifar10", "classifier_accuracy": float(np.mean(pred == labels)),
             "classifier_frechet_distance": classifier_frechet_distance(model, generated, test.images),
-            "classifier_test_accuracy": test_acc,
+            **extra, "classifier_test_accuracy": test_acc,
             "per_class_accuracy": {c: float(np.mean(pred[labels == i] == i)) for i, c in enumerate(classes)},
             "classes": classes, "per_class": per_class, "n_generated": len(generated),
             "n_real": len(test.images), "classifier": None if isinstance(classifier, SmallCNN) else str(classifier),

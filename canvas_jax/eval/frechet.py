@@ -1,8 +1,10 @@
-"""The Fréchet distance between two image sets in the feature space of our in-project classifier.
+"""The Fréchet distance between two image sets in the feature space of our in-project classifier or of the
+pretrained MobileNetV2.
 
 This is the formula of FID (Fréchet distance between Gaussians fitted to features) but with the features of
-:class:`canvas_jax.eval.classifier.SmallCNN` trained here, not Inception-v3, so its values are not comparable
-with published FID numbers: call it the "classifier Fréchet distance".
+:class:`canvas_jax.eval.classifier.SmallCNN` trained here ("classifier Fréchet distance") or the pooled 1280-d
+features of torchvision's ImageNet MobileNetV2 ("MobileNetV2 Fréchet distance"), not Inception-v3, so the values
+are not comparable with published FID numbers.
 
     d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})
 """
@@ -62,9 +64,31 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "auto") -> float
     return float(max(value, 0.0))
 
 
+def _frechet_from_samples(fa: np.ndarray, fb: np.ndarray) -> float:
+    """The same distance without any [D, D] matrix: with centred samples A [N, D], B [M, D],
+    ``S1 = A'A/(N-1)``, ``S2 = B'B/(M-1)``, and the non-zero eigenvalues of ``S1 S2`` are the squared singular
+    values of ``A B' / sqrt((N-1)(M-1))``, so ``tr((S1 S2)^{1/2})`` is that matrix's nuclear norm."""
+    a, b = fa - fa.mean(axis=0), fb - fb.mean(axis=0)
+    na, nb = len(a) - 1, len(b) - 1
+    k = (a @ b.T) / np.sqrt(na * nb)
+    gram = k @ k.T if k.shape[0] <= k.shape[1] else k.T @ k
+    tr_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)).sum())
+    diff = fa.mean(axis=0) - fb.mean(axis=0)
+    value = diff @ diff + (a * a).sum() / na + (b * b).sum() / nb - 2.0 * tr_sqrt
+    return float(max(value, 0.0))
+
+
 def frechet_distance_of_features(features_a, features_b, *, method: str = "auto") -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, D] and [M, D]."""
-    return frechet_distance(*gaussian_stats(features_a), *gaussian_stats(features_b), method=method)
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] and [M, D].
+
+    ``auto`` with fewer samples than dimensions (e.g. a few hundred images in MobileNetV2's 1280-d space) works
+    in sample space (:func:`_frechet_from_samples`, exact and much cheaper than [D, D] matrix square roots);
+    otherwise, and with ``eigh`` / ``scipy``, from the fitted means and covariances (:func:`frechet_distance`)."""
+    fa, fb = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if method == "auto" and fa.ndim == fb.ndim == 2 and fa.shape[1] == fb.shape[1] and \
+            2 <= min(len(fa), len(fb)) and min(len(fa), len(fb)) < fa.shape[1]:
+        return _frechet_from_samples(fa, fb)
+    return frechet_distance(*gaussian_stats(fa), *gaussian_stats(fb), method=method)
 
 
 def classifier_frechet_distance(model, images_a, images_b, *, batch_size: int = 256, method: str = "auto") -> float:
@@ -74,4 +98,16 @@ def classifier_frechet_distance(model, images_a, images_b, *, batch_size: int = 
 
     fa = extract_features(model, images_a, batch_size=batch_size)
     fb = extract_features(model, images_b, batch_size=batch_size)
+    return frechet_distance_of_features(fa, fb, method=method)
+
+
+def mobilenet_frechet_distance(model, images_a, images_b, *, size: int = 224, batch_size: int = 64,
+                               method: str = "auto") -> float:
+    """The Fréchet distance between two image sets [N, H, W, 3] (uint8, or float in [0, 1]) in the pooled feature
+    space of ``model`` (a :class:`canvas_jax.models.mobilenet.MobileNetV2`, e.g. from
+    :func:`canvas_jax.convert.mobilenet.load_mobilenet_v2`), the images resized to ``size``."""
+    from canvas_jax.models.mobilenet import embed_images
+
+    fa = embed_images(model, images_a, size=size, batch_size=batch_size)
+    fb = embed_images(model, images_b, size=size, batch_size=batch_size)
     return frechet_distance_of_features(fa, fb, method=method)

@@ -72,7 +72,8 @@ def _class_folders(root, classes=("red", "blue_sky"), per_class=6, size=16):
     return root
 
 
-def test_cifar10_from_archives_then_folders(tiny_sd, pipe, tmp_path, capsys):
+def test_cifar10_from_archives_then_folders(tiny_sd, pipe, tmp_path, capsys, mobilenet_cache, monkeypatch):
+    monkeypatch.setenv("CANVAS_JAX_CACHE", str(mobilenet_cache))  # the pretrained MobileNetV2, converted once
     folders = _class_folders(tmp_path / "images")
     archives = tmp_path / "archives"
     archives.mkdir()
@@ -95,10 +96,12 @@ def test_cifar10_from_archives_then_folders(tiny_sd, pipe, tmp_path, capsys):
     assert first["classes"] == ["blue_sky", "red"] and set(first["per_class_accuracy"]) == {"blue_sky", "red"}
     assert (first["n_generated"], first["n_real"], first["image_size"]) == (4, 12, 16)
     # the CLI on the same data as plain folders: the saved classifier is reused, the numbers are the same
+    assert "mobilenet_frechet_distance" not in first  # the Python function: only when given a MobileNetV2
     assert main(["eval", "cifar10", "--model", str(tiny_sd), "--data", str(folders), "--classifier", str(clf),
-                 "--per-class", "2", *FAST]) == 0
+                 "--per-class", "2", "--mobilenet-size", "32", *FAST]) == 0
     second = _report(capsys)
     assert not second["classifier_trained_now"]
+    assert second["mobilenet_frechet_distance"] > 0 and second["mobilenet_size"] == 32
     for key in ("classifier_accuracy", "classifier_frechet_distance", "classifier_test_accuracy"):
         assert second[key] == pytest.approx(first[key], rel=1e-5, abs=1e-6)
     # a classifier for another number of classes is refused

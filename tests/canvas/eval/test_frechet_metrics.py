@@ -113,3 +113,13 @@ def test_prompt_adherence_runs_the_checker():
     report, results = prompt_adherence(checker, images, captions, held_out=[False, False, True])
     assert results == [True, True, False]
     assert report["adherence_seen"] == 1.0 and report["adherence_held_out"] == 0.0
+
+
+@pytest.mark.parametrize("n, m", [(5, 9), (9, 5), (3, 3)])
+def test_sample_space_path_equals_the_covariance_formula(n, m):
+    """Fewer samples than dimensions: the [N, M] path gives the [D, D] formula's value."""
+    g = np.random.default_rng(n * 10 + m)
+    fa, fb = g.normal(size=(n, 16)), 0.5 + 2.0 * g.normal(size=(m, 16))
+    want = frechet_distance_of_features(fa, fb, method="eigh")
+    assert frechet_distance_of_features(fa, fb) == pytest.approx(want, rel=1e-6)  # eigh: sqrt of ~0 eigenvalues
+    assert frechet_distance_of_features(fa, fa) == pytest.approx(0.0, abs=1e-9)
