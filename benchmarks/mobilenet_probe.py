@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--test", type=int, default=2000, help="test images (balanced)")
     p.add_argument("--size", type=int, default=128, help="side the 32 px images are upsampled to")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--Cs", default="0.003,0.01,0.03,0.1,0.3,1",
+    p.add_argument("--Cs", default="0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1",
                    help="inverse L2 strengths tried by cross-validation on the train images")
     p.add_argument("--features", default=None, help=".npz file: features are read from it when it exists "
                                                     "(same --train/--test/--size), else computed and saved there")
