@@ -73,7 +73,7 @@ def shapes_condition_data(cfg, tokenizer, ctx: DataContext, split: str, with_mas
 
     def convert(ex, rng):
         caption = "" if dropout and rng.random() < dropout else ex["caption"]
-        tok = tokenizer([caption], max_length=cfg.text_encoder.max_length)
+        tok = tokenizer([caption])  # init_from's tokenizer, at its token length
         return {"image": ex["image"].astype(np.float32) / 127.5 - 1.0,
                 "cond_image": ex["condition"].astype(np.float32) / 127.5 - 1.0,
                 "input_ids": tok["input_ids"][0], "attention_mask": tok["attention_mask"][0]}

@@ -138,3 +138,24 @@ def test_kill9_resume_continues_exactly(tmp_path, tiny_vae_dir, t2i_run, clip_ru
     for s in overlap:
         assert resumed[s] == first[s], f"step {s}: resumed {resumed[s]!r} != before the kill {first[s]!r}"
     assert os.path.isfile(os.path.join(run_dir, "ip_adapter", "ip-adapter.safetensors"))
+
+
+def test_ip_adapter_shapes_config_trains_on_jittered_shapes(tmp_path, t2i_run, clip_run):
+    """The shipped config, shrunk, on its own data: Shapes scenes + a jittered rendering as the condition."""
+    from pathlib import Path
+
+    from canvas_jax.config import CanvasTrainConfig
+    from canvas_jax.train.tasks import make_task
+    from core_jax import config as config_lib
+    from core_jax.loop import Trainer
+    from core_jax.task import DataContext
+
+    cfg = config_lib.load(CanvasTrainConfig, Path(ROOT) / "configs/canvas/ip_adapter_shapes.yaml", [
+        f"init_from={t2i_run}", f"ip_adapter.image_encoder={clip_run[0]}", f"train.run_dir={tmp_path / 'ip'}",
+        "data.image_size=16", "data.num_examples=8", "train.steps=2", "train.batch_size=4", "train.eval_every=0",
+        "train.checkpoint.every=0", "train.log_every=1", "train.progress=false", "train.tensorboard=false"])
+    task = make_task(cfg)
+    batch = next(task.train_data(DataContext(seed=0, batch_size=4, process_index=0, process_count=1)))
+    assert batch["image_emb"].shape == (4, task.image_embed_dim) and "cond_image" not in batch
+    _, last = Trainer(task, cfg).fit()
+    assert np.isfinite(last["loss"])
