@@ -25,29 +25,14 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 
-from canvas_jax import Pipeline  # noqa: E402
 from canvas_jax.config import CanvasTrainConfig  # noqa: E402
-from canvas_jax.data import shapes  # noqa: E402
-from canvas_jax.eval.ip_adapter_eval import evaluate_ip_adapter  # noqa: E402
+from canvas_jax.eval.ip_adapter_eval import evaluate_ip_adapter_run  # noqa: E402
 from canvas_jax.eval.sampling import SamplingOptions  # noqa: E402
-from canvas_jax.image_text import load_image_text_model  # noqa: E402
-from canvas_jax.runs import load_config  # noqa: E402
-from canvas_jax.train.ip_adapter_task import adapter_dir  # noqa: E402
 from canvas_jax.train.run import train  # noqa: E402
 from core_jax import config as config_lib  # noqa: E402
 from core_jax.loop import time_limit_hook  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "canvas", "ip_adapter_shapes.yaml")
-
-
-def evaluate(run_dir: str, num_references: int, opts: SamplingOptions) -> dict:
-    cfg = load_config(run_dir)
-    pipe = Pipeline.from_pretrained(cfg.init_from)
-    pipe.load_ip_adapter(adapter_dir(run_dir), image_encoder_folder=None)
-    embedder = load_image_text_model(cfg.ip_adapter.image_encoder)
-    d = cfg.data
-    scfg = shapes.ShapesConfig(resolution=d.image_size, **d.options)
-    return evaluate_ip_adapter(pipe, embedder, scfg, num_references=num_references, opts=opts)
 
 
 def main(argv=None) -> int:
@@ -77,7 +62,7 @@ def main(argv=None) -> int:
         print(json.dumps({"bench": "ip_adapter_shapes_train", "steps": int(jax.device_get(state["step"])),
                           "planned_steps": cfg.train.steps, "train_seconds": round(time.perf_counter() - t0, 1),
                           "loss": float(last.get("loss", float("nan"))), "run_dir": run_dir}), flush=True)
-    report = evaluate(run_dir, args.num_references, opts)
+    report = evaluate_ip_adapter_run(run_dir, num_references=args.num_references, opts=opts)
     print(json.dumps({"bench": "ip_adapter_shapes_eval", **report, "run_dir": run_dir}), flush=True)
     return 0
 

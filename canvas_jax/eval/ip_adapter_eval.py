@@ -13,12 +13,14 @@ by default).
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
 from canvas_jax.data import shapes
 from canvas_jax.data.checker import check, detect
+from canvas_jax.errors import InputError
 from canvas_jax.eval.metrics import adherence_report
 from canvas_jax.eval.sampling import SamplingOptions, to_uint8
 
@@ -79,3 +81,22 @@ def evaluate_ip_adapter(pipe, embedder, cfg: shapes.ShapesConfig, *, num_referen
                                                                             num_references=num_references, opts=opts),
             "composition": composition(pipe, embedder, cfg, num_references=num_references, opts=opts),
             "image_size": cfg.resolution, **opts.describe()}
+
+
+def evaluate_ip_adapter_run(run_dir, *, num_references: int = 64,
+                            opts: SamplingOptions = SamplingOptions()) -> dict:
+    """Both evals of a ``task=ip_adapter`` run folder: its ``init_from`` pipeline with the run's adapter
+    (``RUN_DIR/ip_adapter``) and its ``ip_adapter.image_encoder`` clip run, on the run's Shapes setup."""
+    from canvas_jax.image_text import load_image_text_model
+    from canvas_jax.pipeline import Pipeline
+    from canvas_jax.runs import load_config
+
+    cfg = load_config(run_dir)
+    if cfg.task != "ip_adapter":
+        raise InputError(f"{run_dir} is a task={cfg.task!r} run; expected a task=ip_adapter run")
+    pipe = Pipeline.from_pretrained(cfg.init_from)
+    pipe.load_ip_adapter(os.path.join(run_dir, "ip_adapter"), image_encoder_folder=None)
+    embedder = load_image_text_model(cfg.ip_adapter.image_encoder)
+    scfg = shapes.ShapesConfig(resolution=cfg.data.image_size, **cfg.data.options)
+    return {**evaluate_ip_adapter(pipe, embedder, scfg, num_references=num_references, opts=opts),
+            "model": os.fspath(run_dir)}

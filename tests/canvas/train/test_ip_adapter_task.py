@@ -159,3 +159,12 @@ def test_ip_adapter_shapes_config_trains_on_jittered_shapes(tmp_path, t2i_run, c
     assert batch["image_emb"].shape == (4, task.image_embed_dim) and "cond_image" not in batch
     _, last = Trainer(task, cfg).fit()
     assert np.isfinite(last["loss"])
+
+
+def test_eval_of_the_run_folder(ip_run):
+    from canvas_jax.eval.ip_adapter_eval import evaluate_ip_adapter_run
+    from canvas_jax.eval.sampling import SamplingOptions
+
+    report = evaluate_ip_adapter_run(ip_run[0], num_references=1, opts=SamplingOptions(num_steps=1))
+    assert report["image_variation"]["n_seen"] == 1 and report["composition"]["n"] == 1
+    assert 0.0 <= report["composition"]["composition"] <= 1.0 and report["image_size"] == 16
