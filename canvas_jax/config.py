@@ -25,7 +25,7 @@ from core_jax.loop import TrainConfig
 from core_jax.mesh import MeshConfig
 from core_jax.optim import OptimConfig
 
-TASKS = ("vae", "text_to_image", "inpaint", "finetune", "clip")
+TASKS = ("vae", "text_to_image", "inpaint", "finetune", "clip", "ip_adapter")
 
 
 def _tiny_vae() -> dict[str, Any]:
@@ -152,8 +152,26 @@ class ClipConfig:
 
 
 @dataclasses.dataclass
+class IPAdapterTrainConfig:
+    """``task=ip_adapter``: an IP-Adapter trained on the frozen ``init_from`` model, conditioned on the image
+    embeddings of ``image_encoder`` (a ``task=clip`` run folder) of each example's condition image."""
+
+    image_encoder: str = "runs/clip_shapes"
+    num_tokens: int = 4  # image tokens of the plain ImageProjection
+    image_dropout: float = 0.1  # probability of a zero image embedding (the unconditional image branch)
+    cache_size: int = 50000  # image embeddings kept (one per distinct condition image)
+
+    def __post_init__(self):
+        if not 0.0 <= self.image_dropout <= 1.0:
+            raise ConfigError(f"config key 'ip_adapter.image_dropout': {self.image_dropout!r}; expected a "
+                              "probability in [0, 1]")
+        if self.num_tokens < 1:
+            raise ConfigError(f"config key 'ip_adapter.num_tokens': {self.num_tokens!r}; expected >= 1")
+
+
+@dataclasses.dataclass
 class CanvasTrainConfig:
-    task: Literal["vae", "text_to_image", "inpaint", "finetune", "clip"] = "text_to_image"
+    task: Literal["vae", "text_to_image", "inpaint", "finetune", "clip", "ip_adapter"] = "text_to_image"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
     text_encoder: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
@@ -161,6 +179,7 @@ class CanvasTrainConfig:
     init_from: str = ""  # inpaint, finetune: a text_to_image (or finetune) run folder or a diffusers pipeline folder
     lora: LoRATrainConfig = dataclasses.field(default_factory=LoRATrainConfig)  # finetune
     clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)  # clip
+    ip_adapter: IPAdapterTrainConfig = dataclasses.field(default_factory=IPAdapterTrainConfig)  # ip_adapter
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

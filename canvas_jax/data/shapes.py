@@ -183,22 +183,38 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
         draw.polygon(poly, fill=fill)
 
 
-def shape_box(spec: ShapeSpec, resolution: int) -> tuple[float, float, float, float]:
-    """Pixel box (x0, y0, x1, y1) of a shape: centred in its grid cell, side = size fraction of the cell."""
+SIZE_JITTER = 0.08  # a jittered rendering scales each shape's side by up to +-8% (stays on its side of the checker's
+# small / large split, 0.725)
+
+
+def shape_box(spec: ShapeSpec, resolution: int, rng: np.random.Generator | None = None
+              ) -> tuple[float, float, float, float]:
+    """Pixel box (x0, y0, x1, y1) of a shape: centred in its grid cell, side = size fraction of the cell. With
+    ``rng`` (a jittered rendering): the side scaled by up to +-``SIZE_JITTER`` and the centre moved at random
+    within the cell, the box staying inside the cell."""
     row, col = spec.cell
     cell = resolution / 3
-    side = SIZES[spec.size] * cell
+    frac = SIZES[spec.size]
+    if rng is not None:
+        frac = min(frac * (1.0 + rng.uniform(-SIZE_JITTER, SIZE_JITTER)), 0.98)
+    side = frac * cell
     cx, cy = (col + 0.5) * cell, (row + 0.5) * cell
+    if rng is not None:
+        slack = (cell - side) / 2
+        cx, cy = cx + rng.uniform(-slack, slack), cy + rng.uniform(-slack, slack)
     return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
 
-def render(scene: Scene, resolution: int = 32) -> np.ndarray:
-    """The scene as uint8 [resolution, resolution, 3] (drawn 4x larger and box-filtered: anti-aliased)."""
+def render(scene: Scene, resolution: int = 32, *, jitter_seed: int | Sequence[int] | None = None) -> np.ndarray:
+    """The scene as uint8 [resolution, resolution, 3] (drawn 4x larger and box-filtered: anti-aliased). With
+    ``jitter_seed``: another rendering of the same scene (same caption and checker verdict, other pixels): each
+    shape moved within its cell and resized a little (:func:`shape_box`), deterministic in the seed."""
+    rng = None if jitter_seed is None else np.random.default_rng(jitter_seed)
     big = resolution * _SUPERSAMPLE
     img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(img)
     for spec in scene.shapes:
-        x0, y0, x1, y1 = shape_box(spec, resolution)
+        x0, y0, x1, y1 = shape_box(spec, resolution, rng)
         s = _SUPERSAMPLE
         draw_shape(draw, spec.shape, (x0 * s, y0 * s, x1 * s - 1, y1 * s - 1), PALETTE[spec.color])
     return np.asarray(img.resize((resolution, resolution), Image.Resampling.BOX), np.uint8)
@@ -256,16 +272,18 @@ class ShapesSource:
     """Random-access in-memory Shapes split (``len`` / ``[i]``), rendered on demand; a Grain source.
 
     Records: ``image`` uint8 [R, R, 3], ``caption`` str, ``scene`` JSON str, ``heldout`` int32 (1 if the
-    scene holds a held-out combination: only in the test split).
+    scene holds a held-out combination: only in the test split); with ``with_condition``, ``condition`` uint8
+    [R, R, 3]: a jittered rendering of the same scene (:func:`render`'s ``jitter_seed``; IP-Adapter training).
     """
 
     def __init__(self, cfg: ShapesConfig = ShapesConfig(), *, num_examples: int = 10_000, seed: int = 0,
-                 split: str = "train"):
+                 split: str = "train", with_condition: bool = False):
         if split not in SPLIT_IDS:
             raise InputError(f"split={split!r}: expected one of {', '.join(SPLIT_IDS)}")
         if num_examples < 1:
             raise InputError(f"num_examples={num_examples}: expected >= 1")
         self.cfg, self.num_examples, self.seed, self.split = cfg, num_examples, seed, split
+        self.with_condition = with_condition
 
     def __len__(self) -> int:
         return self.num_examples
@@ -279,8 +297,12 @@ class ShapesSource:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples")
         scene = self.scene(index)
-        return {"image": render(scene, self.cfg.resolution), "caption": scene.caption, "scene": scene.to_json(),
-                "heldout": np.int32(any(self.cfg.is_heldout(s) for s in scene.shapes))}
+        out = {"image": render(scene, self.cfg.resolution), "caption": scene.caption, "scene": scene.to_json(),
+               "heldout": np.int32(any(self.cfg.is_heldout(s) for s in scene.shapes))}
+        if self.with_condition:
+            out["condition"] = render(scene, self.cfg.resolution,
+                                      jitter_seed=[self.seed, SPLIT_IDS[self.split], index, 1])
+        return out
 
     def __repr__(self) -> str:
         return f"ShapesSource(split={self.split!r}, num_examples={self.num_examples}, seed={self.seed})"

@@ -159,6 +159,18 @@ def save_lora_weights(trainer, step: int, state: dict) -> None:
         save_lora(trainer.model({"params": params, "rest": state["rest"]}).unet, lora_file(trainer.tc.run_dir))
 
 
+def save_ip_adapter_weights(trainer, step: int, state: dict) -> None:
+    """Write the IP-Adapter (EMA when kept) to ``RUN_DIR/ip_adapter/`` (diffusers format + image_encoder.json)."""
+    from canvas_jax.train.ip_adapter_task import save_adapter
+
+    params = state["ema"] if "ema" in state else state["params"]
+    params = jax.jit(lambda p: p, out_shardings=NamedSharding(trainer.mesh, P()))(params)
+    if jax.process_index() == 0:
+        cfg = trainer.task.cfg
+        save_adapter(trainer.model({"params": params, "rest": state["rest"]}).unet, trainer.tc.run_dir,
+                     cfg.ip_adapter.image_encoder)
+
+
 def make_hooks(task, cfg, prompts: list[str] | None = None) -> list[Hook]:
     """The loss-curve hook, the ``models.json`` writer, the sample-grid hook (text-to-image and fine-tuning with
     prompts) and the LoRA saver (LoRA fine-tuning) for a run config."""
@@ -167,10 +179,12 @@ def make_hooks(task, cfg, prompts: list[str] | None = None) -> list[Hook]:
     hooks = [Hook(every=s.plot_every or never, fn=loss_curve)]
     if cfg.task == "vae":
         hooks.append(Hook(every=never, fn=finish_vae))
-    elif cfg.task != "clip":  # a clip run folder reads back from its config.yaml alone
+    elif cfg.task not in ("clip", "ip_adapter"):  # these read back from config.yaml (+ init_from) alone
         hooks.append(Hook(every=1, fn=WriteManifest(task)))
     if cfg.task == "finetune" and cfg.lora.rank > 0:
         hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_lora_weights))
+    if cfg.task == "ip_adapter":
+        hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_ip_adapter_weights))
     prompts = list(s.prompts) or list(prompts or [])
     if cfg.task in ("text_to_image", "finetune") and prompts:
         grid = SampleGrid(task, prompts[: max(s.num_prompts, 1)], sampler=s.sampler, num_steps=s.num_steps,

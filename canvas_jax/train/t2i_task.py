@@ -119,6 +119,10 @@ class TextToImageTask:
     def extra_inputs(self, model: LatentDiffusion, batch, latents: jax.Array) -> jax.Array | None:
         return None
 
+    def unet_kwargs(self, model: LatentDiffusion, batch, rng: jax.Array) -> dict:
+        """Further keyword arguments of the UNet call (IP-Adapter: ``ip_tokens``)."""
+        return {}
+
     def per_example_loss(self, model: LatentDiffusion, batch, rng: jax.Array) -> jax.Array:
         cfg, sched = self.cfg.diffusion, self.sched
         if "image" not in batch:
@@ -134,7 +138,8 @@ class TextToImageTask:
         target = training_target(sched, x0, noise, t)
         extra = self.extra_inputs(model, batch, x0)
         x_in = x_t if extra is None else jnp.concatenate([x_t, extra], axis=-1)
-        pred = model.unet(x_in, t, self.context(model, batch)).astype(jnp.float32)
+        kwargs = self.unet_kwargs(model, batch, jax.random.fold_in(rng, 7))
+        pred = model.unet(x_in, t, self.context(model, batch), **kwargs).astype(jnp.float32)
         mse = jnp.mean(jnp.square(pred - target), axis=(1, 2, 3))
         return mse, min_snr_weights(sched, t, cfg.min_snr_gamma)
 

@@ -24,5 +24,9 @@ def make_task(cfg, *, data_fn=None):
         from canvas_jax.train.contrastive_task import ContrastiveTask
 
         return ContrastiveTask(cfg, data_fn=data_fn)
-    raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image', 'inpaint', 'finetune' or "
-                     "'clip'")
+    if cfg.task == "ip_adapter":
+        from canvas_jax.train.ip_adapter_task import IPAdapterTask
+
+        return IPAdapterTask(cfg, data_fn=data_fn)
+    raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image', 'inpaint', 'finetune', "
+                     "'clip' or 'ip_adapter'")

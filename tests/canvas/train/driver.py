@@ -3,7 +3,8 @@
 usage: python tests/canvas/train/driver.py RUN_DIR VAE_DIR STEPS [PRETRAIN_STEPS]
   STEP_SLEEP slows each step (a hook); with PRETRAIN_STEPS a VAE is pretrained into VAE_DIR first
   (checkpoint every 2 steps, no sample grid), DATA_SLEEP slows each training example (both runs) and
-  VAE_ONLY=1 runs the pretraining alone. Exits as the console entry does (143 on SIGTERM).
+  VAE_ONLY=1 runs the pretraining alone; IP_ADAPTER=INIT_FROM:CLIP_RUN trains an IP-Adapter instead.
+  Exits as the console entry does (143 on SIGTERM).
 """
 
 import os
@@ -26,12 +27,17 @@ def main():
             "train.checkpoint.async_save": True, "sampling.prompts": [], "vae.cache_latents": True}
     if len(sys.argv) > 4:
         over.update({"vae.pretrain_steps": int(sys.argv[4]), "train.checkpoint.every": 2, "data.dataset": "fake"})
+    ip = os.environ.get("IP_ADAPTER")  # "INIT_FROM_RUN:CLIP_RUN": a task=ip_adapter run on those
+    if ip:
+        init_from, encoder = ip.split(":")
+        over.update({"task": "ip_adapter", "init_from": init_from, "ip_adapter.image_encoder": encoder})
     cfg = tiny_config(run_dir, vae_path=vae_dir, **over)
     if os.environ.get("VAE_ONLY"):
         cfg = vae_pretrain_config(cfg)
     delay = float(os.environ.get("STEP_SLEEP", "0"))
     hooks = [Hook(every=1, fn=lambda *a: time.sleep(delay), at_end=False)] if delay else []
-    train(cfg, data_fn=fakes.data_fn(delay=float(os.environ.get("DATA_SLEEP", "0"))), extra_hooks=hooks)
+    train(cfg, data_fn=fakes.data_fn(delay=float(os.environ.get("DATA_SLEEP", "0")), condition=bool(ip)),
+          extra_hooks=hooks)
 
 
 if __name__ == "__main__":

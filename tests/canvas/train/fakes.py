@@ -37,9 +37,10 @@ def examples(n: int, size: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def data_fn(n: int = 64, size: int = 16, delay: float = 0.0):
+def data_fn(n: int = 64, size: int = 16, delay: float = 0.0, condition: bool = False):
     """A ``canvas_jax.train.data.DataFn`` over ``n`` in-memory examples (test split: 16 others); ``delay``
-    seconds of sleep per training example slow a run down (for the signal tests)."""
+    seconds of sleep per training example slow a run down (for the signal tests); ``condition``: each batch
+    carries ``cond_image`` (the image mirrored top-bottom, for IP-Adapter training)."""
     train, test = examples(n, size, 0), examples(16, size, 1)
 
     def fn(cfg, tokenizer, ctx, split, with_masks):
@@ -49,6 +50,8 @@ def data_fn(n: int = 64, size: int = 16, delay: float = 0.0):
             if delay and split == "train":
                 time.sleep(delay)
             out = {"image": ex["image"].astype(np.float32) / 127.5 - 1.0}
+            if condition:
+                out["cond_image"] = out["image"][::-1].copy()
             if tokenizer is not None:
                 caption = "" if rng.random() < dropout else ex["caption"]
                 tok = tokenizer([caption])

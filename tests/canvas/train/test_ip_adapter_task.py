@@ -1,0 +1,170 @@
+"""task=ip_adapter: an IP-Adapter trained on the frozen tiny t2i run, conditioned on the tiny clip run's image
+embeddings (the shared session fixtures)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import fakes
+from conftest import tiny_config
+from test_resume import DRIVER, ROOT, _logged, _saved
+
+from canvas_jax.models.ip_adapter import set_ip_adapter_scale
+
+NOT_ADAPTER = nnx.Not(nnx.PathContains("ip_adapter"))
+
+
+def ip_config(run_dir, t2i_run, clip_run_dir, **over):
+    return tiny_config(run_dir, task="ip_adapter", init_from=t2i_run,
+                       **{"ip_adapter.image_encoder": clip_run_dir, "ip_adapter.image_dropout": 0.2,
+                          "train.steps": 12, "train.ema_decay": 0.0, "optim.learning_rate": 3e-3,
+                          "sampling.prompts": [], **over})
+
+
+@pytest.fixture(scope="session")
+def ip_run(tmp_path_factory, t2i_run, clip_run):
+    """A finished tiny ip_adapter run: (run folder, task, initial state, final state, eval before, eval after)."""
+    from canvas_jax.train.hooks import make_hooks
+    from canvas_jax.train.tasks import make_task
+    from core_jax.loop import Trainer
+
+    run_dir = tmp_path_factory.mktemp("ip_run")
+    cfg = ip_config(run_dir, t2i_run, clip_run[0])
+    task = make_task(cfg, data_fn=fakes.data_fn(condition=True))
+    trainer = Trainer(task, cfg, hooks=make_hooks(task, cfg))
+    init = trainer.init_state()
+    before = trainer.evaluate(init)
+    state, _ = trainer.fit()
+    return str(run_dir), task, trainer, init, state, before, trainer.evaluate(state)
+
+
+def _params(module, filt):
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+            jax.tree_util.tree_leaves_with_path(nnx.state(module, nnx.All(nnx.Param, filt)))}
+
+
+def test_scale_zero_is_the_base_model_exactly(ip_run):
+    _, task, trainer, _, state, _, _ = ip_run
+    unet = trainer.model(state).unet
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, unet.config["in_channels"]))
+    t = jnp.array([10, 500])
+    ctx = jax.random.normal(jax.random.key(1), (2, 5, 384))
+    tokens = unet.ip_adapter(jax.random.normal(jax.random.key(2), (2, 1, task.image_embed_dim)))
+    set_ip_adapter_scale(unet, 0.0)
+    np.testing.assert_array_equal(np.asarray(unet(x, t, ctx, ip_tokens=tokens)), np.asarray(task.base_unet(x, t, ctx)))
+    set_ip_adapter_scale(unet, 1.0)
+    assert np.abs(np.asarray(unet(x, t, ctx, ip_tokens=tokens)) - np.asarray(task.base_unet(x, t, ctx))).max() > 1e-4
+
+
+def test_only_adapter_params_train(ip_run):
+    _, task, trainer, init, state, _, _ = ip_run
+    before, after = trainer.model(init).unet, trainer.model(state).unet
+    base = _params(task.base_unet, nnx.Everything())
+    frozen = _params(after, NOT_ADAPTER)
+    assert frozen.keys() == base.keys()
+    for k in base:
+        np.testing.assert_array_equal(frozen[k], base[k], err_msg=k)
+    a0, a1 = _params(before, nnx.PathContains("ip_adapter")), _params(after, nnx.PathContains("ip_adapter"))
+    assert a0 and all(a1[k].shape == a0[k].shape for k in a0)
+    assert sum(not np.array_equal(a0[k], a1[k]) for k in a0) == len(a0)  # every adapter weight moved
+    # the optimizer state holds the adapter alone
+    n_opt = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
+    assert n_opt == sum(v.size for v in a0.values())
+
+
+def test_training_lowers_the_loss(ip_run):
+    *_, before, after = ip_run
+    assert after["loss"] < before["loss"], (before, after)
+
+
+def test_export_loads_into_the_pipeline(ip_run, clip_run, t2i_run):
+    from canvas_jax import Pipeline
+    from canvas_jax.image_text import load_image_text_model
+
+    run_dir = ip_run[0]
+    folder = os.path.join(run_dir, "ip_adapter")
+    info = json.load(open(os.path.join(folder, "image_encoder.json")))
+    assert info["image_encoder"] == os.path.abspath(clip_run[0])
+    ref = fakes.examples(1, 16, 5)[0]["image"]
+    emb = load_image_text_model(info["image_encoder"]).embed_images(ref)
+    pipe = Pipeline.from_pretrained(t2i_run)
+    kw = dict(num_steps=2, guidance_scale=3.0, output_type="np", seed=0)
+    base = pipe("a red square at the top left", **kw).images
+    pipe.load_ip_adapter(folder, image_encoder_folder=None)
+    got = pipe("a red square at the top left", ip_adapter_image_embeds=emb, **kw).images
+    assert np.abs(got - base).max() > 0
+    pipe.set_ip_adapter_scale(0.0)
+    np.testing.assert_allclose(pipe("a red square at the top left", ip_adapter_image_embeds=emb, **kw).images,
+                               base, atol=1e-6)
+
+
+def test_kill9_resume_continues_exactly(tmp_path, tiny_vae_dir, t2i_run, clip_run):
+    run_dir, steps = str(tmp_path / "run"), 12
+    metrics, ckpts = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "checkpoints")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "IP_ADAPTER": f"{t2i_run}:{clip_run[0]}",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"}
+
+    def start(sleep):
+        return subprocess.Popen([sys.executable, DRIVER, run_dir, tiny_vae_dir, str(steps)], cwd=ROOT,
+                                env={**env, "STEP_SLEEP": str(sleep)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    proc, t0 = start(0.4), time.time()
+    while not (_saved(ckpts) and max(s for s, _ in _logged(metrics) or [(0, 0)]) >= max(_saved(ckpts)) + 2):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() - t0 < 240, "timed out waiting for the run"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_from = max(_saved(ckpts))
+    first = dict(_logged(metrics))
+    overlap = [s for s in first if s > resumed_from]
+    assert len(overlap) >= 2 and resumed_from < steps
+
+    proc = start(0)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    resumed = dict(_logged(metrics)[len(first):])
+    assert sorted(resumed) == list(range(resumed_from + 1, steps + 1))
+    for s in overlap:
+        assert resumed[s] == first[s], f"step {s}: resumed {resumed[s]!r} != before the kill {first[s]!r}"
+    assert os.path.isfile(os.path.join(run_dir, "ip_adapter", "ip-adapter.safetensors"))
+
+
+def test_ip_adapter_shapes_config_trains_on_jittered_shapes(tmp_path, t2i_run, clip_run):
+    """The shipped config, shrunk, on its own data: Shapes scenes + a jittered rendering as the condition."""
+    from pathlib import Path
+
+    from canvas_jax.config import CanvasTrainConfig
+    from canvas_jax.train.tasks import make_task
+    from core_jax import config as config_lib
+    from core_jax.loop import Trainer
+    from core_jax.task import DataContext
+
+    cfg = config_lib.load(CanvasTrainConfig, Path(ROOT) / "configs/canvas/ip_adapter_shapes.yaml", [
+        f"init_from={t2i_run}", f"ip_adapter.image_encoder={clip_run[0]}", f"train.run_dir={tmp_path / 'ip'}",
+        "data.image_size=16", "data.num_examples=8", "train.steps=2", "train.batch_size=4", "train.eval_every=0",
+        "train.checkpoint.every=0", "train.log_every=1", "train.progress=false", "train.tensorboard=false"])
+    task = make_task(cfg)
+    batch = next(task.train_data(DataContext(seed=0, batch_size=4, process_index=0, process_count=1)))
+    assert batch["image_emb"].shape == (4, task.image_embed_dim) and "cond_image" not in batch
+    _, last = Trainer(task, cfg).fit()
+    assert np.isfinite(last["loss"])
+
+
+def test_eval_of_the_run_folder(ip_run):
+    from canvas_jax.eval.ip_adapter_eval import evaluate_ip_adapter_run
+    from canvas_jax.eval.sampling import SamplingOptions
+
+    report = evaluate_ip_adapter_run(ip_run[0], num_references=1, opts=SamplingOptions(num_steps=1))
+    assert report["image_variation"]["n_seen"] == 1 and report["composition"]["n"] == 1
+    assert 0.0 <= report["composition"]["composition"] <= 1.0 and report["image_size"] == 16
