@@ -173,8 +173,9 @@ def generate_marketplace(cfg: MarketplaceConfig | None = None) -> MarketplaceDat
         n = len(users)
         ids = np.arange(next_id, next_id + n)
         next_id += n
-        chunks.append(dict(user=users, item=items, timestamp=times, action=np.full(n, action, np.int16),
-                           surface=surf, intent=intents, cause=np.full(n, -1) if cause is None else cause))
+        chunks.append(dict(user=users.astype(np.int32), item=items.astype(np.int32), timestamp=times,
+                           action=np.full(n, action, np.int16), surface=surf.astype(np.int8),
+                           intent=intents.astype(np.int16), cause=np.full(n, -1) if cause is None else cause))
         return ids
 
     for s in range(int(n_sessions.max())):
@@ -252,7 +253,12 @@ def generate_marketplace(cfg: MarketplaceConfig | None = None) -> MarketplaceDat
                      sf_s[acl][cv], cause=click_ids[cv])
 
     cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    order = np.lexsort((np.arange(len(cols["user"])), cols["timestamp"], cols["user"]))
+    span = int(cols["timestamp"].max() - cols["timestamp"].min()) + 1
+    if span < 2**40 and U < 2**22:  # one int64 key: a stable argsort is faster than lexsort
+        order = np.argsort(cols["user"].astype(np.int64) * span + (cols["timestamp"] - cols["timestamp"].min()),
+                           kind="stable")
+    else:
+        order = np.lexsort((cols["timestamp"], cols["user"]))
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     cols = {k: v[order] for k, v in cols.items()}
