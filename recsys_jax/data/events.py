@@ -21,10 +21,12 @@ else "view") with ``rating_actions``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from recsys_jax.data import formats
 from recsys_jax.data.formats import Interaction
 from recsys_jax.data.sequences import IdMap, Sequences
 
@@ -330,3 +332,53 @@ def events_from_interactions(interactions: Iterable[Interaction], *, action: str
     vocab = (rating_actions[2], rating_actions[1]) if rating_actions is not None else (action,)
     return make_event_log(user=users, item=items, timestamp=times if with_ts else None, action=acts,
                           actions=vocab)
+
+
+def read_events(fmt: str, path, *, columns=None, actions: Sequence[str] | None = None,
+                surfaces: Sequence[str] | None = None, default_action: str = "interaction",
+                skip_bad_lines: bool = False, stats: formats.ReadStats | None = None) -> EventLog:
+    """An event log from a CSV/TSV (``fmt="csv"``) or Parquet table with a column mapping over
+    :data:`formats.EVENT_COLUMN_KEYS` (e.g. ``"user=uid,item=iid,time=ts,action=event,is_ad=ad"``).
+
+    A row whose action or surface is outside the given vocabulary is a :class:`DataFormatError`
+    naming the line, the value and the vocabulary (skipped and counted with ``skip_bad_lines``).
+    Rows without an action column get ``default_action``.
+    """
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"event logs are read from csv or parquet tables, not {fmt!r}")
+    stats = stats if stats is not None else formats.ReadStats()
+    reader = formats.read_csv_events if fmt == "csv" else formats.read_parquet_events
+    cols: dict[str, list] = {k: [] for k in ("user", "item", "timestamp", "action", "surface", "is_ad",
+                                             "advertiser", "campaign", "value", "category")}
+    vocab = {"action": set(actions) if actions is not None else None,
+             "surface": set(surfaces) if surfaces is not None else None}
+    with_ts = without_ts = 0
+    for row in reader(path, columns=columns, skip_bad_lines=skip_bad_lines, stats=stats):
+        action = row.action if row.action is not None else default_action
+        surface = row.surface if row.surface is not None else UNKNOWN_SURFACE
+        try:
+            for name, val, names in (("action", action, actions), ("surface", row.surface, surfaces)):
+                if names is not None and val is not None and val not in vocab[name]:
+                    raise formats.DataFormatError(f"{os.fspath(path)}:{row.line}: {name} {val!r} is not in the "
+                                                  f"{name} vocabulary {list(names)}")
+        except formats.DataFormatError as e:
+            stats.bad(e, skip_bad_lines)
+            continue
+        with_ts += row.timestamp is not None
+        without_ts += row.timestamp is None
+        for key, val in (("user", row.user), ("item", row.item), ("timestamp", row.timestamp or 0),
+                         ("action", action), ("surface", surface), ("is_ad", row.is_ad),
+                         ("advertiser", row.advertiser), ("campaign", row.campaign), ("value", row.value),
+                         ("category", row.category)):
+            cols[key].append(val)
+    if with_ts and without_ts:
+        raise ValueError(f"{os.fspath(path)}: some events have timestamps and some do not; expected all or none")
+    if not cols["user"]:
+        raise formats.DataFormatError(f"{os.fspath(path)}: no events read ({stats.lines} lines, "
+                                      f"{stats.bad_lines} skipped as malformed)")
+    if surfaces is not None and UNKNOWN_SURFACE in cols["surface"] and UNKNOWN_SURFACE not in surfaces:
+        surfaces = tuple(surfaces) + (UNKNOWN_SURFACE,)
+    return make_event_log(user=cols["user"], item=cols["item"], timestamp=cols["timestamp"] if with_ts else None,
+                          action=cols["action"], surface=cols["surface"], is_ad=cols["is_ad"],
+                          advertiser=cols["advertiser"], campaign=cols["campaign"], value=cols["value"],
+                          category=cols["category"], actions=actions, surfaces=surfaces)

@@ -77,3 +77,62 @@ def test_single_action_data_and_rating_behaviours():
     assert [beh.actions.names[a] for a in beh.action] == ["like", "view", "like"]
     with pytest.raises(ValueError, match="line 1 has none"):
         events_from_interactions([Interaction("1", "10", 5, 1, None)], rating_actions=(4.0, "like", "view"))
+
+
+EVENTS_CSV = ("uid,iid,ts,act,where,ad,adv,camp,price,cat\n"
+              "u1,i1,10,impression,home,0,,,,toys\n"
+              "u1,a1,20,ad_click,search,1,acme,c1,,shoes\n"
+              "u1,a1,30,conversion,search,yes,acme,c1,12.5,shoes\n"
+              "u2,i1,5,click,related,false,,,,toys\n")
+MAPPING = "user=uid,item=iid,time=ts,action=act,surface=where,is_ad=ad,advertiser=adv,campaign=camp,value=price,category=cat"
+
+
+def _check_events(log):
+    assert len(log) == 4 and log.num_users == 2 and log.actions.names == DEFAULT_ACTIONS
+    assert [log.actions.names[a] for a in log.action] == ["impression", "ad_click", "conversion", "click"]
+    assert [log.surfaces.names[s] for s in log.surface] == ["home", "search", "search", "related"]
+    assert log.is_ad.tolist() == [False, True, True, False] and log.advertisers == ["acme"]
+    assert log.campaign.tolist() == [-1, 0, 0, -1] and log.value[2] == 12.5 and np.isnan(log.value[0])
+    a1 = log.item_map.to_dense("a1")
+    assert log.item_is_ad[a1] and log.categories[log.item_category[a1]] == "shoes"
+    assert log.timestamp.tolist() == [10, 20, 30, 5]
+
+
+def test_read_events_csv_and_parquet(write, tmp_path):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from recsys_jax.data.events import read_events
+
+    path = write(tmp_path / "ev.csv", EVENTS_CSV)
+    _check_events(read_events("csv", path, columns=MAPPING, actions=DEFAULT_ACTIONS,
+                              surfaces=("home", "search", "related")))
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types={"ad": pa.string()}))
+    pq.write_table(table, tmp_path / "ev.parquet")
+    _check_events(read_events("parquet", str(tmp_path / "ev.parquet"), columns=MAPPING, actions=DEFAULT_ACTIONS,
+                              surfaces=("home", "search", "related")))
+
+
+def test_read_events_errors_and_defaults(write, tmp_path):
+    from recsys_jax.data.events import read_events
+    from recsys_jax.data.formats import DataFormatError, ReadStats
+
+    path = write(tmp_path / "ev.csv", EVENTS_CSV)
+    with pytest.raises(DataFormatError, match=r"no column 'kind' for 'action'; the table has columns \['uid', 'iid'"):
+        read_events("csv", path, columns="user=uid,item=iid,action=kind")
+    with pytest.raises(ValueError, match=r"unknown key 'color'; expected keys \['user', 'item', 'time', 'action'"):
+        read_events("csv", path, columns="user=uid,item=iid,color=cat")
+    with pytest.raises(DataFormatError, match=r"ev.csv:3: action 'ad_click' is not in the action vocabulary"):
+        read_events("csv", path, columns=MAPPING, actions=("impression", "click", "conversion"))
+    stats = ReadStats()
+    log = read_events("csv", path, columns=MAPPING, actions=("impression", "click", "conversion"),
+                      skip_bad_lines=True, stats=stats)
+    assert len(log) == 3 and stats.bad_lines == 1 and "ad_click" in stats.first_bad
+    bad = write(tmp_path / "bad.csv", "user,item,is_ad\nu,i,maybe\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:2: expected a boolean .* column 'is_ad', got 'maybe'"):
+        read_events("csv", bad)
+    # only user and item: one action, surface unknown, vocabularies from the data
+    plain = read_events("csv", write(tmp_path / "p.csv", "user,item\nu,i\nu,j\n"))
+    assert plain.actions.names == ("interaction",) and plain.surfaces.names == ("unknown",)
+    assert not plain.has_timestamps
