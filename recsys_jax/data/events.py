@@ -183,6 +183,16 @@ class EventLog:
         action[rows] = actions.code(name)
         return dataclasses.replace(self, action=action, actions=actions, labels=dict(self.labels))
 
+    def compact_users(self) -> "EventLog":
+        """Drop users without events (e.g. after filtering actions); the rest keep their order."""
+        present = np.zeros(self.num_users, bool)
+        present[self.user] = True
+        if present.all():
+            return self
+        new_id = np.cumsum(present) - 1
+        keys = [k for k, p in zip(self.user_map.keys, present) if p]
+        return dataclasses.replace(self, user=new_id[self.user], user_map=IdMap(keys), labels=dict(self.labels))
+
     def truncated(self, max_seq_len: int | None) -> "EventLog":
         """The :meth:`sorted` log keeping each user's most recent ``max_seq_len`` events (None: all)."""
         log = self.sorted()
