@@ -135,6 +135,8 @@ def build_events(
         if not overwrite:
             raise FileExistsError(f"dataset folder '{path}' already exists: choose another --out or pass --overwrite")
         shutil.rmtree(os.path.join(os.fspath(out_dir), name))
+    if attribution is not None:
+        attribution.validate()
     log, side, stats, truth = read_event_source(spec)
     actions_read = log.action_counts()
     counts = None
