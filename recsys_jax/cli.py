@@ -37,7 +37,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--format", choices=SOURCE_FORMATS + tuple(f for f in EVENT_FORMATS if f not in SOURCE_FORMATS),
                    default=None,
                    help="input format (default: guessed from the file name; 'synthetic' without --input)")
-    b.add_argument("--input", help="interaction file (ratings.dat[.gz], .inter, text, .csv, .parquet)")
+    b.add_argument("--input", help="interaction file (ratings.dat[.gz], .inter, text, .csv, .parquet); "
+                                   "completejourney: a folder of its parquet tables (default: the installed package)")
     b.add_argument("--items", help="item side-info file (movies.dat, .item, or a csv/parquet table); "
                                    "default: the usual file beside --input, if any")
     b.add_argument("--no-items", action="store_true", help="do not read item side info")
@@ -52,7 +53,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar or report")
     e = b.add_argument_group(
-        "event datasets (--events; implied by --format marketplace)",
+        "event datasets (--events; implied by --format marketplace and completejourney)",
         "Per-event actions, surfaces, ads, advertisers, campaigns, values and attributed-conversion labels "
         "beside the item sequences (recsys_jax.data.event_builder). csv/parquet columns: user, item, time, "
         "action, surface, is_ad, advertiser, campaign, value, category.")
@@ -64,8 +65,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="ratings as behaviours: rating >= --like-threshold -> 'like', else 'view'")
     e.add_argument("--like-threshold", type=float, default=4.0)
     e.add_argument("--attribution", choices=RULES + ("none",), default="last_click")
-    e.add_argument("--attribution-window", default="7d", help="seconds or e.g. 24h, 7d, 1w")
-    e.add_argument("--attribute-by", choices=BY, default="advertiser")
+    e.add_argument("--attribution-window", default=None,
+                   help="seconds or e.g. 24h, 7d, 1w (default 7d; completejourney 180d)")
+    e.add_argument("--attribute-by", choices=BY, default=None,
+                   help="the conversion's advertiser, item or campaign (default advertiser; completejourney campaign)")
     e.add_argument("--drop-actions", default="", help="actions not to store, comma separated (e.g. impression)")
     g = b.add_argument_group("synthetic data (--format synthetic or marketplace)")
     g.add_argument("--num-users", type=int, default=2000)
@@ -91,7 +94,7 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
                                  f"{{{','.join(formats.FORMATS)}}}")
     if args.max_seq_len < 0:
         raise ValueError(f"--max-seq-len must be >= 0 (0 keeps everything), got {args.max_seq_len}")
-    if args.events or fmt == "marketplace":
+    if args.events or fmt in ("marketplace", "completejourney"):
         return _build_events(args, fmt)
     if fmt not in SOURCE_FORMATS:
         raise ValueError(f"format {fmt!r} builds an event dataset: pass --events")
@@ -111,7 +114,9 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def _build_events(args: argparse.Namespace, fmt: str) -> int:
-    from recsys_jax.data import formats
+    import dataclasses
+
+    from recsys_jax.data import completejourney, formats
     from recsys_jax.data.attribution import AttributionConfig
     from recsys_jax.data.event_builder import EVENT_FORMATS, EventSourceSpec, build_events
     from recsys_jax.data.marketplace import MarketplaceConfig
@@ -133,8 +138,9 @@ def _build_events(args: argparse.Namespace, fmt: str) -> int:
         columns={k: v for k, v in columns.items() if v} if columns else None, skip_bad_lines=args.skip_bad_lines,
         actions=names(args.actions), surfaces=names(args.surfaces), action=args.action,
         rating_actions=(args.like_threshold, "like", "view") if args.rating_behaviours else None, marketplace=sim)
-    attribution = None if args.attribution == "none" else AttributionConfig(
-        rule=args.attribution, by=args.attribute_by, window=args.attribution_window)
+    base = completejourney.ATTRIBUTION if fmt == "completejourney" else AttributionConfig()
+    attribution = None if args.attribution == "none" else dataclasses.replace(
+        base, rule=args.attribution, by=args.attribute_by or base.by, window=args.attribution_window or base.window)
     path = build_events(spec, args.out, max_seq_len=args.max_seq_len or None, attribution=attribution,
                         drop_actions=names(args.drop_actions) or (), name=args.name or "events",
                         overwrite=args.overwrite, verbose=not args.quiet)

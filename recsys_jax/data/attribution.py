@@ -1,8 +1,9 @@
 """Conversion attribution: credit each conversion to the user's earlier ad clicks.
 
 A conversion (action ``conversion``) is eligible for the clicks (actions ``click_actions``, default
-``ad_click``) of the same user on the same advertiser (``by="advertiser"``) or the same item
-(``by="item"``) whose timestamp ``t_click`` satisfies ``t_conv - window <= t_click <= t_conv``.
+``ad_click``) of the same user on the same advertiser (``by="advertiser"``), the same item
+(``by="item"``) or the same campaign (``by="campaign"``) whose timestamp ``t_click`` satisfies
+``t_conv - window <= t_click <= t_conv``.
 
 * ``last_click``: the latest eligible click gets credit 1; ``first_click``: the earliest;
   ``linear``: each eligible click gets ``1 / n``.
@@ -15,7 +16,7 @@ A conversion (action ``conversion``) is eligible for the clicks (actions ``click
 * A conversion with no eligible click is **unattributed** and is kept as an organic action
   (``organic_action``, default ``purchase``). It is counted as ``outside_window`` when the user did
   click that advertiser (item) before, only longer ago than the window, else ``no_prior_click``
-  (``by="advertiser"`` conversions without an advertiser count as ``no_prior_click`` too).
+  (conversions without an advertiser / campaign under those modes count as ``no_prior_click`` too).
 
 Vectorised: clicks are sorted by (user, key, time) and every conversion finds its eligible range
 with two binary searches, so ~10M events take seconds.
@@ -30,7 +31,7 @@ import numpy as np
 from recsys_jax.data.events import EventLog
 
 RULES = ("last_click", "first_click", "linear")
-BY = ("advertiser", "item")
+BY = ("advertiser", "item", "campaign")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -99,7 +100,7 @@ def attribute(log: EventLog, cfg: AttributionConfig | None = None) -> Attributio
         return Attribution(credit, value, click_of, counts)
     conv_code = log.actions.code(cfg.conversion_action)
     click_codes = [log.actions.code(a) for a in cfg.click_actions if a in log.actions]
-    key = log.advertiser.astype(np.int64) if cfg.by == "advertiser" else log.item.astype(np.int64)
+    key = {"advertiser": log.advertiser, "item": log.item, "campaign": log.campaign}[cfg.by].astype(np.int64)
     is_conv = log.action == conv_code
     is_click = np.isin(log.action, click_codes) & (key >= 0)
     conv = np.flatnonzero(is_conv)

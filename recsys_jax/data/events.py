@@ -67,8 +67,9 @@ class Vocab:
         except ValueError:
             raise KeyError(f"{name!r} is not in the vocabulary {list(self.names)}") from None
 
-    def codes(self, names: Iterable[str]) -> np.ndarray:
-        return np.array([self.code(n) for n in names], dtype=np.int16)
+    def codes(self, names: Sequence[str]) -> np.ndarray:
+        uniq, codes = _factorize(names)
+        return np.array([self.code(n) for n in uniq], dtype=np.int16)[codes] if uniq else np.zeros(0, np.int16)
 
 
 @dataclasses.dataclass
@@ -229,20 +230,28 @@ class EventLog:
 # ------------------------------------------------------------------------------------------------
 
 
+def _factorize(values: Sequence) -> tuple[list, np.ndarray]:
+    """Distinct values (first-seen order) and each value's index into them (a dict: fast on strings)."""
+    index: dict = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), np.int64, count=len(values))
+    return list(index), codes
+
+
 def _dense(values: Sequence[str]) -> tuple[IdMap, np.ndarray]:
     """Dense ids (natural order of the originals) for ``values`` and the code of each one."""
-    uniq, inverse = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
-    id_map = IdMap.build(uniq.tolist(), padding=False)
-    remap = np.array([id_map.to_dense(k) for k in uniq.tolist()], dtype=np.int64)
-    return id_map, remap[inverse] if len(uniq) else np.zeros(0, np.int64)
+    uniq, codes = _factorize(values)
+    id_map = IdMap.build([str(u) for u in uniq], padding=False)
+    remap = np.array([id_map.to_dense(str(u)) for u in uniq], dtype=np.int64)
+    return id_map, remap[codes] if len(uniq) else np.zeros(0, np.int64)
 
 
 def _optional_ids(values: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
     """``None``/"" -> -1, others -> dense ids in natural order."""
-    present = [v for v in values if v not in (None, "")]
-    id_map, _ = _dense(present)
-    return ([k for k in id_map.keys]), np.array([-1 if v in (None, "") else id_map.to_dense(v) for v in values],
-                                               dtype=np.int32)
+    uniq, codes = _factorize(values)
+    present = [str(u) for u in uniq if u not in (None, "")]
+    id_map = IdMap.build(present, padding=False)
+    remap = np.array([-1 if u in (None, "") else id_map.to_dense(str(u)) for u in uniq], dtype=np.int32)
+    return list(id_map.keys), remap[codes] if len(uniq) else np.zeros(0, np.int32)
 
 
 def make_event_log(
