@@ -28,7 +28,7 @@ Generative story (seeded and deterministic; vectorised over users, one step per 
   click (attribution keeps it as an organic purchase).
 
 Ground truth kept in :class:`MarketplaceData`: each user's interest distribution, the intent in
-force at every event, the click that caused every conversion (``cause``, -1 for direct ones), and
+force at every event (for a conversion: at its click), the click that caused every conversion (``cause``, -1 for direct ones), and
 each advertiser's category, budget and spend.
 """
 

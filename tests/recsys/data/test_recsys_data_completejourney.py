@@ -1,5 +1,4 @@
 import datetime as dt
-import os
 
 import numpy as np
 import pytest
