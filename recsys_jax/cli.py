@@ -2,6 +2,7 @@
 
     recsys-jax data build --format movielens --input ratings.dat --out out/ml1m [--max-seq-len 200]
     recsys-jax data build --out out/synthetic            # the built-in synthetic dataset
+    recsys-jax data build --format marketplace --out out/sim [--drop-actions impression]   # event dataset
     recsys-jax train --config configs/recsys/hstu_ml1m.yaml [key.sub=value ...]
     recsys-jax eval --checkpoint RUN_DIR [--split test|validation] [--which auto|best|latest]
     recsys-jax recommend --checkpoint RUN_DIR --history 1193,661,914 [--timestamps ...] [--k 10]
@@ -22,7 +23,9 @@ from core_jax.config import exit_on_error
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from recsys_jax.data.attribution import BY, RULES
     from recsys_jax.data.builder import SOURCE_FORMATS
+    from recsys_jax.data.event_builder import EVENT_FORMATS
 
     data = sub.add_parser("data", help="build and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -31,22 +34,43 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         description="Read an interaction log, build per-user sequences (sorted by time, dense ids) and write "
                     "an ArrayRecord dataset folder with id maps, item counts, side info and a build report. "
                     "Without --input it builds the built-in synthetic dataset.")
-    b.add_argument("--format", choices=SOURCE_FORMATS, default=None,
+    b.add_argument("--format", choices=SOURCE_FORMATS + tuple(f for f in EVENT_FORMATS if f not in SOURCE_FORMATS),
+                   default=None,
                    help="input format (default: guessed from the file name; 'synthetic' without --input)")
-    b.add_argument("--input", help="interaction file (ratings.dat[.gz], .inter, text, .csv, .parquet)")
+    b.add_argument("--input", help="interaction file (ratings.dat[.gz], .inter, text, .csv, .parquet); "
+                                   "completejourney: a folder of its parquet tables (default: the installed package)")
     b.add_argument("--items", help="item side-info file (movies.dat, .item, or a csv/parquet table); "
                                    "default: the usual file beside --input, if any")
     b.add_argument("--no-items", action="store_true", help="do not read item side info")
     b.add_argument("--columns", help="csv/parquet column mapping, e.g. user=uid,item=iid,time=ts,rating=r")
     b.add_argument("--out", required=True, help="output folder (the dataset goes to OUT/NAME/1.0.0)")
-    b.add_argument("--name", default="sequences", help="dataset name (lower_snake_case)")
+    b.add_argument("--name", default=None, help="dataset name (lower_snake_case; default 'sequences', "
+                                                 "'events' for an event dataset)")
     b.add_argument("--max-seq-len", type=int, default=200, help="keep each user's most recent N items (0: all)")
     b.add_argument("--min-rating", type=float, default=None, help="drop interactions rated below this")
     b.add_argument("--min-user-interactions", type=int, default=0, help="drop users with fewer interactions")
     b.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines instead of failing")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar or report")
-    g = b.add_argument_group("synthetic data (--format synthetic)")
+    e = b.add_argument_group(
+        "event datasets (--events; implied by --format marketplace and completejourney)",
+        "Per-event actions, surfaces, ads, advertisers, campaigns, values and attributed-conversion labels "
+        "beside the item sequences (recsys_jax.data.event_builder). csv/parquet columns: user, item, time, "
+        "action, surface, is_ad, advertiser, campaign, value, category.")
+    e.add_argument("--events", action="store_true", help="build an event dataset")
+    e.add_argument("--actions", help="action vocabulary, comma separated (default: the names in the data)")
+    e.add_argument("--surfaces", help="surface vocabulary, comma separated (default: the names in the data)")
+    e.add_argument("--action", default="interaction", help="the action of single-action logs")
+    e.add_argument("--rating-behaviours", action="store_true",
+                   help="ratings as behaviours: rating >= --like-threshold -> 'like', else 'view'")
+    e.add_argument("--like-threshold", type=float, default=4.0)
+    e.add_argument("--attribution", choices=RULES + ("none",), default="last_click")
+    e.add_argument("--attribution-window", default=None,
+                   help="seconds or e.g. 24h, 7d, 1w (default 7d; completejourney 180d)")
+    e.add_argument("--attribute-by", choices=BY, default=None,
+                   help="the conversion's advertiser, item or campaign (default advertiser; completejourney campaign)")
+    e.add_argument("--drop-actions", default="", help="actions not to store, comma separated (e.g. impression)")
+    g = b.add_argument_group("synthetic data (--format synthetic or marketplace)")
     g.add_argument("--num-users", type=int, default=2000)
     g.add_argument("--num-items", type=int, default=1000)
     g.add_argument("--scale", type=float, default=1.0, help="multiplies --num-users and --num-items")
@@ -56,7 +80,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_data_build(args: argparse.Namespace) -> int:
     from recsys_jax.data import formats
-    from recsys_jax.data.builder import SourceSpec, build
+    from recsys_jax.data.builder import SOURCE_FORMATS, SourceSpec, build
     from recsys_jax.data.synthetic import SyntheticConfig
 
     fmt = args.format
@@ -70,6 +94,10 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
                                  f"{{{','.join(formats.FORMATS)}}}")
     if args.max_seq_len < 0:
         raise ValueError(f"--max-seq-len must be >= 0 (0 keeps everything), got {args.max_seq_len}")
+    if args.events or fmt in ("marketplace", "completejourney"):
+        return _build_events(args, fmt)
+    if fmt not in SOURCE_FORMATS:
+        raise ValueError(f"format {fmt!r} builds an event dataset: pass --events")
     synthetic = None
     if fmt == "synthetic":
         synthetic = SyntheticConfig(num_users=args.num_users, num_items=args.num_items, scale=args.scale,
@@ -79,8 +107,43 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
                       columns={k: v for k, v in columns.items() if v} if columns else None,
                       skip_bad_lines=args.skip_bad_lines, synthetic=synthetic)
     path = build(spec, args.out, max_seq_len=args.max_seq_len or None, min_rating=args.min_rating,
-                 min_user_interactions=args.min_user_interactions, name=args.name, overwrite=args.overwrite,
-                 progress=not args.quiet, verbose=not args.quiet)
+                 min_user_interactions=args.min_user_interactions, name=args.name or "sequences",
+                 overwrite=args.overwrite, progress=not args.quiet, verbose=not args.quiet)
+    print(path)
+    return 0
+
+
+def _build_events(args: argparse.Namespace, fmt: str) -> int:
+    import dataclasses
+
+    from recsys_jax.data import completejourney, formats
+    from recsys_jax.data.attribution import AttributionConfig
+    from recsys_jax.data.event_builder import EVENT_FORMATS, EventSourceSpec, build_events
+    from recsys_jax.data.marketplace import MarketplaceConfig
+
+    if fmt not in EVENT_FORMATS:
+        raise ValueError(f"format {fmt!r} has no event dataset; expected one of {list(EVENT_FORMATS)}")
+    if args.min_rating is not None or args.min_user_interactions:
+        raise ValueError("--min-rating and --min-user-interactions apply to sequence datasets, not event datasets")
+
+    def names(text):
+        return tuple(n.strip() for n in text.split(",") if n.strip()) if text else None
+
+    columns = formats.parse_columns(args.columns, formats.EVENT_COLUMN_KEYS) if args.columns else None
+    sim = None
+    if fmt == "marketplace":
+        sim = MarketplaceConfig(num_users=max(1, int(round(args.num_users * args.scale))), seed=args.seed)
+    spec = EventSourceSpec(
+        format=fmt, input=args.input, items="" if args.no_items else args.items,
+        columns={k: v for k, v in columns.items() if v} if columns else None, skip_bad_lines=args.skip_bad_lines,
+        actions=names(args.actions), surfaces=names(args.surfaces), action=args.action,
+        rating_actions=(args.like_threshold, "like", "view") if args.rating_behaviours else None, marketplace=sim)
+    base = completejourney.ATTRIBUTION if fmt == "completejourney" else AttributionConfig()
+    attribution = None if args.attribution == "none" else dataclasses.replace(
+        base, rule=args.attribution, by=args.attribute_by or base.by, window=args.attribution_window or base.window)
+    path = build_events(spec, args.out, max_seq_len=args.max_seq_len or None, attribution=attribution,
+                        drop_actions=names(args.drop_actions) or (), name=args.name or "events",
+                        overwrite=args.overwrite, verbose=not args.quiet)
     print(path)
     return 0
 

@@ -131,17 +131,30 @@ def build(
 
 
 def write_dataset(seqs: Sequences, side_info: dict[str, dict] | None, out_dir, *, name: str = "sequences",
-                  max_seq_len: int | None = None, verbose: bool = True, extra_report: dict | None = None) -> str:
-    """Write ``seqs`` (and side info keyed by original item id) as a dataset folder; returns its path."""
+                  max_seq_len: int | None = None, verbose: bool = True, extra_report: dict | None = None,
+                  fields: dict[str, list[np.ndarray]] | None = None, extra_json: dict[str, Any] | None = None,
+                  extra_arrays: dict[str, dict[str, np.ndarray]] | None = None) -> str:
+    """Write ``seqs`` (and side info keyed by original item id) as a dataset folder; returns its path.
+
+    ``fields``: more per-user arrays stored in each record beside ``items`` (one array per user,
+    aligned with ``seqs.items[u]``; e.g. the event fields of :mod:`recsys_jax.data.event_builder`);
+    ``extra_json`` / ``extra_arrays``: more files (``name -> object`` as JSON, ``name -> arrays`` as
+    ``.npz``), written before the build report."""
+    fields = fields or {}
+    for key, per_user in fields.items():
+        if key in ("user", "items", "timestamps") or len(per_user) != seqs.num_users:
+            raise ValueError(f"field {key!r}: expected a new name and one array per user ({seqs.num_users})")
     features = {
         "user": tfds.features.Scalar(dtype=np.int64),
         "items": tfds.features.Tensor(shape=(None,), dtype=np.int32),
         "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+        **{key: tfds.features.Tensor(shape=(None,), dtype=per_user[0].dtype.type if per_user else np.float32)
+           for key, per_user in fields.items()},
     }
 
     def users():
         for u, (items, ts) in enumerate(zip(seqs.items, seqs.timestamps)):
-            yield u, {"user": u, "items": items, "timestamps": ts}
+            yield u, {"user": u, "items": items, "timestamps": ts, **{k: v[u] for k, v in fields.items()}}
 
     lengths = np.array([len(s) for s in seqs.items], dtype=np.int64)
     metadata = {"num_users": seqs.num_users, "num_items": seqs.num_items, "has_timestamps": seqs.has_timestamps,
@@ -177,6 +190,10 @@ def write_dataset(seqs: Sequences, side_info: dict[str, dict] | None, out_dir, *
     if side_dense is not None:
         _dump(path, "items.json", side_dense)
     _dump(path, "index.json", {"user": rec_user.tolist(), "length": lengths[rec_user].tolist()})
+    for file, obj in (extra_json or {}).items():
+        _dump(path, file, obj)
+    for file, arrays in (extra_arrays or {}).items():
+        np.savez_compressed(os.path.join(path, file), **arrays)
     _dump(path, "build_report.json", report)  # written last: its presence marks a complete build
     if verbose:
         print(format_report(report))

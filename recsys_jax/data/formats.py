@@ -30,6 +30,11 @@ from typing import Any, NamedTuple
 FORMATS = ("movielens", "recbole", "text", "csv", "parquet")
 COLUMN_KEYS = ("user", "item", "time", "rating")
 DEFAULT_COLUMNS = {"user": "user", "item": "item", "time": "timestamp", "rating": "rating"}
+# event logs (recsys_jax.data.events): every column but user and item is optional
+EVENT_COLUMN_KEYS = ("user", "item", "time", "action", "surface", "is_ad", "advertiser", "campaign", "value",
+                     "category")
+DEFAULT_EVENT_COLUMNS = {"action": "action", "surface": "surface", "is_ad": "is_ad", "advertiser": "advertiser",
+                         "campaign": "campaign", "value": "value", "category": "category"}
 
 
 class DataFormatError(ValueError):
@@ -283,11 +288,13 @@ def read_text(path, *, skip_bad_lines: bool = False, stats: ReadStats | None = N
 # CSV and Parquet with a column mapping
 
 
-def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str | None]:
-    """``"user=uid,item=iid,time=ts"`` (or a mapping) -> full mapping over ``COLUMN_KEYS``.
+def parse_columns(spec: str | Mapping[str, str] | None, keys: tuple[str, ...] = COLUMN_KEYS
+                  ) -> dict[str, str | None]:
+    """``"user=uid,item=iid,time=ts"`` (or a mapping) -> full mapping over ``keys`` (``COLUMN_KEYS``;
+    ``EVENT_COLUMN_KEYS`` for event logs).
 
-    Keys left out take the defaults ``user``, ``item``; ``time`` and ``rating`` are used only if the
-    table has a column of that name (default ``timestamp`` and ``rating``) or are given explicitly.
+    Keys left out take the defaults ``user``, ``item``; the others are used only if the table has a
+    column of their default name (``timestamp``, ``rating``, ``action``, ...) or are given explicitly.
     """
     if spec is None:
         given: dict[str, str] = {}
@@ -301,18 +308,20 @@ def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str | None]
     else:
         given = dict(spec)
     for key in given:
-        if key not in COLUMN_KEYS:
-            raise ValueError(f"column mapping: unknown key {key!r}; expected keys {list(COLUMN_KEYS)}")
-    return {k: given.get(k) for k in COLUMN_KEYS}
+        if key not in keys:
+            raise ValueError(f"column mapping: unknown key {key!r}; expected keys {list(keys)}")
+    return {k: given.get(k) for k in keys}
 
 
-def _resolve_columns(path, header: list[str], columns) -> dict[str, str | None]:
-    cols = parse_columns(columns)
+def _resolve_columns(path, header: list[str], columns, keys: tuple[str, ...] = COLUMN_KEYS
+                     ) -> dict[str, str | None]:
+    cols = parse_columns(columns, keys)
+    defaults = {**DEFAULT_COLUMNS, **DEFAULT_EVENT_COLUMNS}
     out: dict[str, str | None] = {}
-    for key in COLUMN_KEYS:
+    for key in keys:
         name = cols[key]
         if name is None:
-            name = DEFAULT_COLUMNS[key] if DEFAULT_COLUMNS[key] in header or key in ("user", "item") else None
+            name = defaults[key] if defaults[key] in header or key in ("user", "item") else None
         if name is not None and name not in header:
             raise DataFormatError(
                 f"{os.fspath(path)}: no column {name!r} for {key!r}; the table has columns {header} "
@@ -334,7 +343,7 @@ def _table_row(path, n: int, row: Mapping[str, Any], cols) -> Interaction:
             raise DataFormatError(f"{where}: empty timestamp in column {cols['time']!r}")
         ts = parse_time(value, where)
     rating = None
-    if cols["rating"] is not None:
+    if cols.get("rating") is not None:
         rating = _parse_rating(row.get(cols["rating"]), where)
     return Interaction(_id_str(user), _id_str(item), ts, n, rating)
 
@@ -346,8 +355,13 @@ def _id_str(value: Any) -> str:
 
 
 def read_csv(path, *, columns=None, skip_bad_lines: bool = False, stats: ReadStats | None = None,
-             delimiter: str | None = None) -> Iterator[Interaction]:
-    """CSV (or TSV: the delimiter is sniffed from the header) with a header row and a column mapping."""
+             delimiter: str | None = None, keys: tuple[str, ...] = COLUMN_KEYS, row_parser=None
+             ) -> Iterator[Interaction]:
+    """CSV (or TSV: the delimiter is sniffed from the header) with a header row and a column mapping.
+
+    ``keys`` / ``row_parser``: the mapping keys and ``(path, line, row, cols) -> record`` (default:
+    interactions; :func:`read_csv_events` passes the event ones)."""
+    row_parser = row_parser or _table_row
     stats = stats if stats is not None else ReadStats()
     with open_text(path) as f:
         header_line = f.readline()
@@ -357,7 +371,7 @@ def read_csv(path, *, columns=None, skip_bad_lines: bool = False, stats: ReadSta
             delimiter = "\t" if header_line.count("\t") > header_line.count(",") else ","
         header = next(csv.reader([header_line], delimiter=delimiter))
         header = [h.strip() for h in header]
-        cols = _resolve_columns(path, header, columns)
+        cols = _resolve_columns(path, header, columns, keys)
         reader = csv.reader(f, delimiter=delimiter)
         while True:
             try:
@@ -376,21 +390,24 @@ def read_csv(path, *, columns=None, skip_bad_lines: bool = False, stats: ReadSta
                 if len(parts) != len(header):
                     raise DataFormatError(
                         f"{_where(path, n)}: expected {len(header)} fields {header}, got {len(parts)}")
-                yield _table_row(path, n, dict(zip(header, parts)), cols)
+                yield row_parser(path, n, dict(zip(header, parts)), cols)
             except DataFormatError as e:
                 stats.bad(e, skip_bad_lines)
 
 
 def read_parquet(path, *, columns=None, skip_bad_lines: bool = False, stats: ReadStats | None = None,
-                 batch_rows: int = 65536) -> Iterator[Interaction]:
-    """Parquet with a column mapping; ``line`` is the 1-based row number."""
+                 batch_rows: int = 65536, keys: tuple[str, ...] = COLUMN_KEYS, row_parser=None
+                 ) -> Iterator[Interaction]:
+    """Parquet with a column mapping; ``line`` is the 1-based row number (``keys`` / ``row_parser``:
+    as for :func:`read_csv`)."""
     import pyarrow.parquet as pq
 
+    row_parser = row_parser or _table_row
     stats = stats if stats is not None else ReadStats()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input file '{os.fspath(path)}' not found")
     pf = pq.ParquetFile(os.fspath(path))
-    cols = _resolve_columns(path, pf.schema_arrow.names, columns)
+    cols = _resolve_columns(path, pf.schema_arrow.names, columns, keys)
     wanted = [c for c in cols.values() if c is not None]
     n = 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
@@ -399,9 +416,68 @@ def read_parquet(path, *, columns=None, skip_bad_lines: bool = False, stats: Rea
             n += 1
             stats.lines += 1
             try:
-                yield _table_row(path, n, {c: data[c][i] for c in wanted}, cols)
+                yield row_parser(path, n, {c: data[c][i] for c in wanted}, cols)
             except DataFormatError as e:
                 stats.bad(e, skip_bad_lines)
+
+
+class EventRow(NamedTuple):
+    """One event-log row: ids and names as strings, optional fields None."""
+
+    user: str
+    item: str
+    timestamp: int | None
+    line: int
+    action: str | None
+    surface: str | None
+    is_ad: bool
+    advertiser: str | None
+    campaign: str | None
+    value: float | None
+    category: str | None
+
+
+_TRUE, _FALSE = ("1", "true", "t", "yes", "y"), ("0", "false", "f", "no", "n", "")
+
+
+def _parse_bool(value: Any, where: str, column: str) -> bool:
+    if isinstance(value, (bool, int)) and not isinstance(value, float):
+        return bool(value)
+    text = str(value).strip().lower() if value is not None else ""
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise DataFormatError(f"{where}: expected a boolean (1/0, true/false, yes/no) in column {column!r}, got {value!r}")
+
+
+def _event_row(path, n: int, row: Mapping[str, Any], cols) -> EventRow:
+    base = _table_row(path, n, row, cols)
+    where = _where(path, n)
+
+    def text(key):
+        if cols[key] is None:
+            return None
+        v = row.get(cols[key])
+        return None if v is None or str(v).strip() == "" else _id_str(v)
+
+    value = text("value")
+    return EventRow(base.user, base.item, base.timestamp, n, text("action"), text("surface"),
+                    _parse_bool(row.get(cols["is_ad"]), where, cols["is_ad"]) if cols["is_ad"] else False,
+                    text("advertiser"), text("campaign"),
+                    None if value is None else _parse_rating(value, where), text("category"))
+
+
+def read_csv_events(path, *, columns=None, skip_bad_lines: bool = False, stats: ReadStats | None = None
+                    ) -> Iterator[EventRow]:
+    """An event log in CSV/TSV; ``columns`` maps :data:`EVENT_COLUMN_KEYS` to column names."""
+    return read_csv(path, columns=columns, skip_bad_lines=skip_bad_lines, stats=stats, keys=EVENT_COLUMN_KEYS,
+                    row_parser=_event_row)
+
+
+def read_parquet_events(path, *, columns=None, skip_bad_lines: bool = False, stats: ReadStats | None = None
+                        ) -> Iterator[EventRow]:
+    """An event log in Parquet; ``columns`` maps :data:`EVENT_COLUMN_KEYS` to column names."""
+    return read_parquet(path, columns=columns, skip_bad_lines=skip_bad_lines, stats=stats, keys=EVENT_COLUMN_KEYS,
+                        row_parser=_event_row)
 
 
 def read_table_items(path, item_column: str = "item") -> dict[str, dict]:

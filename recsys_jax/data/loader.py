@@ -54,7 +54,8 @@ class RecsysDataset:
     ``has_timestamps``, ``item_map`` / ``user_map`` (:class:`IdMap`), ``item_counts`` (``[N + 1]``
     int64, training part only: use it for logQ and most-popular), ``item_counts_all`` (whole
     sequences), ``side_info`` (list by dense id or None), ``report`` (the build report), and
-    ``lengths`` / ``record_users`` (per record of the ``users`` split), ``in_memory``.
+    ``lengths`` / ``record_users`` (per record of the ``users`` split), ``in_memory``, and ``events``
+    (``events.json`` of an event dataset: vocabularies, item table, record fields; else None).
     """
 
     def __init__(self, folder: str | os.PathLike, *, in_memory: bool | None = None):
@@ -77,6 +78,9 @@ class RecsysDataset:
         items_file = os.path.join(path, "items.json")
         self.side_info: list[dict | None] | None = (
             _load_json(path, "items.json") if os.path.isfile(items_file) else None)
+        events_file = os.path.join(path, "events.json")
+        # event datasets (recsys_jax.data.event_builder): vocabularies, item table and record fields
+        self.events: dict | None = _load_json(path, "events.json") if os.path.isfile(events_file) else None
         self.num_items = len(self.item_map)
         self.num_users = len(self.user_map)
         self.has_timestamps = bool(self.metadata.get("has_timestamps", True))

@@ -53,3 +53,39 @@ def test_data_build_errors_exit_2_with_one_line(write, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse: unknown format
         main(["data", "build", "--format", "xml", "--out", str(tmp_path / "q")])
     assert e.value.code == 2
+
+
+def test_data_build_event_datasets(write, tmp_path, capsys):
+    rc = main(["data", "build", "--format", "marketplace", "--num-users", "30", "--seed", "2", "--out",
+               str(tmp_path / "sim"), "--drop-actions", "impression", "--attribution", "linear",
+               "--attribution-window", "2d", "--quiet"])
+    assert rc == 0
+    ds = load_dataset(tmp_path / "sim")
+    assert ds.path.endswith(os.path.join("sim", "events", "1.0.0")) and ds.num_users == 30
+    att = ds.report["attribution"]
+    assert (att["rule"], att["window_s"]) == ("linear", 2 * 86400) and ds.report["actions_kept"]["impression"] == 0
+    log = write(tmp_path / "ev.csv", "uid,iid,t,kind,page\nu1,a,1,click,home\nu1,b,2,buy,search\n")
+    rc = main(["data", "build", "--format", "csv", "--input", log, "--events", "--out", str(tmp_path / "csv"),
+               "--columns", "user=uid,item=iid,time=t,action=kind,surface=page", "--actions", "click,buy",
+               "--quiet"])
+    assert rc == 0
+    ds = load_dataset(tmp_path / "csv")
+    assert ds.events["actions"] == ["click", "buy"] and ds.events["surfaces"] == ["home", "search"]
+    assert ds.report["attribution"] is None  # no conversion action in the vocabulary
+    ratings = write(tmp_path / "ratings.dat", "1::10::5::1\n1::11::3::2\n", encoding="iso-8859-1")
+    assert main(["data", "build", "--input", ratings, "--events", "--rating-behaviours", "--out",
+                 str(tmp_path / "ml"), "--quiet"]) == 0
+    ds = load_dataset(tmp_path / "ml")
+    assert [ds.events["actions"][a] for a in ds.sequence(0)["actions"]] == ["like", "view"]
+    capsys.readouterr()
+
+
+def test_data_build_event_errors(write, tmp_path, capsys):
+    log = write(tmp_path / "ev.csv", "uid,iid\nu1,a\n")
+    rc = main(["data", "build", "--format", "csv", "--input", log, "--events", "--out", str(tmp_path / "o"),
+               "--columns", "user=uid,item=iid,action=kind", "--quiet"])
+    assert rc != 0
+    assert "no column 'kind' for 'action'; the table has columns ['uid', 'iid']" in capsys.readouterr().err
+    rc = main(["data", "build", "--format", "marketplace", "--out", str(tmp_path / "o"), "--num-users", "5",
+               "--attribution-window", "soon", "--quiet"])
+    assert rc != 0 and "attribution window 'soon'" in capsys.readouterr().err
