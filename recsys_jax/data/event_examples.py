@@ -151,11 +151,6 @@ def event_train_example(record: dict[str, Any], *, max_len: int, labels: LabelTa
     }
 
 
-def random_event_train_example(record: dict[str, Any], rng: np.random.Generator, **kw) -> dict[str, np.ndarray]:
-    """:func:`event_train_example` with a random window: the signature Grain's ``random_map`` expects."""
-    return event_train_example(record, rng=rng, **kw)
-
-
 def label_target_counts(records, labels: LabelTables, num_items: int) -> np.ndarray:
     """``[num_labels, N + 1]`` how often each item is a training target of each label (the events
     ``1..m-1`` of each record's training prefix of length ``m``): the popularity behind logQ."""
