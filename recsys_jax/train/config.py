@@ -167,7 +167,8 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
 def validate_unified(cfg: RecsysConfig) -> None:
     u = cfg.unified
     if cfg.model.name != "hstu":
-        raise ConfigError(f"config key 'model.name': unified (multi-label) training runs on hstu, got {cfg.model.name!r}")
+        raise ConfigError(f"config key 'model.name': unified (multi-label) training runs on hstu, "
+                          f"got {cfg.model.name!r}")
     if not u.labels:
         raise ConfigError("config key 'unified.labels': at least one label is needed")
     names = [lab.name for lab in u.labels]

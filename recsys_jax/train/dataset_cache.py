@@ -96,8 +96,9 @@ def _build_atomically(b, out: str, verbose: bool) -> None:
                          max_seq_len=b.max_seq_len, attribution=b.attribution, drop_actions=tuple(b.drop_actions),
                          name=NAME, verbose=verbose)
         else:
+            synthetic = b.synthetic if b.format == "synthetic" else None
             spec = SourceSpec(format=b.format, input=b.input, items=b.items, columns=b.columns,
-                              skip_bad_lines=b.skip_bad_lines, synthetic=b.synthetic if b.format == "synthetic" else None)
+                              skip_bad_lines=b.skip_bad_lines, synthetic=synthetic)
             build(spec, tmp, max_seq_len=b.max_seq_len, min_rating=b.min_rating,
                   min_user_interactions=b.min_user_interactions, name=NAME, progress=verbose, verbose=verbose)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -11,6 +11,7 @@ from flax import nnx
 
 from core_jax.config import ConfigError
 from core_jax.task import DataContext
+from recsys_jax.data.event_examples import event_train_example
 from recsys_jax.train.config import load_config
 from recsys_jax.train.task import make_task, train
 from recsys_jax.train.unified import UnifiedTask
@@ -48,6 +49,20 @@ def test_unified_tiny_trains_every_label_and_restores(unified_run):
     model = run.trainer.model(run.state)
     assert model.cfg.num_actions == 6 and model.cfg.num_scenario_labels == 3
     assert model.events.action.shape == (6, 16) and model.scenario_tower.label.shape == (3, 16)
+    # one trained model, every scenario: the user embedding and the top ads change with the scenario
+    ds, tables = run.task.dataset, run.task.labels
+    recs = [event_train_example(ds.sequence(u), max_len=12, labels=tables) for u in range(8)]
+    batch = {k: jnp.asarray(np.stack([r[k] for r in recs])) for k in ("item_ids", "timestamps", "actions",
+                                                                       "surfaces", "is_ad")}
+    h = model(batch.pop("item_ids"), batch.pop("timestamps"), deterministic=True, **batch)[:, -1]
+    ads = np.flatnonzero(tables.pool[tables.code("conversion")])
+    table = np.asarray(model.item_embeddings())[ads]
+    top = {}
+    for scenario in (("conversion", 0), ("conversion", 1), ("ad_click", 0)):
+        u = np.asarray(model.scenario(h, tables.code(scenario[0]), scenario[1]))
+        top[scenario] = np.argsort(-(u @ table.T), axis=1)[:, :10]
+    assert not np.array_equal(top[("conversion", 0)], top[("conversion", 1)])
+    assert not np.array_equal(top[("conversion", 0)], top[("ad_click", 0)])
 
 
 def test_scenario_embeddings_see_no_future_event(unified_run):
