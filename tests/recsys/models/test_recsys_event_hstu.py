@@ -132,3 +132,10 @@ def test_switching_the_scenario_changes_the_user_embedding_and_the_top_candidate
     np.testing.assert_allclose(np.asarray(scen(user[:1], 1, 2)), embs[(1, 2)][:1], atol=1e-6)
     # padding stays zero
     assert np.all(np.asarray(model.scenario(jnp.zeros((2, 16)), 0, 0)) == 0)
+
+
+def test_event_models_are_not_exported_to_generative_recommenders():
+    from recsys_jax.convert.gr_gin import check_exportable
+
+    with pytest.raises(ValueError, match="event features / scenario tower"):
+        check_exportable(CFG)
