@@ -108,3 +108,9 @@ def test_unified_config_errors_name_the_key(tmp_path):
     cfg = load_config(CONFIG, TINY + ["model.hstu.num_actions=4", f"data.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(ConfigError, match="'model.hstu.num_actions'"):
         make_task(cfg).labels
+
+
+def test_cli_eval_says_unified_runs_have_no_evaluation_yet(unified_run, recsys_cli):
+    cfg = unified_run[0]
+    rc, _, err = recsys_cli(["eval", "--checkpoint", cfg.train.run_dir, "--which", "latest"])
+    assert rc == 2 and "unified (multi-label) run" in err
