@@ -219,6 +219,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     distributed.initialize_from_args(args)  # several processes evaluate on one mesh
     run = restore_run(args.checkpoint, which=args.which, overrides=args.overrides, eval_split=args.split)
+    if run.cfg.unified.enabled:
+        raise ValueError(f"run '{args.checkpoint}' is a unified (multi-label) run: its per-scenario evaluation is "
+                         "not implemented yet")
     run.cfg.train.eval_batches = 0  # the whole split
     metrics = run.trainer.evaluate(run.state)
     e = run.cfg.eval

@@ -99,6 +99,10 @@ def check_exportable(cfg: HSTUConfig) -> None:
         bad.append("l2_normalize=False (the gin configs we import use l2_norm users and items)")
     if cfg.layer_norm_eps != 1e-6:
         bad.append(f"layer_norm_eps={cfg.layer_norm_eps} (GR uses 1e-6)")
+    if cfg.event_features or cfg.num_scenario_labels:
+        bad.append(f"event features / scenario tower (num_actions={cfg.num_actions}, num_surfaces={cfg.num_surfaces}, "
+                   f"use_is_ad={cfg.use_is_ad}, num_scenario_labels={cfg.num_scenario_labels}): GR's HSTU reads items "
+                   "only")
     if bad:
         raise ValueError("this HSTU cannot be written as a generative-recommenders checkpoint: " + "; ".join(bad))
 

@@ -14,8 +14,7 @@ import numpy as np
 from core_jax import data as data_lib
 from recsys_jax.data.builder import SPLIT
 from recsys_jax.data.sequences import IdMap
-from recsys_jax.data.splits import (SPLITS, RecordSubset, eval_example, random_train_example, split_indices,
-                                    train_example)
+from recsys_jax.data.splits import SPLITS, RecordSubset, eval_example, split_indices, train_example
 
 
 IN_MEMORY_MAX_USERS = 500_000
@@ -119,19 +118,22 @@ class RecsysDataset:
 
     def train_iterator(self, *, batch_size: int, max_len: int, seed: int = 0, random_windows: bool = True,
                        padding: str = "left", num_epochs: int | None = None, shard_index: int | None = None,
-                       shard_count: int | None = None, worker_count: int = 0):
+                       shard_count: int | None = None, worker_count: int = 0, example_fn=None, **example_kw):
         """Shuffled, repeating, checkpointable Grain iterator of autoregressive training batches
         (:func:`splits.train_example` fields, ``[batch_size, max_len]``); ``random_windows`` takes a
-        random window of long sequences, else the most recent one."""
+        random window of long sequences, else the most recent one. ``example_fn``: another example
+        function with ``train_example``'s signature (e.g. the per-label event examples of
+        :mod:`recsys_jax.data.event_examples`), called with ``example_kw`` too."""
         source = self.split_source("train")
         if len(source) == 0:
             raise ValueError(f"no training examples in {self.path}: training needs users with 2 or at least 4 "
                              "items (see recsys_jax.data.splits)")
-        kw = dict(max_len=max_len, padding=padding)
+        kw = dict(max_len=max_len, padding=padding, **example_kw)
+        fn = example_fn or train_example
         if random_windows:
-            fns = dict(random_transforms=[functools.partial(random_train_example, **kw)])
+            fns = dict(random_transforms=[functools.partial(_random_example, fn=fn, **kw)])
         else:
-            fns = dict(transforms=[functools.partial(train_example, **kw)])
+            fns = dict(transforms=[functools.partial(fn, **kw)])
         return data_lib.make_iterator(source, batch_size=batch_size, seed=seed, shuffle=True,
                                       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
                                       worker_count=worker_count, **fns)
@@ -165,6 +167,11 @@ class RecsysDataset:
                     parts.append(", ".join(v) if isinstance(v, list) else str(v))
             out.append(". ".join(parts) if parts else f"item {self.item_map.to_original(i)}")
         return out
+
+
+def _random_example(example, rng, *, fn, **kw):
+    """``fn(example, rng=rng, **kw)``: the signature Grain's ``random_map`` expects."""
+    return fn(example, rng=rng, **kw)
 
 
 def load_dataset(folder: str | os.PathLike, *, in_memory: bool | None = None) -> RecsysDataset:

@@ -90,12 +90,6 @@ def train_example(example: dict[str, Any], *, max_len: int, padding: str = "left
     }
 
 
-def random_train_example(example: dict[str, Any], rng: np.random.Generator, *, max_len: int,
-                         padding: str = "left") -> dict[str, np.ndarray]:
-    """:func:`train_example` with a random window: the signature Grain's ``random_map`` expects."""
-    return train_example(example, max_len=max_len, padding=padding, rng=rng)
-
-
 def eval_example(example: dict[str, Any], *, split: str, max_len: int, padding: str = "left") -> dict[str, np.ndarray]:
     """Inputs to predict the held-out item of ``split`` ("validation" or "test").
 

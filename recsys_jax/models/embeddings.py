@@ -102,3 +102,46 @@ class PositionalEmbedding(nnx.Module):
 
     def __call__(self, mask: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], real_positions(mask), axis=0)
+
+
+class EventEmbedding(nnx.Module):
+    """What an event adds to its item's input token: ``action_emb[action] + surface_emb[surface]
+    (+ is_ad * ad_emb)`` (``[B, L, D]``; zero at padding when the caller masks it).
+
+    A table is only created for a feature that is on (``num_actions`` / ``num_surfaces`` > 0,
+    ``use_is_ad``), so a model without event features has exactly the parameters it had before.
+    Codes are those of the dataset's vocabularies (``events.json``); a code outside ``[0, size)`` is
+    clipped by ``jnp.take`` (check the vocabulary against the config before training: see the task).
+    """
+
+    def __init__(self, dim: int, *, num_actions: int, num_surfaces: int, use_is_ad: bool, rngs: nnx.Rngs):
+        if num_actions < 0 or num_surfaces < 0:
+            raise ValueError(f"num_actions and num_surfaces must be >= 0 (0: off), got {num_actions}, {num_surfaces}")
+        init = nnx.with_partitioning(nnx.initializers.truncated_normal(stddev=dim**-0.5), (None, "embed"))
+        self.features = tuple(n for n, on in (("actions", num_actions), ("surfaces", num_surfaces),
+                                              ("is_ad", use_is_ad)) if on)
+        if num_actions:
+            self.action = nnx.Param(init(rngs.params(), (num_actions, dim), jnp.float32))
+        if num_surfaces:
+            self.surface = nnx.Param(init(rngs.params(), (num_surfaces, dim), jnp.float32))
+        if use_is_ad:
+            self.ad = nnx.Param(init(rngs.params(), (1, dim), jnp.float32))
+
+    def __call__(self, shape: tuple[int, ...], actions: jax.Array | None, surfaces: jax.Array | None,
+                 is_ad: jax.Array | None) -> jax.Array:
+        given = {"actions": actions, "surfaces": surfaces, "is_ad": is_ad}
+        missing = [n for n in self.features if given[n] is None]
+        if missing:
+            raise ValueError(f"this model embeds event features {list(self.features)}: pass {missing} "
+                             f"([batch, seq_len] arrays like item_ids)")
+        for n in self.features:
+            if tuple(given[n].shape) != tuple(shape):
+                raise ValueError(f"{n} must have the shape of item_ids {tuple(shape)}, got {tuple(given[n].shape)}")
+        out = 0.0
+        if "actions" in self.features:
+            out = out + jnp.take(self.action[...], actions.astype(jnp.int32), axis=0)
+        if "surfaces" in self.features:
+            out = out + jnp.take(self.surface[...], surfaces.astype(jnp.int32), axis=0)
+        if "is_ad" in self.features:
+            out = out + is_ad.astype(jnp.float32)[..., None] * self.ad[...][0]
+        return out

@@ -19,6 +19,15 @@ timestamp ``t_{i+1}`` instead (the request time at the last item); ``time_bias_f
 uses ``t_{i+1}`` while position ``i + 1`` holds a real item, and its own ``t_i`` at the last real item
 (our inputs carry no separate request time; it is GR's encoder with the request time equal to the
 last action's).
+
+**Event sequences** (off by default: every field below at 0 / False gives the plain item-sequence
+HSTU, with the same parameters and outputs). ``num_actions`` / ``num_surfaces`` / ``use_is_ad`` add
+the event's action, surface and is-ad embeddings to its item token (:class:`EventEmbedding`: the
+input is ``sqrt(D) * item_emb + pos_emb + action_emb + surface_emb (+ ad_emb)``), passed as
+``model(items, ts, actions=..., surfaces=..., is_ad=...)``. ``num_scenario_labels`` > 0 adds a
+:class:`~recsys_jax.models.scenario.ScenarioTower` (hidden size ``scenario_hidden_dim``, 0: D),
+conditioned on the target label and, with ``num_surfaces``, the target surface:
+``model.scenario(user, label, surface)`` maps the trunk's output to the scenario's user embedding.
 """
 
 from __future__ import annotations
@@ -33,12 +42,14 @@ import numpy as np
 from flax import nnx
 
 from recsys_jax.models.embeddings import (
+    EventEmbedding,
     ItemEmbedding,
     PositionalEmbedding,
     causal_key_mask,
     check_sequence_inputs,
     l2_normalize,
 )
+from recsys_jax.models.scenario import ScenarioTower
 
 # floor(log(dt) / 0.301): ~0.7 of a bucket per doubling of the gap (log base e, as in the paper's code).
 TIME_BUCKET_DIVISOR = 0.301
@@ -59,6 +70,17 @@ class HSTUConfig:
     l2_normalize: bool = True
     layer_norm_eps: float = 1e-6
     time_bias_from: Literal["query", "next"] = "query"  # "query": t_i - t_j; "next": t_{i+1} - t_j (generative-recommenders)
+    # event sequences (0 / False: off, the plain item-sequence model): vocabulary sizes of the input features
+    num_actions: int = 0
+    num_surfaces: int = 0
+    use_is_ad: bool = False
+    # scenario tower (0: none; the unified task sets it to the number of labels) and its hidden size (0: embed_dim)
+    num_scenario_labels: int = 0
+    scenario_hidden_dim: int = 0
+
+    @property
+    def event_features(self) -> bool:
+        return bool(self.num_actions or self.num_surfaces or self.use_is_ad)
 
 
 TIME_BIAS_FROM = ("query", "next")
@@ -156,26 +178,51 @@ class HSTU(nnx.Module):
             raise ValueError(f"HSTUConfig.dropout must be in [0, 1), got {cfg.dropout}")
         if cfg.time_bias_from not in TIME_BIAS_FROM:
             raise ValueError(f"HSTUConfig.time_bias_from must be one of {TIME_BIAS_FROM}, got {cfg.time_bias_from!r}")
+        if min(cfg.num_actions, cfg.num_surfaces, cfg.num_scenario_labels, cfg.scenario_hidden_dim) < 0:
+            raise ValueError(f"HSTUConfig num_actions, num_surfaces, num_scenario_labels and scenario_hidden_dim "
+                             f"must be >= 0 (0: off), got {cfg}")
         self.cfg = cfg
         self.num_items = num_items
         self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs)
         self.positions = PositionalEmbedding(cfg.max_seq_len, cfg.embed_dim, rngs=rngs)
         self.input_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.layers = nnx.List([HSTULayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        if cfg.event_features:  # only then: a plain config keeps its parameter tree (and checkpoints)
+            self.events = EventEmbedding(cfg.embed_dim, num_actions=cfg.num_actions, num_surfaces=cfg.num_surfaces,
+                                         use_is_ad=cfg.use_is_ad, rngs=rngs)
+        if cfg.num_scenario_labels:
+            self.scenario_tower = ScenarioTower(cfg.embed_dim, cfg.scenario_hidden_dim or cfg.embed_dim,
+                                                cfg.num_scenario_labels, cfg.num_surfaces,
+                                                normalize=cfg.l2_normalize, rngs=rngs)
 
     def item_embeddings(self) -> jax.Array:
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
         return self.items.table(self.cfg.l2_normalize)
 
+    def scenario(self, user: jax.Array, label: jax.Array, surface: jax.Array | None = None) -> jax.Array:
+        """The scenario's user embedding from the trunk output ``user [..., D]`` (label / surface codes
+        ``[...]`` or scalars broadcast to it); zero where ``user`` is (padding)."""
+        if not self.cfg.num_scenario_labels:
+            raise ValueError("this model has no scenario tower (HSTUConfig.num_scenario_labels=0)")
+        lead = user.shape[:-1]
+        label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), lead)
+        surface = None if surface is None else jnp.broadcast_to(jnp.asarray(surface, jnp.int32), lead)
+        out = self.scenario_tower(user, label, surface)
+        return jnp.where(jnp.any(user != 0, axis=-1, keepdims=True), out, 0.0)
+
     def __call__(
-        self, item_ids: jax.Array, timestamps: jax.Array | None, *, deterministic: bool
+        self, item_ids: jax.Array, timestamps: jax.Array | None, *, deterministic: bool,
+        actions: jax.Array | None = None, surfaces: jax.Array | None = None, is_ad: jax.Array | None = None,
     ) -> jax.Array:
         """``timestamps`` (seconds, int32 range: differences are taken in int32) may be None only
-        when ``use_time_bias`` is off."""
+        when ``use_time_bias`` is off. ``actions`` / ``surfaces`` / ``is_ad`` (``[B, L]``, aligned
+        with ``item_ids``): the event features the config turns on (ignored otherwise)."""
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = item_ids > 0
         x = self.items(item_ids) * math.sqrt(cfg.embed_dim) + self.positions(mask)
+        if cfg.event_features:
+            x = x + self.events(item_ids.shape, actions, surfaces, is_ad)
         x = self.input_dropout(x, deterministic=deterministic) * mask[..., None]
 
         attn_mask = causal_key_mask(mask)

@@ -19,17 +19,24 @@ from core_jax.config import ConfigError
 from core_jax.loop import TrainConfig
 from core_jax.mesh import MeshConfig
 from core_jax.optim import OptimConfig
+from recsys_jax.data.attribution import AttributionConfig
+from recsys_jax.data.event_examples import DEFAULT_LABELS, LabelConfig
+from recsys_jax.data.marketplace import MarketplaceConfig
 from recsys_jax.data.synthetic import SyntheticConfig
 from recsys_jax.eval.metrics import TIES
 from recsys_jax.models import HSTUConfig, SASRecConfig, TwoTowerConfig
 from recsys_jax.train.losses import SampledSoftmaxConfig
+from recsys_jax.train.multilabel import MultiLabelLossConfig
+
+
+GENERATED_FORMATS = ("synthetic", "marketplace")  # built-in generators: no input file
 
 
 @dataclasses.dataclass
 class BuildConfig:
     """How to build the dataset when ``data.dir`` is not given (see ``recsys-jax data build``)."""
 
-    format: str = "synthetic"  # movielens | recbole | text | csv | parquet | synthetic
+    format: str = "synthetic"  # movielens | recbole | text | csv | parquet | synthetic | marketplace (events)
     input: str | None = None
     items: str | None = None  # side-info file; null: the usual file beside input; "": none
     columns: str | None = None  # csv/parquet column mapping, e.g. "user=uid,item=iid,time=ts"
@@ -38,6 +45,10 @@ class BuildConfig:
     min_rating: float | None = None
     min_user_interactions: int = 0
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    # format marketplace: the simulator's event dataset (recsys_jax.data.event_builder)
+    marketplace: MarketplaceConfig = dataclasses.field(default_factory=MarketplaceConfig)
+    attribution: AttributionConfig = dataclasses.field(default_factory=AttributionConfig)
+    drop_actions: list[str] = dataclasses.field(default_factory=lambda: ["impression"])
 
 
 @dataclasses.dataclass
@@ -74,6 +85,24 @@ class LossConfig(SampledSoftmaxConfig):
 
 
 @dataclasses.dataclass
+class UnifiedConfig:
+    """Multi-label training on an event dataset (``recsys_jax.train.unified``): off by default.
+
+    ``labels``: what a position learns to predict about the next event (each with its candidate pool
+    and weight; see ``recsys_jax.data.event_examples``); ``scenario_tower``: a scenario-conditioned
+    tower on the HSTU trunk (``recsys_jax.models.scenario``), else one user embedding for every label;
+    ``loss``: negatives, sampler, logQ, normalisation (``recsys_jax.train.multilabel``); the
+    temperature and L2 normalisation come from the ``loss`` section.
+    """
+
+    enabled: bool = False
+    labels: list[LabelConfig] = dataclasses.field(
+        default_factory=lambda: [dataclasses.replace(lab, actions=list(lab.actions)) for lab in DEFAULT_LABELS])
+    scenario_tower: bool = True
+    loss: MultiLabelLossConfig = dataclasses.field(default_factory=MultiLabelLossConfig)
+
+
+@dataclasses.dataclass
 class EvalConfig:
     ks: list[int] = dataclasses.field(default_factory=lambda: [10, 50, 200])
     batch_size: int = 256  # global users per evaluation batch
@@ -92,6 +121,7 @@ class RecsysConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     loss: LossConfig = dataclasses.field(default_factory=lambda: LossConfig(num_negatives=128, temperature=0.05))
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    unified: UnifiedConfig = dataclasses.field(default_factory=UnifiedConfig)
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
         steps=600, batch_size=64, log_every=100, eval_every=200, best_metric="ndcg@10",
         run_dir="runs/recsys/synthetic_tiny"))
@@ -124,12 +154,36 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
         cfg.loss.validate()
     except ValueError as e:
         raise ConfigError(f"config section 'loss': {e}") from None
-    if d.dir is None and d.build.format == "synthetic" and d.build.input:
-        raise ConfigError("config key 'data.build.input': the synthetic format takes no input file")
-    if d.dir is None and d.build.format != "synthetic" and not d.build.input:
+    if d.dir is None and d.build.format in GENERATED_FORMATS and d.build.input:
+        raise ConfigError(f"config key 'data.build.input': the {d.build.format} format takes no input file")
+    if d.dir is None and d.build.format not in GENERATED_FORMATS and not d.build.input:
         raise ConfigError(f"config key 'data.build.input': format {d.build.format!r} needs an input file "
                           "(or set data.dir to a built dataset)")
+    if cfg.unified.enabled:
+        validate_unified(cfg)
     return cfg
+
+
+def validate_unified(cfg: RecsysConfig) -> None:
+    u = cfg.unified
+    if cfg.model.name != "hstu":
+        raise ConfigError(f"config key 'model.name': unified (multi-label) training runs on hstu, "
+                          f"got {cfg.model.name!r}")
+    if not u.labels:
+        raise ConfigError("config key 'unified.labels': at least one label is needed")
+    names = [lab.name for lab in u.labels]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config key 'unified.labels': label names must be unique, got {names}")
+    for i, lab in enumerate(u.labels):
+        if lab.weight < 0:
+            raise ConfigError(f"config key 'unified.labels[{i}].weight': must be >= 0, got {lab.weight}")
+    try:
+        u.loss.validate()
+    except ValueError as e:
+        raise ConfigError(f"config section 'unified.loss': {e}") from None
+    if cfg.train.best_metric:
+        raise ConfigError(f"config key 'train.best_metric': {cfg.train.best_metric!r}, but unified training has no "
+                          "evaluation during training yet (per-scenario metrics); set train.best_metric=null")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> RecsysConfig:

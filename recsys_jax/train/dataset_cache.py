@@ -20,6 +20,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from recsys_jax.data.builder import SourceSpec, build, dataset_dir
+from recsys_jax.data.event_builder import EventSourceSpec, build_events
 from recsys_jax.data.loader import find_dataset_dir
 
 NAME = "sequences"
@@ -49,6 +50,9 @@ def _spec_key(b) -> str:
             "columns": b.columns, "skip_bad_lines": b.skip_bad_lines, "max_seq_len": b.max_seq_len,
             "min_rating": b.min_rating, "min_user_interactions": b.min_user_interactions,
             "synthetic": dataclasses.asdict(b.synthetic) if b.format == "synthetic" else None}
+    if b.format == "marketplace":  # event datasets only (the keys of the other formats stay as they were)
+        spec.update(marketplace=dataclasses.asdict(b.marketplace), attribution=dataclasses.asdict(b.attribution),
+                    drop_actions=list(b.drop_actions))
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -57,7 +61,7 @@ def cached_dataset_dir(data_cfg) -> str:
     b = data_cfg.build
     if b.input and not os.path.isfile(b.input):
         raise FileNotFoundError(f"config key 'data.build.input': file '{b.input}' not found")
-    stem = "synthetic" if b.format == "synthetic" else os.path.basename(b.input).split(".")[0].lower()
+    stem = b.format if b.format in ("synthetic", "marketplace") else os.path.basename(b.input).split(".")[0].lower()
     stem = "".join(c if c.isalnum() else "_" for c in stem) or "data"
     return os.path.join(data_cfg.cache_dir, f"{stem}-{_spec_key(b)}")
 
@@ -82,15 +86,21 @@ def resolve_dataset(data_cfg, *, verbose: bool = True) -> str:
 
 
 def _build_atomically(b, out: str, verbose: bool) -> None:
-    spec = SourceSpec(format=b.format, input=b.input, items=b.items, columns=b.columns,
-                      skip_bad_lines=b.skip_bad_lines, synthetic=b.synthetic if b.format == "synthetic" else None)
     tmp = f"{out}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(f"building the dataset into {out} (once; later runs reuse it)", flush=True)
     try:
-        build(spec, tmp, max_seq_len=b.max_seq_len, min_rating=b.min_rating,
-              min_user_interactions=b.min_user_interactions, name=NAME, progress=verbose, verbose=verbose)
+        if b.format == "marketplace":
+            build_events(EventSourceSpec(format="marketplace", marketplace=b.marketplace), tmp,
+                         max_seq_len=b.max_seq_len, attribution=b.attribution, drop_actions=tuple(b.drop_actions),
+                         name=NAME, verbose=verbose)
+        else:
+            synthetic = b.synthetic if b.format == "synthetic" else None
+            spec = SourceSpec(format=b.format, input=b.input, items=b.items, columns=b.columns,
+                              skip_bad_lines=b.skip_bad_lines, synthetic=synthetic)
+            build(spec, tmp, max_seq_len=b.max_seq_len, min_rating=b.min_rating,
+                  min_user_interactions=b.min_user_interactions, name=NAME, progress=verbose, verbose=verbose)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         if os.path.isdir(out) and not os.path.isfile(os.path.join(dataset_dir(out, NAME), "build_report.json")):
             shutil.rmtree(out)  # an incomplete earlier build

@@ -17,7 +17,7 @@ from core_jax.config import ConfigError
 from core_jax.mesh import MeshConfig, make_mesh
 from core_jax.restore import RestoredRun
 from recsys_jax.train.config import RecsysConfig, validate
-from recsys_jax.train.task import RUN_DATASET_DIR, RecsysTask
+from recsys_jax.train.task import RUN_DATASET_DIR, make_task
 
 __all__ = ["RestoredRun", "load_run_config", "restore_run", "run_dataset_info", "serving_mesh_config"]
 
@@ -51,7 +51,7 @@ def restore_run(run_dir: str | os.PathLike, *, which: str = "auto", overrides: S
             cfg.mesh = serving_mesh_config(cfg)
         mesh = make_mesh(cfg.mesh)
     num_items = None if dataset is not None else run_dataset_info(run_dir)["num_items"]
-    task = RecsysTask(cfg, dataset, num_items=num_items, eval_split=eval_split)
+    task = make_task(cfg, dataset, num_items=num_items, eval_split=eval_split)
     if dataset is not None and dataset.num_items != task.num_items:
         raise ConfigError(f"dataset has {dataset.num_items} items but the run trained on {task.num_items}")
     return core_restore.restore_run(cfg, task, which=which, mesh=mesh)

@@ -36,7 +36,7 @@ from recsys_jax.train.dataset_cache import resolve_dataset
 from recsys_jax.train.losses import log_q_from_counts, sampled_softmax_loss
 
 RUN_DATASET_DIR = "dataset"  # inside the run folder
-RUN_DATASET_FILES = ("id_maps.json", "item_counts.json", "items.json")
+RUN_DATASET_FILES = ("id_maps.json", "item_counts.json", "items.json", "events.json")
 
 
 class RecsysTask:
@@ -117,7 +117,17 @@ def save_run_dataset(dataset: RecsysDataset, run_dir: str) -> str:
     return out
 
 
+def make_task(cfg: RecsysConfig, dataset: RecsysDataset | None = None, **kw) -> RecsysTask:
+    """The task of ``cfg``: :class:`RecsysTask`, or the multi-label
+    :class:`recsys_jax.train.unified.UnifiedTask` with ``unified.enabled``."""
+    if cfg.unified.enabled:
+        from recsys_jax.train.unified import UnifiedTask  # it builds on this module
+
+        return UnifiedTask(cfg, dataset, **kw)
+    return RecsysTask(cfg, dataset, **kw)
+
+
 def train(cfg: RecsysConfig, *, dataset: RecsysDataset | None = None, hooks=(), mesh=None) -> tuple[dict, dict]:
     """Train (or resume) the run ``cfg`` on the shared loop; returns ``(state, last metrics)``."""
-    trainer = Trainer(RecsysTask(cfg, dataset), cfg, hooks=hooks, mesh=mesh)
+    trainer = Trainer(make_task(cfg, dataset), cfg, hooks=hooks, mesh=mesh)
     return trainer.fit()

@@ -1,0 +1,116 @@
+"""Unified multi-label training on the marketplace simulator: config, a few steps, restore, no leakage."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from flax import nnx
+
+from core_jax.config import ConfigError
+from core_jax.task import DataContext
+from recsys_jax.data.event_examples import event_train_example
+from recsys_jax.train.config import load_config
+from recsys_jax.train.task import make_task, train
+from recsys_jax.train.unified import UnifiedTask
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+CONFIG = os.path.join(ROOT, "configs", "recsys", "unified_tiny.yaml")
+TINY = ["data.build.marketplace.num_users=80", "data.build.marketplace.num_categories=4",
+        "data.build.marketplace.organic_per_category=10", "data.build.marketplace.num_advertisers=4",
+        "data.max_len=12", "model.hstu.max_seq_len=12", "model.hstu.embed_dim=16", "model.hstu.attention_dim=8",
+        "model.hstu.linear_dim=8", "model.hstu.num_layers=1", "model.hstu.scenario_hidden_dim=16",
+        "unified.loss.num_negatives=16", "train.steps=3", "train.batch_size=8", "train.log_every=1",
+        "train.progress=false", "train.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def unified_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unified")
+    overrides = TINY + [f"data.cache_dir={root / 'cache'}", f"train.run_dir={root / 'run'}"]
+    cfg = load_config(CONFIG, overrides)
+    state, metrics = train(cfg)
+    return cfg, state, metrics, root
+
+
+def test_unified_tiny_trains_every_label_and_restores(unified_run):
+    cfg, state, metrics, root = unified_run
+    assert int(jax.device_get(state["step"])) == 3 and np.isfinite(metrics["loss"])
+    for name in ("engagement", "ad_click", "conversion"):
+        assert np.isfinite(metrics[f"loss_{name}"])
+    assert metrics["targets_engagement"] > metrics["targets_ad_click"] > 0
+    assert os.path.isfile(os.path.join(cfg.train.run_dir, "dataset", "events.json"))  # vocabularies for serving
+    from recsys_jax.train.restore import restore_run
+
+    run = restore_run(cfg.train.run_dir, which="latest")
+    assert isinstance(run.task, UnifiedTask) and run.step == 3
+    model = run.trainer.model(run.state)
+    assert model.cfg.num_actions == 6 and model.cfg.num_scenario_labels == 3
+    assert model.events.action.shape == (6, 16) and model.scenario_tower.label.shape == (3, 16)
+    # one trained model, every scenario: the user embedding and the top ads change with the scenario
+    ds, tables = run.task.dataset, run.task.labels
+    recs = [event_train_example(ds.sequence(u), max_len=12, labels=tables) for u in range(8)]
+    batch = {k: jnp.asarray(np.stack([r[k] for r in recs])) for k in ("item_ids", "timestamps", "actions",
+                                                                       "surfaces", "is_ad")}
+    h = model(batch.pop("item_ids"), batch.pop("timestamps"), deterministic=True, **batch)[:, -1]
+    ads = np.flatnonzero(tables.pool[tables.code("conversion")])
+    table = np.asarray(model.item_embeddings())[ads]
+    top = {}
+    for scenario in (("conversion", 0), ("conversion", 1), ("ad_click", 0)):
+        u = np.asarray(model.scenario(h, tables.code(scenario[0]), scenario[1]))
+        top[scenario] = np.argsort(-(u @ table.T), axis=1)[:, :10]
+    assert not np.array_equal(top[("conversion", 0)], top[("conversion", 1)])
+    assert not np.array_equal(top[("conversion", 0)], top[("ad_click", 0)])
+
+
+def test_scenario_embeddings_see_no_future_event(unified_run):
+    cfg, _, _, _ = unified_run
+    task = make_task(cfg)
+    model = task.create_model(nnx.Rngs(0))
+    batch = next(iter(task.train_data(DataContext(seed=0, batch_size=4, process_index=0, process_count=1))))
+    batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "user"}
+    emb = jax.jit(lambda m, b: task.scenario_embeddings(m, b, deterministic=True))
+    base = np.asarray(emb(model, batch))
+    assert base.shape == (4, 12, 3, 16)
+    cut = 6
+    changed = dict(batch)
+    for key, size in (("item_ids", 20), ("actions", 6), ("surfaces", 3)):
+        col = np.asarray(batch[key]).copy()
+        col[:, cut:] = np.where(col[:, cut:] > 0, (col[:, cut:] + 1) % size + (key == "item_ids"), col[:, cut:])
+        changed[key] = jnp.asarray(col)
+    changed["is_ad"] = batch["is_ad"].at[:, cut:].set(~batch["is_ad"][:, cut:])
+    changed["timestamps"] = batch["timestamps"].at[:, cut:].add(999)
+    out = np.asarray(emb(model, changed))
+    np.testing.assert_allclose(out[:, :cut], base[:, :cut], atol=1e-6)
+    # the target surface is the scenario's (what is asked), and changes the embedding
+    other = dict(batch, target_surfaces=(batch["target_surfaces"] + 1) % 3)
+    assert np.abs(np.asarray(emb(model, other)) - base)[np.asarray(batch["mask"])].max() > 1e-3
+
+
+def test_unified_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="'model.name'"):
+        load_config(CONFIG, ["model.name=sasrec"])
+    with pytest.raises(ConfigError, match="'train.best_metric'"):
+        load_config(CONFIG, ["train.best_metric=ndcg@10"])
+    with pytest.raises(ConfigError, match="unified.loss"):
+        load_config(CONFIG, ["unified.loss.sampler=zipf"])
+    with pytest.raises(ConfigError, match="'data.build.input'"):
+        load_config(CONFIG, ["data.build.input=x.csv"])
+    bad = yaml.safe_load(open(CONFIG))
+    bad["unified"]["labels"][0]["actions"] = ["like"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    cfg = load_config(str(path), TINY + [f"data.cache_dir={tmp_path / 'cache'}", f"train.run_dir={tmp_path / 'r'}"])
+    with pytest.raises(ConfigError, match="'unified.labels'.*like"):
+        make_task(cfg).labels
+    cfg = load_config(CONFIG, TINY + ["model.hstu.num_actions=4", f"data.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(ConfigError, match="'model.hstu.num_actions'"):
+        make_task(cfg).labels
+
+
+def test_cli_eval_says_unified_runs_have_no_evaluation_yet(unified_run, recsys_cli):
+    cfg = unified_run[0]
+    rc, _, err = recsys_cli(["eval", "--checkpoint", cfg.train.run_dir, "--which", "latest"])
+    assert rc == 2 and "unified (multi-label) run" in err
