@@ -42,7 +42,7 @@ from canvas_jax.convert.ip_adapter import load_ip_adapter
 from canvas_jax.convert.lora import load_lora
 from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
 from canvas_jax.errors import InputError
-from canvas_jax.models.bert import BertModel
+from core_jax.text.bert import BertModel
 from canvas_jax.models.ip_adapter import cross_attention_layers, remove_ip_adapter, set_ip_adapter_scale
 from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora
 from canvas_jax.runs import run_components
