@@ -156,3 +156,36 @@ class WeightedRewards:
 
     def __call__(self, images, prompts: Sequence[str]) -> np.ndarray:
         return self.scores(images, prompts)[0]
+
+
+REWARD_NAMES = ("checker", "checker_strict", "diversity", "clip")
+
+
+def parse_rewards(spec: str) -> WeightedRewards:
+    """Rewards from a command-line spec: comma-separated ``NAME[:ARG][=WEIGHT]`` (weight 1 by default) with NAME
+    one of ``checker`` (partial credit), ``checker_strict``, ``diversity`` (pixel features) and ``clip:RUN``
+    (image-text similarity under the ``task=clip`` model of run folder RUN), e.g. ``checker=1,diversity=0.1``."""
+    rewards = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        head, _, weight = item.partition("=")
+        name, _, arg = head.partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise InputError(f"reward {item!r}: weight {weight!r} is not a number") from None
+        if name not in REWARD_NAMES:
+            raise InputError(f"reward {item!r}: unknown reward {name!r}; expected one of {list(REWARD_NAMES)}")
+        if (name == "clip") != bool(arg):
+            raise InputError(f"reward {item!r}: " + ("clip needs the run folder of a task=clip model: clip:RUN"
+                                                     if name == "clip" else f"{name} takes no argument"))
+        if name == "clip":
+            from canvas_jax.image_text import load_image_text_model
+
+            rewards.append((ImageTextReward(load_image_text_model(arg), name="clip"), w))
+        elif name == "diversity":
+            rewards.append((DiversityReward(), w))
+        else:
+            rewards.append((CheckerReward(strict=name == "checker_strict"), w))
+    if not rewards:
+        raise InputError(f"reward spec {spec!r} names no reward; expected e.g. 'checker' or 'checker=1,diversity=0.1'")
+    return WeightedRewards(rewards)
