@@ -129,3 +129,41 @@ def build_preferences(src: str | os.PathLike, data_dir: str | os.PathLike, *, na
     metadata = {"kind": "preferences", "size": size, "source": str(src)}
     path = _write(name, data_dir, features, {s: gen(s) for s in splits}, report, metadata, overwrite, verbose)
     return path, report
+
+
+class _PairTransform:
+    """A preference record -> ``chosen`` / ``rejected`` float32 [H, W, 3] in [-1, 1] (both resized and cropped
+    alike to ``resolution``, flipped together with ``random_flip``, left/right swapped in the caption) and the
+    caption's ``input_ids`` / ``attention_mask``."""
+
+    def __init__(self, tokenizer, resolution: int, max_length: int | None, random_flip: bool):
+        import copy
+
+        self.tokenizer = copy.deepcopy(tokenizer)  # Tokenizer switches padding per call: one per pipeline
+        self.resolution, self.max_length, self.random_flip = resolution, max_length, random_flip
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        from canvas_jax.data.loader import _text, decode_image, resize_crop, swap_left_right
+
+        caption = _text(record["caption"])
+        images = [resize_crop(decode_image(record[k]), self.resolution, 1.0, None) for k in ("chosen", "rejected")]
+        if self.random_flip and rng.random() < 0.5:
+            images, caption = [im[:, ::-1] for im in images], swap_left_right(caption)
+        tokens = self.tokenizer([caption], max_length=self.max_length)
+        return {"chosen": images[0].astype(np.float32) / 127.5 - 1.0,
+                "rejected": images[1].astype(np.float32) / 127.5 - 1.0,
+                "input_ids": tokens["input_ids"][0], "attention_mask": tokens["attention_mask"][0]}
+
+
+def make_preference_iterator(folder: str | os.PathLike, tokenizer, *, resolution: int, batch_size: int,
+                             split: str = "train", max_length: int | None = None, random_flip: bool = False,
+                             seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                             shard_index: int | None = None, shard_count: int | None = None):
+    """A checkpointable Grain iterator of preference batches (see :class:`_PairTransform`) of this process's shard."""
+    from canvas_jax.data.loader import open_split
+    from core_jax import data as data_lib
+
+    return data_lib.make_iterator(open_split(folder, split), batch_size=batch_size, seed=seed, shuffle=shuffle,
+                                  num_epochs=num_epochs,
+                                  random_transforms=[_PairTransform(tokenizer, resolution, max_length, random_flip)],
+                                  shard_index=shard_index, shard_count=shard_count)

@@ -33,7 +33,7 @@ def check(cfg) -> None:
         problems += _vae(cfg.vae.path, cfg.vae.pretrain_steps)
     if cfg.task in ("text_to_image", "clip"):
         problems += _text_encoder(cfg.text_encoder.source, "text_encoder.source")
-    if cfg.task in ("inpaint", "finetune", "ip_adapter"):
+    if cfg.task in ("inpaint", "finetune", "dpo", "ip_adapter"):
         problems += _init_from(cfg.init_from)
     if problems:
         raise PreflightError(f"task={cfg.task} cannot run: " + "; ".join(problems))
