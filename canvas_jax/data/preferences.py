@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from canvas_jax.data.ingest import BuildReport, ImageReadError, _write, dataset_name, load_image
+from canvas_jax.data.ingest import BuildReport, ImageReadError, _write, dataset_name, json_lines, load_image
 from canvas_jax.errors import InputError
 
 REQUIRED = ("prompt", "chosen", "rejected")
@@ -46,34 +46,29 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[int, dict | None, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"preference pairs file {path} does not exist")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                rows.append((lineno, None, f"bad JSON ({err.msg})"))
-                continue
-            if not isinstance(record, dict):
-                rows.append((lineno, None, "expected a JSON object"))
-                continue
-            bad = [k for k in REQUIRED if not isinstance(record.get(k), str) or not record[k]]
-            if bad:
-                rows.append((lineno, None, f"no {', '.join(repr(k) for k in bad)} text (expected {list(REQUIRED)})"))
-                continue
-            try:
-                pair = {"prompt": record["prompt"], "chosen": record["chosen"], "rejected": record["rejected"],
-                        "split": str(record.get("split") or "train"),
-                        "chosen_score": _number(record, "chosen_score", float, math.nan),
-                        "rejected_score": _number(record, "rejected_score", float, math.nan),
-                        "chosen_seed": _number(record, "chosen_seed", int, -1),
-                        "rejected_seed": _number(record, "rejected_seed", int, -1),
-                        "info": json.dumps({k: v for k, v in record.items() if k not in KNOWN}, sort_keys=True)}
-            except ValueError as err:
-                rows.append((lineno, None, str(err)))
-                continue
-            rows.append((lineno, pair, ""))
+    for lineno, record, problem in json_lines(path):
+        if problem:
+            rows.append((lineno, None, problem))
+            continue
+        if not isinstance(record, dict):
+            rows.append((lineno, None, "expected a JSON object"))
+            continue
+        bad = [k for k in REQUIRED if not isinstance(record.get(k), str) or not record[k]]
+        if bad:
+            rows.append((lineno, None, f"no {', '.join(repr(k) for k in bad)} text (expected {list(REQUIRED)})"))
+            continue
+        try:
+            pair = {"prompt": record["prompt"], "chosen": record["chosen"], "rejected": record["rejected"],
+                    "split": str(record.get("split") or "train"),
+                    "chosen_score": _number(record, "chosen_score", float, math.nan),
+                    "rejected_score": _number(record, "rejected_score", float, math.nan),
+                    "chosen_seed": _number(record, "chosen_seed", int, -1),
+                    "rejected_seed": _number(record, "rejected_seed", int, -1),
+                    "info": json.dumps({k: v for k, v in record.items() if k not in KNOWN}, sort_keys=True)}
+        except ValueError as err:
+            rows.append((lineno, None, str(err)))
+            continue
+        rows.append((lineno, pair, ""))
     return rows
 
 
