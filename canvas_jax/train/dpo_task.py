@@ -58,9 +58,10 @@ class DPOTask(FinetuneTask):
 
     def create_model(self, rngs: nnx.Rngs) -> LatentDiffusion:
         model = super().create_model(rngs)
-        if self.cfg.lora.rank == 0:
-            model.reference = freeze(unet_with_dtype(self.base_unet, self.dtype))
-        return model
+        if self.cfg.lora.rank > 0:
+            return model
+        reference = freeze(unet_with_dtype(self.base_unet, self.dtype))
+        return LatentDiffusion(model.unet, model.vae, model.text_encoder, reference)
 
     def _reference(self, model: LatentDiffusion, x_t, t, ctx) -> jax.Array:
         if model.reference is not None:
