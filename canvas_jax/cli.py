@@ -5,7 +5,8 @@
     canvas-jax inpaint --model PATH --image in.png --mask m.png --prompt "..." --out out.png
     canvas-jax outpaint --model PATH --image in.png --right 64 --prompt "..." --out out.png
     canvas-jax convert from-diffusers|to-diffusers SRC DST
-    canvas-jax data build ... / train --config ... / eval shapes|cifar10|inpaint|clip --model PATH ...
+    canvas-jax data build ... / train --config ... / rl collect ...
+    canvas-jax eval shapes|cifar10|inpaint|clip|frechet ...
 
 Subcommands live in :data:`COMMANDS` (name -> (help, add_arguments, run)).
 Bad input, as our own checks find it (:class:`~canvas_jax.errors.InputError`, a config error, a missing or
@@ -24,6 +25,7 @@ from canvas_jax.data.cli import add_data_arguments, run_data
 from canvas_jax.diffusion.plans import SAMPLERS
 from canvas_jax.errors import USAGE_ERRORS, InputError
 from canvas_jax.eval.cli import add_eval_arguments, run_eval
+from canvas_jax.rl.cli import add_rl_arguments, run_rl
 from canvas_jax.train.run import add_train_arguments, run_train
 
 PROG = "canvas-jax"
@@ -206,6 +208,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("train a VAE, a text-to-image or an inpainting model", add_train_arguments, run_train),
     "eval": ("score a model: Shapes adherence, CIFAR-10 classifier metrics, inpainting", add_eval_arguments,
              run_eval),
+    "rl": ("preference data for fine-tuning toward rewards (collect)", add_rl_arguments, run_rl),
 }
 
 

@@ -25,11 +25,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from canvas_jax.convert.diffusers_models import load_unet, load_vae
-from canvas_jax.convert.text_encoders import load_bert, load_clip_text
+from canvas_jax.convert.text_encoders import load_clip_text
 from canvas_jax.errors import InputError
-from canvas_jax.models.bert import BertModel
+from core_jax.text.bert import BertModel
 from canvas_jax.models.clip import CLIPTextModel, CLIPTextModelWithProjection
-from canvas_jax.models.tokenizer import Tokenizer
+from core_jax.text.minilm import load_bert
+from core_jax.text.tokenizer import Tokenizer
 from canvas_jax.models.unet import UNet2DConditionModel
 from canvas_jax.models.vae import AutoencoderKL
 

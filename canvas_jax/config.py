@@ -9,6 +9,8 @@ One schema serves every task; ``task`` picks which one runs:
   diffusers pipeline folder), with random masks.
 - ``finetune``: train the UNet of ``init_from`` further with the text-to-image loss: LoRA adapters alone
   (``lora.rank > 0``) or every UNet weight (``lora.rank=0``).
+- ``dpo``: Diffusion-DPO of the UNet of ``init_from`` on the preference pairs of ``data.dataset`` (``dpo.beta``;
+  LoRA adapters or every weight, as ``finetune``).
 - ``clip``: an image-text embedding model (``clip``: a small CNN image tower and a projection of the frozen
   ``text_encoder``'s mean-pooled states) trained contrastively on the captioned images.
 """
@@ -25,7 +27,7 @@ from core_jax.loop import TrainConfig
 from core_jax.mesh import MeshConfig
 from core_jax.optim import OptimConfig
 
-TASKS = ("vae", "text_to_image", "inpaint", "finetune", "clip", "ip_adapter")
+TASKS = ("vae", "text_to_image", "inpaint", "finetune", "dpo", "clip", "ip_adapter")
 
 
 def _tiny_vae() -> dict[str, Any]:
@@ -125,6 +127,18 @@ class LoRATrainConfig:
 
 
 @dataclasses.dataclass
+class DPOConfig:
+    """``task=dpo``: the strength of the preference term (Diffusion-DPO's beta; the paper used 5000 for SD 1.5,
+    whose per-example errors are much smaller than a tiny model's)."""
+
+    beta: float = 1000.0
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ConfigError(f"config key 'dpo.beta': {self.beta!r}; expected a positive number (e.g. 1000)")
+
+
+@dataclasses.dataclass
 class ClipConfig:
     """``task=clip``: the image-text model (:class:`~canvas_jax.models.image_text.ImageTextConfig`; its image size
     is ``data.image_size``, its text width the text encoder's) and its retrieval eval."""
@@ -171,13 +185,14 @@ class IPAdapterTrainConfig:
 
 @dataclasses.dataclass
 class CanvasTrainConfig:
-    task: Literal["vae", "text_to_image", "inpaint", "finetune", "clip", "ip_adapter"] = "text_to_image"
+    task: Literal["vae", "text_to_image", "inpaint", "finetune", "dpo", "clip", "ip_adapter"] = "text_to_image"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
     text_encoder: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
     unet: dict[str, Any] = dataclasses.field(default_factory=_tiny_unet)  # diffusers UNet config (text_to_image)
     init_from: str = ""  # inpaint, finetune: a text_to_image (or finetune) run folder or a diffusers pipeline folder
-    lora: LoRATrainConfig = dataclasses.field(default_factory=LoRATrainConfig)  # finetune
+    lora: LoRATrainConfig = dataclasses.field(default_factory=LoRATrainConfig)  # finetune, dpo
+    dpo: DPOConfig = dataclasses.field(default_factory=lambda: DPOConfig())  # dpo
     clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)  # clip
     ip_adapter: IPAdapterTrainConfig = dataclasses.field(default_factory=IPAdapterTrainConfig)  # ip_adapter
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)

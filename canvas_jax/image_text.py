@@ -27,7 +27,7 @@ from canvas_jax.config import CanvasTrainConfig
 from canvas_jax.errors import InputError
 from canvas_jax.models.frozen import copy_module, freeze
 from canvas_jax.models.image_text import ImageTextModel, masked_mean
-from canvas_jax.models.tokenizer import Tokenizer
+from core_jax.text.tokenizer import Tokenizer
 from core_jax import restore as core_restore
 
 

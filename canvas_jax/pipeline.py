@@ -42,7 +42,7 @@ from canvas_jax.convert.ip_adapter import load_ip_adapter
 from canvas_jax.convert.lora import load_lora
 from canvas_jax.diffusion import Schedule, cfg_from_batch, inpaint_blend, sample, strength_to_start_step
 from canvas_jax.errors import InputError
-from canvas_jax.models.bert import BertModel
+from core_jax.text.bert import BertModel
 from canvas_jax.models.ip_adapter import cross_attention_layers, remove_ip_adapter, set_ip_adapter_scale
 from canvas_jax.models.lora import merge_lora, set_lora_scale, unmerge_lora
 from canvas_jax.runs import run_components
@@ -55,9 +55,14 @@ FILLS = ("edge", "noise")
 @dataclasses.dataclass
 class PipelineOutput:
     """``images``: a list of PIL images, an NHWC float32 array in [0, 1] (``output_type="np"``), or the final
-    NCHW latents (``output_type="latent"``, scaled like diffusers' latents)."""
+    NCHW latents (``output_type="latent"``, scaled like diffusers' latents). With ``return_log_probs=True``:
+    ``log_probs`` ``[B, steps]`` float32, each sampler step's log-density under the (guided) model that took it,
+    and ``trajectory`` ``[B, steps + 1, C, h, w]``, the sampler states it went through (see
+    :class:`canvas_jax.diffusion.Trajectory`)."""
 
     images: Any
+    log_probs: np.ndarray | None = None
+    trajectory: np.ndarray | None = None
 
 
 class _Graphs:
@@ -92,6 +97,7 @@ class _Static(NamedTuple):
     zero_negative: bool
     sdxl: bool
     decode: bool
+    log_probs: bool = False
 
 
 def _encode_text(st: _Static, m: dict, ids, ids2, attn, guided: bool):
@@ -113,11 +119,11 @@ def _encode_text(st: _Static, m: dict, ids, ids2, attn, guided: bool):
     return ctx, pooled
 
 
-def _generate_impl(st: _Static, states: dict, inputs: dict) -> jax.Array:
+def _generate_impl(st: _Static, states: dict, inputs: dict) -> jax.Array | dict:
     m = {name: nnx.merge(st.graphs.graphdefs[name], state) for name, state in states.items()}
     unet, vae = m["unet"], m["vae"]
     sf, shift = vae.scaling_factor, vae.shift_factor
-    noise = inputs["noise"]
+    noise, mask = inputs["noise"], None
     ctx, pooled = _encode_text(st, m, inputs["ids"], inputs.get("ids2"), inputs.get("attn"), st.guided)
     # IP-Adapter image tokens, projected once for the whole loop ([uncond; cond] rows like the text)
     ip_tokens = unet.ip_adapter(inputs["ip_embeds"]) if "ip_embeds" in inputs else None
@@ -151,7 +157,16 @@ def _generate_impl(st: _Static, states: dict, inputs: dict) -> jax.Array:
 
     latents = sample(model_fn, noise, st.sched, sampler=st.sampler, num_steps=st.num_steps, rng=inputs["rng"],
                      eta=st.eta, use_karras_sigmas=st.use_karras_sigmas, start_step=st.start_step,
-                     init_latents=init_latents, blend_fn=blend)
+                     init_latents=init_latents, blend_fn=blend, return_log_probs=st.log_probs)
+    if st.log_probs:
+        return {"images": _finish(st, vae, latents.latents, inputs, mask), "log_probs": latents.log_probs,
+                "trajectory": latents.states.transpose(1, 0, 4, 2, 3)}
+    return _finish(st, vae, latents, inputs, mask)
+
+
+def _finish(st: _Static, vae, latents, inputs: dict, mask) -> jax.Array:
+    """NCHW latents, or the decoded images NHWC in [0, 1] (the input pasted back outside an inpainting mask)."""
+    sf, shift = vae.scaling_factor, vae.shift_factor
     if not st.decode:
         return latents.transpose(0, 3, 1, 2)
     out = vae.decode(latents.astype(jnp.float32) / sf + shift).astype(jnp.float32)
@@ -378,8 +393,10 @@ class Pipeline:
                  sampler: str = "dpmpp_2m", seed: int = 0, latents=None, output_type: str = "pil",
                  eta: float = 0.0, use_karras_sigmas: bool | None = None,
                  num_images_per_prompt: int = 1, ip_adapter_image=None, ip_adapter_image_embeds=None,
-                 negative_ip_adapter_image_embeds=None) -> PipelineOutput:
+                 negative_ip_adapter_image_embeds=None, return_log_probs: bool = False) -> PipelineOutput:
         """Text to image. ``latents``: NCHW starting noise (unit variance, like diffusers' ``latents``).
+        ``return_log_probs`` (a stochastic ``sampler``: ddpm, ddim with ``eta`` > 0, euler_a, dpmpp_*_sde) also
+        returns the per-step log-probabilities and the sampler trajectory (:class:`PipelineOutput`).
 
         With an IP-Adapter loaded (:meth:`load_ip_adapter`), ``ip_adapter_image`` is the image prompt: a PIL image,
         an HWC / NHWC uint8 array, or a list (several images of one adapter: their tokens are concatenated), used
@@ -389,7 +406,8 @@ class Pipeline:
         return self._run("txt2img", prompt, negative_prompt, height, width, num_steps, guidance_scale,
                          guidance_rescale, sampler, seed, latents, output_type, eta, use_karras_sigmas,
                          num_images_per_prompt, ip=(ip_adapter_image, ip_adapter_image_embeds,
-                                                    negative_ip_adapter_image_embeds))
+                                                    negative_ip_adapter_image_embeds),
+                         return_log_probs=return_log_probs)
 
     def img2img(self, image, prompt, strength: float = 0.6, negative_prompt=None, *, height: int | None = None,
                 width: int | None = None, num_steps: int = 25, guidance_scale: float = 7.5,
@@ -453,7 +471,8 @@ class Pipeline:
 
     def _run(self, task, prompt, negative_prompt, height, width, num_steps, guidance_scale, guidance_rescale,
              sampler, seed, latents, output_type, eta, use_karras_sigmas, num_images_per_prompt, *,
-             image=None, mask=None, strength=1.0, keep_unmasked=True, ip=(None, None, None)) -> PipelineOutput:
+             image=None, mask=None, strength=1.0, keep_unmasked=True, ip=(None, None, None),
+             return_log_probs=False) -> PipelineOutput:
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type={output_type!r}: expected one of {list(OUTPUT_TYPES)}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -521,9 +540,12 @@ class Pipeline:
             raise InputError(f"strength must be in (0, 1], got {strength}")
         st = _Static(self._graphs, self.schedule, sampler, num_steps, start_step, float(eta), use_karras_sigmas,
                      guided, float(guidance_rescale), task, task == "img2img" or strength < 1.0, bool(keep_unmasked),
-                     zero_negative, self.sdxl, output_type != "latent")
-        out = np.asarray(self._call(st, inputs, batch))
-        return PipelineOutput(images=imgs.to_pil(out) if output_type == "pil" else out)
+                     zero_negative, self.sdxl, output_type != "latent", bool(return_log_probs))
+        out, extra = self._call(st, inputs, batch), {}
+        if return_log_probs:
+            out, extra = out["images"], {k: np.asarray(out[k]) for k in ("log_probs", "trajectory")}
+        out = np.asarray(out)
+        return PipelineOutput(images=imgs.to_pil(out) if output_type == "pil" else out, **extra)
 
     def _per_row(self, x: np.ndarray, batch: int, what: str) -> np.ndarray:
         if x.shape[0] == batch:
@@ -566,10 +588,12 @@ class Pipeline:
             value = pad_rows(value, halves) if pad else np.asarray(value)
             spec = batch_spec(value.ndim) if halves == 1 else P()
             sharded[key] = _to_mesh(value, NamedSharding(self.mesh, spec))
-        out = _generate(st, self._states, sharded)
-        if not out.is_fully_addressable:  # rows on other processes' devices: every process gets all of them
-            out = multihost_utils.process_allgather(out, tiled=True)
-        return out[:batch]
+        def rows(out):
+            if not out.is_fully_addressable:  # rows on other processes' devices: every process gets all of them
+                out = multihost_utils.process_allgather(out, tiled=True)
+            return out[:batch]
+
+        return jax.tree.map(rows, _generate(st, self._states, sharded))
 
 
 def _to_mesh(value, sharding: NamedSharding) -> jax.Array:

@@ -34,7 +34,8 @@ from canvas_jax.models.lora import LoRAParam, apply_lora
 from core_jax import restore as core_restore
 
 MANIFEST = "models.json"
-PIPELINE_TASKS = ("text_to_image", "inpaint", "finetune")
+PIPELINE_TASKS = ("text_to_image", "inpaint", "finetune", "dpo")
+LORA_TASKS = ("finetune", "dpo")  # tasks that train LoRA adapters when lora.rank > 0
 DIFFUSERS_VERSION = "0.30.0"
 
 
@@ -87,7 +88,7 @@ class _RunStructure:
         self.cfg, self.modules = cfg, manifest["modules"]
         self.train_dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
         self.dtype = dtype
-        self.trainable = LoRAParam if cfg.task == "finetune" and cfg.lora.rank > 0 else nnx.Param
+        self.trainable = LoRAParam if cfg.task in LORA_TASKS and cfg.lora.rank > 0 else nnx.Param
 
     def _build(self, name: str, rngs: nnx.Rngs, train_dtype) -> nnx.Module:
         if name not in self.modules:
@@ -102,7 +103,9 @@ class _RunStructure:
             apply_lora(unet, self.cfg.lora.lora_config(), rngs=rngs)
         vae = freeze(self._build("vae", rngs, jnp.float32))
         text = freeze(self._build("text_encoder", rngs, jnp.float32)) if "text_encoder" in self.modules else None
-        return LatentDiffusion(unet, vae, text)
+        reference = freeze(self._build("unet", rngs, self.train_dtype)) if self.cfg.task == "dpo" and \
+            self.trainable is nnx.Param else None  # a full-weight DPO run checkpoints its frozen reference
+        return LatentDiffusion(unet, vae, text, reference)
 
 
 @dataclasses.dataclass

@@ -14,16 +14,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.convert import text_encoders as te
-from canvas_jax.models.bert import BertModel
+from canvas_jax.convert.text_encoders import load_clip_text
+from core_jax.model_folder import read_config
+from core_jax.text.minilm import load_bert, minilm_folder
+from core_jax.text.bert import BertModel
 from canvas_jax.models.clip import CLIPTextModel
-from canvas_jax.models.tokenizer import Tokenizer
+from core_jax.text.tokenizer import Tokenizer
 
 
 def tokenizer_folder(source: str) -> Path:
     """The folder whose files build the tokenizer of ``source``."""
     if source == "minilm":
-        return te.minilm_folder()
+        return minilm_folder()
     folder = Path(source)
     for candidate in (folder, folder.parent / "tokenizer"):
         if (candidate / "tokenizer.json").is_file() or (candidate / "vocab.json").is_file():
@@ -40,16 +42,16 @@ def load_text_encoder(source: str, *, dtype=None, param_dtype=jnp.float32) -> nn
     """The pretrained encoder named by ``source`` (see the module docstring), parameters in ``param_dtype``."""
     kw = {"dtype": dtype, "param_dtype": param_dtype}
     if source == "minilm":
-        return te.load_bert(te.minilm_folder(), **kw)
+        return load_bert(minilm_folder(), **kw)
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"text_encoder.source={source!r}: expected 'minilm' or a folder with a BertModel or "
                                 "CLIPTextModel (config.json + model.safetensors)")
-    model_type = te.read_config(folder).get("model_type", "")
+    model_type = read_config(folder).get("model_type", "")
     if model_type in ("bert",):
-        return te.load_bert(folder, **kw)
+        return load_bert(folder, **kw)
     if model_type in ("clip_text_model", "clip"):
-        return te.load_clip_text(folder, **kw)
+        return load_clip_text(folder, **kw)
     raise ValueError(f"text_encoder.source={source!r}: config.json has model_type={model_type!r}; expected 'bert' or "
                      "'clip_text_model'")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.convert.state_dict import empty_module, load_state_dict
-from canvas_jax.convert.text_encoders import read_config, read_weights, save_transformers_folder
+from core_jax.state_dict import empty_module, load_state_dict
+from core_jax.model_folder import read_config, read_weights, save_transformers_folder
 from canvas_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
 

@@ -18,8 +18,8 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from canvas_jax.convert.state_dict import empty_module, load_state_dict, to_state_dict
-from canvas_jax.models.layers import Dtype
+from core_jax.state_dict import empty_module, load_state_dict, to_state_dict
+from core_jax.nn import Dtype
 from canvas_jax.models.unet import UNet2DConditionModel
 from canvas_jax.models.vae import AutoencoderKL
 

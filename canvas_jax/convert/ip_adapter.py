@@ -25,8 +25,8 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
-from canvas_jax.convert.state_dict import StateDictMismatch, empty_module, load_state_dict, to_state_dict
-from canvas_jax.convert.text_encoders import save_safetensors
+from core_jax.state_dict import StateDictMismatch, empty_module, load_state_dict, to_state_dict
+from core_jax.model_folder import save_safetensors
 from canvas_jax.models.ip_adapter import (
     ImageProjection,
     IPAdapterPlusImageProjection,
@@ -160,7 +160,7 @@ def load_ip_adapter(unet, path: str | os.PathLike, *, weight_name: str = WEIGHT_
     """Load an IP-Adapter file (or a folder holding ``weight_name``) into ``unet`` in place at ``scale``.
 
     Every key must fit: unknown, missing or mis-shaped keys are reported together in ONE
-    :class:`~canvas_jax.convert.state_dict.StateDictMismatch`, and the UNet is left unchanged. Returns True
+    :class:`~core_jax.state_dict.StateDictMismatch`, and the UNet is left unchanged. Returns True
     when the projection is the Plus resampler (it reads the encoder's penultimate hidden states).
     """
     path = Path(path)

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from canvas_jax.convert.state_dict import StateDictMismatch, empty_module
+from core_jax.state_dict import StateDictMismatch, empty_module
 from canvas_jax.errors import InputError
 from canvas_jax.models.mobilenet import MobileNetV2, MobileNetV2Config
 

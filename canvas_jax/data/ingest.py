@@ -24,6 +24,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +261,19 @@ def build_image_folder(src, data_dir: str | os.PathLike, *, name: str | None = N
     return _write(name, data_dir, features, gens, report, metadata, overwrite, verbose), report
 
 
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str]]:
+    """(line number, parsed value, "") per non-empty line of a JSON-lines file; (line number, None, problem) for a
+    line that is not JSON."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line), ""
+            except json.JSONDecodeError as err:
+                yield lineno, None, f"bad JSON ({err.msg})"
+
+
 def read_captions(folder: str | os.PathLike, captions_file: str | os.PathLike | None = None
                   ) -> tuple[list[tuple[Path, str, str]], Path]:
     """Rows of ``captions.jsonl`` / ``captions.csv`` as (image path, caption, problem or ""), and the file read."""
@@ -294,15 +308,10 @@ def read_captions(folder: str | os.PathLike, captions_file: str | os.PathLike | 
             for lineno, record in enumerate(reader, start=2):
                 add(lineno, record)
     else:
-        with open(captions_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    rows.append((captions_file, "", f"line {lineno}: bad JSON ({err.msg})"))
-                    continue
+        for lineno, record, problem in json_lines(captions_file):
+            if problem:
+                rows.append((captions_file, "", f"line {lineno}: {problem}"))
+            else:
                 add(lineno, record)
     return rows, captions_file
 

@@ -3,7 +3,7 @@
 Per process and per batch (numpy):
 
 * ``image``: float32 [B, R, R, 3] in [-1, 1]
-* ``input_ids``, ``attention_mask``: int32 [B, T] from the given :class:`~canvas_jax.models.tokenizer.Tokenizer`
+* ``input_ids``, ``attention_mask``: int32 [B, T] from the given :class:`~core_jax.text.tokenizer.Tokenizer`
   (``tokenizer=None``: no token fields, e.g. for VAE training; ``keep_caption`` adds the ``caption`` strings); caption dropout replaces the
   caption with "" before tokenizing
 * ``mask``: float32 [B, R, R, 1], 1 = repaint (only when ``mask_kinds`` is set)

@@ -7,11 +7,15 @@
 from canvas_jax.diffusion.guidance import cfg, cfg_from_batch, rescale_noise_cfg
 from canvas_jax.diffusion.plans import SAMPLERS, Plan, make_plan, strength_to_start_step
 from canvas_jax.diffusion.samplers import (
+    LOG_PROB_SAMPLERS,
     NoiseLevel,
+    Trajectory,
+    gaussian_log_prob,
     inpaint_blend,
     noise_latents,
     sample,
     step_noise,
+    transition_log_prob,
 )
 from canvas_jax.diffusion.schedules import (
     Schedule,
@@ -22,12 +26,15 @@ from canvas_jax.diffusion.schedules import (
 )
 
 __all__ = [
+    "LOG_PROB_SAMPLERS",
     "SAMPLERS",
     "NoiseLevel",
+    "Trajectory",
     "Plan",
     "Schedule",
     "add_noise",
     "cfg",
+    "gaussian_log_prob",
     "cfg_from_batch",
     "inpaint_blend",
     "make_plan",
@@ -38,5 +45,6 @@ __all__ = [
     "step_noise",
     "strength_to_start_step",
     "training_target",
+    "transition_log_prob",
     "velocity",
 ]

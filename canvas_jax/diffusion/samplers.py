@@ -11,6 +11,11 @@ Per-step noise of the stochastic samplers (ddpm, euler_a, ddim with eta > 0, dpm
 counted from 0 over all ``num_steps`` steps (img2img runs keep the same numbering)::
 
     z_i = jax.random.normal(jax.random.fold_in(rng, i), noise.shape, jnp.float32)
+
+Their steps are Gaussian transitions ``x' ~ N(mean(x), c_noise^2 I)``: ``sample(..., return_log_probs=True)`` also
+returns every step's log-density under the policy that took it and the states it went through (a
+:class:`Trajectory`), and :func:`transition_log_prob` re-evaluates one step's log-density under another model
+(the policy-gradient ratio of DDPO-style fine-tuning).
 """
 
 from __future__ import annotations
@@ -25,6 +30,31 @@ from canvas_jax.diffusion.plans import DPM_SAMPLERS, HEUN_KEYS, STEP_KEYS, Plan,
 from canvas_jax.diffusion.schedules import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+LOG_PROB_SAMPLERS = ("ddpm", "ddim", "euler_a")  # one-step stochastic samplers: transition_log_prob re-evaluates them
+
+
+class Trajectory(NamedTuple):
+    """What ``sample(..., return_log_probs=True)`` returns. ``states``: ``[S + 1, *noise.shape]`` float32 sampler
+    states, the state before each of the S steps run and the final one (sigma-based samplers keep their own
+    scaling: ``states[0]`` is ``noise * init_noise_sigma``); ``log_probs``: ``[B, S]`` float32, the log-density
+    of each step's transition summed over the latent (0 for a step that adds no noise, e.g. DDPM's last). With
+    ``start_step`` (img2img), column ``j`` is step ``start_step + j`` of the plan."""
+
+    latents: jax.Array
+    states: jax.Array
+    log_probs: jax.Array
+
+
+def gaussian_log_prob(x_next: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    """``log N(x_next; mean, std^2 I)`` summed over all axes but the first: ``[B]``; 0 where ``std`` is 0 (a
+    deterministic step has no density to differentiate)."""
+    std = jnp.asarray(std, jnp.float32)
+    safe = jnp.where(std > 0, std, 1.0)
+    z = (x_next.astype(jnp.float32) - mean.astype(jnp.float32)) / safe
+    per_dim = -0.5 * jnp.square(z) - jnp.log(safe) - 0.5 * jnp.log(2.0 * jnp.pi)
+    return jnp.where(std > 0, jnp.sum(per_dim.reshape(per_dim.shape[0], -1), axis=-1), 0.0)
 
 
 class NoiseLevel(NamedTuple):
@@ -75,6 +105,50 @@ def _clip(x0: jax.Array, clip: float | None) -> jax.Array:
     return x0 if clip is None else jnp.clip(x0, -clip, clip)
 
 
+def _predict_x0(model_fn: ModelFn, plan: Plan, dtype, x, t, in_scale, pred_x, pred_out):
+    out = model_fn((in_scale * x).astype(dtype), t).astype(jnp.float32)
+    return out, _clip(pred_x * x + pred_out * out, plan.clip)
+
+
+def _step_mean(sampler: str, k: dict, x, out, x0, x0_prevs=()):
+    """The affine step without its noise term (``plans``' module docstring)."""
+    mean = k["c_x"] * x + k["c_x0"] * x0
+    if sampler == "ddim":
+        mean = mean + k["c_eps"] * (k["eps_x"] * x + k["eps_out"] * out)
+    if sampler in DPM_SAMPLERS:
+        for coef, x0_prev in zip(("c_prev", "c_prev2"), x0_prevs):
+            mean = mean + k[coef] * x0_prev
+    return mean
+
+
+def transition_log_prob(
+    model_fn: ModelFn,
+    x: jax.Array,
+    x_next: jax.Array,
+    sched: Schedule,
+    step: int | jax.Array,
+    *,
+    sampler: str,
+    num_steps: int,
+    eta: float = 0.0,
+    use_karras_sigmas: bool | None = None,
+    dtype=jnp.float32,
+) -> jax.Array:
+    """``[B]`` log-density of going from state ``x`` to ``x_next`` at step ``step`` (an int, or a traced int
+    scalar) of a ``sampler`` run of ``num_steps`` steps, under ``model_fn``: with the model that sampled the
+    trajectory it equals that step's ``Trajectory.log_probs``. ``x``, ``x_next``: entries of
+    ``Trajectory.states``; ``dtype``: the model input's dtype (that of the sampling noise). Samplers:
+    ``LOG_PROB_SAMPLERS`` (DDIM with ``eta`` > 0)."""
+    plan = make_plan(sched, sampler, num_steps, eta=float(eta), use_karras_sigmas=use_karras_sigmas)
+    if sampler not in LOG_PROB_SAMPLERS or not plan.stochastic:
+        raise ValueError(f"transition_log_prob: sampler={sampler!r} (eta={eta}); expected one of "
+                         f"{list(LOG_PROB_SAMPLERS)}, DDIM with eta > 0")
+    k = {key: jnp.asarray(plan.steps[key])[step] for key in STEP_KEYS}
+    x = x.astype(jnp.float32)
+    out, x0 = _predict_x0(model_fn, plan, dtype, x, k["t"], k["in_scale"], k["pred_x"], k["pred_out"])
+    return gaussian_log_prob(x_next, _step_mean(sampler, k, x, out, x0), k["c_noise"])
+
+
 def sample(
     model_fn: ModelFn,
     noise: jax.Array,
@@ -88,8 +162,10 @@ def sample(
     start_step: int = 0,
     init_latents: jax.Array | None = None,
     blend_fn: BlendFn | None = None,
-) -> jax.Array:
-    """Run ``sampler`` for ``num_steps`` steps and return the final latents (dtype of ``noise``).
+    return_log_probs: bool = False,
+) -> jax.Array | Trajectory:
+    """Run ``sampler`` for ``num_steps`` steps and return the final latents (dtype of ``noise``), or with
+    ``return_log_probs`` a :class:`Trajectory` (stochastic samplers only, without ``blend_fn``).
 
     Args:
       model_fn: ``model_fn(x, t) -> output`` in the schedule's prediction_type, already guided; ``x`` is
@@ -114,6 +190,10 @@ def sample(
     )
     if plan.stochastic and rng is None:
         raise ValueError(f"sampler={sampler!r} (eta={eta}) adds noise at every step: pass rng=jax.random.key(...)")
+    if return_log_probs and (not plan.stochastic or blend_fn is not None):
+        raise ValueError(f"return_log_probs: sampler={sampler!r} (eta={eta})"
+                         f"{' with a mask blend' if blend_fn is not None else ''} has no transition density; expected "
+                         "a stochastic sampler (ddpm, ddim with eta > 0, euler_a, dpmpp_*_sde) and no blend_fn")
     dtype = noise.dtype
     if init_latents is None:
         x = noise.astype(jnp.float32) * plan.init_noise_sigma
@@ -127,21 +207,16 @@ def sample(
     blend = blend_fn if blend_fn is not None else (lambda x, level: x)
 
     def predict_x0(x, t, in_scale, pred_x, pred_out):
-        out = model_fn((in_scale * x).astype(dtype), t).astype(jnp.float32)
-        return out, _clip(pred_x * x + pred_out * out, plan.clip)
+        return _predict_x0(model_fn, plan, dtype, x, t, in_scale, pred_x, pred_out)
 
     def affine_step(carry, k):
         x, x0_prevs = carry  # the previous steps' x0, newest first (DPM++ multistep)
         out, x0 = predict_x0(x, k["t"], k["in_scale"], k["pred_x"], k["pred_out"])
-        x_new = k["c_x"] * x + k["c_x0"] * x0
-        if sampler == "ddim":
-            x_new = x_new + k["c_eps"] * (k["eps_x"] * x + k["eps_out"] * out)
-        if sampler in DPM_SAMPLERS:
-            for coef, x0_prev in zip(("c_prev", "c_prev2"), x0_prevs):
-                x_new = x_new + k[coef] * x0_prev
+        x_new = mean = _step_mean(sampler, k, x, out, x0, x0_prevs)
         if plan.stochastic:
-            x_new = x_new + k["c_noise"] * step_noise(rng, k["index"], x.shape)
-        return (blend(x_new, NoiseLevel(k["level_signal"], k["level_noise"])), (x0, *x0_prevs[:-1])), None
+            x_new = mean + k["c_noise"] * step_noise(rng, k["index"], x.shape)
+        per_step = (x, gaussian_log_prob(x_new, mean, k["c_noise"])) if return_log_probs else None
+        return (blend(x_new, NoiseLevel(k["level_signal"], k["level_noise"])), (x0, *x0_prevs[:-1])), per_step
 
     def heun_step(carry, k):
         x, _ = carry
@@ -160,9 +235,12 @@ def sample(
     last = num_steps if sampler != "heun" else num_steps - 1  # Heun's last step is a plain Euler step
     keys = STEP_KEYS + (HEUN_KEYS if sampler == "heun" else ())
     xs = _slice_steps(plan, keys, start_step, last)
-    carry, _ = jax.lax.scan(heun_step if sampler == "heun" else affine_step, carry, xs)
+    carry, per_step = jax.lax.scan(heun_step if sampler == "heun" else affine_step, carry, xs)
     if sampler == "heun":
         carry, _ = affine_step(carry, _slice_steps(plan, STEP_KEYS, num_steps - 1, num_steps, squeeze=True))
+    if return_log_probs:
+        states, log_probs = per_step
+        return Trajectory(carry[0].astype(dtype), jnp.concatenate([states, carry[0][None]]), log_probs.T)
     return carry[0].astype(dtype)
 
 

@@ -23,7 +23,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from canvas_jax.errors import InputError
-from canvas_jax.models.layers import conv, dense, group_norm
+from canvas_jax.models.layers import conv, group_norm
+from core_jax.nn import dense
 from core_jax import data as data_lib
 from core_jax.loop import Hook, TrainConfig, Trainer
 from core_jax.mesh import MeshConfig

@@ -101,7 +101,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_mobilenet(args):
     from canvas_jax.convert.mobilenet import load_mobilenet_v2
-    from canvas_jax.convert.state_dict import StateDictMismatch
+    from core_jax.state_dict import StateDictMismatch
 
     if args.mobilenet_size < 1:
         raise InputError(f"--mobilenet-size must be >= 1, got {args.mobilenet_size}")

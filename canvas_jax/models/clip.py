@@ -1,7 +1,7 @@
 """CLIP text encoder (SD's text encoder, SDXL's two) as Flax NNX modules.
 
 Attributes are named like transformers' ``CLIPTextModel`` (``text_model.encoder.layers[i].self_attn.q_proj``)
-so that :mod:`canvas_jax.convert.state_dict` maps them mechanically to checkpoint keys.
+so that :mod:`core_jax.state_dict` maps them mechanically to checkpoint keys.
 """
 
 from __future__ import annotations
@@ -15,28 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.models.layers import activation, attention, dense, layer_norm
-
-
-def config_from_dict(cls, values: Mapping[str, Any], what: str):
-    """A frozen config dataclass from a transformers-style dict: known keys are type-checked, others ignored.
-
-    Checkpoint ``config.json`` files carry many generic keys (``architectures``, dropout rates, ...) that
-    do not change inference, so unknown keys are skipped rather than rejected.
-    """
-    if not isinstance(values, Mapping):
-        raise TypeError(f"{what}: expected a dict of config values, got {type(values).__name__}")
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-        value, kind = values.get(field.name), type(field.default)
-        if value is None:  # absent or null: keep the default
-            continue
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise TypeError(f"{what}.{field.name}: expected {kind.__name__}, got {value!r}")
-        kwargs[field.name] = value
-    return cls(**kwargs)
+from core_jax.nn import activation, attention, config_from_dict, dense, embed, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +65,6 @@ class CLIPTextOutput:
     pooler_output: jax.Array
     hidden_states: tuple[jax.Array, ...]
     text_embeds: jax.Array | None = None
-
-
-_normal = nnx.initializers.normal(0.02)
-
-
-def embed(num, dim, axes, *, rngs, dtype=None, param_dtype=jnp.float32):
-    return nnx.Embed(num, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                     embedding_init=nnx.with_partitioning(_normal, axes))
 
 
 class CLIPTextEmbeddings(nnx.Module):

@@ -1,7 +1,7 @@
 """CLIP vision tower (the IP-Adapter image encoder) as Flax NNX modules.
 
 Attributes are named like transformers' ``CLIPVisionModelWithProjection`` (``vision_model.embeddings.patch_embedding``,
-``vision_model.encoder.layers[i]``, ``visual_projection``) so :mod:`canvas_jax.convert.state_dict` maps them to
+``vision_model.encoder.layers[i]``, ``visual_projection``) so :mod:`core_jax.state_dict` maps them to
 checkpoint keys. The encoder layers are the text tower's (:class:`~canvas_jax.models.clip.CLIPEncoder`), run
 without the causal mask. Images are NHWC float arrays already normalised with the CLIP mean / std
 (:func:`canvas_jax.images.clip_image_inputs`).
@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.models.clip import CLIPEncoder, config_from_dict, embed
-from canvas_jax.models.layers import activation, conv, dense, layer_norm
+from canvas_jax.models.clip import CLIPEncoder
+from canvas_jax.models.layers import conv
+from core_jax.nn import activation, config_from_dict, dense, embed, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)

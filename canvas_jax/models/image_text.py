@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.models.layers import conv, dense, layer_norm
+from canvas_jax.models.layers import conv
+from core_jax.nn import dense, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)

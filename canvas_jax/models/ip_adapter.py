@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from canvas_jax.models.layers import Attention, Dtype, FeedForward, attention, dense, layer_norm
+from canvas_jax.models.layers import Attention, FeedForward
+from core_jax.nn import Dtype, attention, dense, layer_norm
 
 
 class IPScale(nnx.Variable):

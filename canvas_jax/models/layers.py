@@ -1,9 +1,10 @@
-"""Building blocks shared by the canvas_jax models: convolutions and norms with logical-axis annotations,
-sinusoidal timestep embeddings, the ResNet block, down/upsampling, attention and the transformer block.
+"""Building blocks of the canvas_jax diffusion models: convolutions and group norms with logical-axis annotations,
+sinusoidal timestep embeddings, the ResNet block, down/upsampling, attention modules and the transformer block
+(the primitives they share with the text encoders, such as ``dense`` and ``attention``, are in :mod:`core_jax.nn`).
 
 Everything is NHWC (images) or [batch, tokens, features] (sequences). Attribute names follow diffusers
 (``conv1``, ``time_emb_proj``, ``to_q``, ``to_out[0]``, ``ff.net[0].proj``...) so that
-:mod:`canvas_jax.convert.state_dict` maps parameters to diffusers keys without renaming.
+:mod:`core_jax.state_dict` maps parameters to diffusers keys without renaming.
 Every module takes ``dtype`` (computation) and ``param_dtype`` (storage) and ``rngs``.
 """
 
@@ -11,47 +12,18 @@ from __future__ import annotations
 
 import math
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-Dtype = Any
-
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-    "mish": jax.nn.mish,
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # CLIP
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-}
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The activation function called ``name`` (the diffusers / transformers names)."""
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
-
+from core_jax.nn import Dtype, activation, attention, dense, layer_norm
 
 # ----------------------------------------------------------------------------------------------------
 # Parameterised primitives with logical axis names.
-
-
-def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, rngs: nnx.Rngs,
-          use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nnx.Linear:
-    """``nnx.Linear`` whose kernel carries the logical ``axes`` (in, out) and whose bias carries ``axes[1]``."""
-    return nnx.Linear(
-        in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), axes),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)))
 
 
 def conv(in_features: int, out_features: int, kernel_size: int = 3, *, rngs: nnx.Rngs, stride: int = 1,
@@ -107,15 +79,6 @@ def group_norm(num_channels: int, num_groups: int, eps: float, *, rngs: nnx.Rngs
                param_dtype: Dtype = jnp.float32) -> GroupNorm:
     """GroupNorm over the last (channel) axis, as ``torch.nn.GroupNorm`` (two-pass variance)."""
     return GroupNorm(num_channels, num_groups, eps, dtype=dtype, param_dtype=param_dtype)
-
-
-def layer_norm(dim: int, eps: float, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32) -> nnx.LayerNorm:
-    """LayerNorm over the last axis, as ``torch.nn.LayerNorm`` (two-pass variance)."""
-    return nnx.LayerNorm(
-        dim, epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)))
 
 
 class Identity(nnx.Module):
@@ -243,51 +206,6 @@ class Upsample2D(nnx.Module):
 
 # ----------------------------------------------------------------------------------------------------
 # Attention.
-
-
-def _platform() -> str:
-    """The default backend's platform: "cuda" or "rocm" for GPUs (cuDNN is CUDA's), else "cpu" / "tpu"."""
-    backend = jax.default_backend()
-    if backend != "gpu":
-        return backend
-    return "cuda" if "cuda" in jax.extend.backend.get_backend().platform_version.lower() else "rocm"
-
-
-def attention_implementation(platform: str, dtype, head_dim: int, *, masked: bool) -> str:
-    """``"cudnn"`` (flash attention) where cuDNN supports the call on every GPU generation, else ``"xla"``:
-    a CUDA backend, bf16/fp16 inputs, no mask, a head dim that is a multiple of 8 and at most 128 (the
-    limit before Hopper). Decided from static facts before tracing, so unsupported calls never reach cuDNN."""
-    return ("cudnn" if platform == "cuda" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not masked
-            and head_dim % 8 == 0 and 0 < head_dim <= 128 else "xla")
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, mask: jax.Array | None = None,
-              is_causal: bool = False, implementation: str | None = None) -> jax.Array:
-    """Multi-head scaled dot-product attention through ``jax.nn.dot_product_attention``.
-
-    q: [B, T, H*D]; k, v: [B, S, H*D] -> [B, T, H*D]. ``mask`` is boolean, True = attend: either a
-    key-padding mask [B, S] or anything broadcastable to [B, H, T, S]. ``implementation`` None picks by
-    :func:`attention_implementation` (cuDNN flash attention on CUDA for unmasked bf16/fp16 with a supported
-    head dim, XLA otherwise); the XLA path computes logits and softmax in float32.
-    """
-    if q.shape[-1] % num_heads or k.shape[-1] != q.shape[-1] or v.shape[-1] != q.shape[-1]:
-        raise ValueError(f"attention: q/k/v feature sizes {q.shape[-1]}/{k.shape[-1]}/{v.shape[-1]} must be "
-                         f"equal and divisible by num_heads={num_heads}")
-    b, t, inner = q.shape
-    d = inner // num_heads
-
-    def heads(x):
-        return x.reshape(x.shape[0], x.shape[1], num_heads, d).astype(q.dtype)
-
-    if mask is not None:
-        mask = jnp.asarray(mask, dtype=bool)
-        if mask.ndim == 2:
-            mask = mask[:, None, None, :]
-    if implementation is None:
-        implementation = attention_implementation(_platform(), q.dtype, d, masked=mask is not None)
-    out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), mask=mask, is_causal=is_causal,
-                                       implementation=implementation)
-    return out.reshape(b, t, inner)
 
 
 class Attention(nnx.Module):

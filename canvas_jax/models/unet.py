@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.models.layers import (CrossContext, Downsample2D, Dtype, ResnetBlock2D, TimestepEmbedding,
-                                      Transformer2DModel, Upsample2D, activation, conv, group_norm, timestep_embedding)
+from canvas_jax.models.layers import (CrossContext, Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2DModel,
+                                      Upsample2D, conv, group_norm, timestep_embedding)
+from core_jax.nn import Dtype, activation
 
 # diffusers' defaults for every key of unet/config.json (the values are hyperparameters, not code).
 UNET_DEFAULTS: dict[str, Any] = {

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from canvas_jax.models.layers import (Downsample2D, Dtype, ResnetBlock2D, SpatialSelfAttention, Upsample2D,
-                                      activation, conv, group_norm)
+from canvas_jax.models.layers import Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, conv, group_norm
+from core_jax.nn import Dtype, activation
 
 VAE_DEFAULTS: dict[str, Any] = {
     "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"],

@@ -17,10 +17,10 @@ import os
 import shutil
 from pathlib import Path
 
-from canvas_jax.convert import text_encoders as te
+from canvas_jax.convert.text_encoders import save_clip_text
 from canvas_jax.convert.diffusers_models import save_unet, save_vae
-from canvas_jax.convert.state_dict import to_state_dict
-from canvas_jax.models.bert import BertModel
+from core_jax.text.bert import BertModel
+from core_jax.text.minilm import save_bert
 from canvas_jax.models.clip import CLIPTextModel
 from canvas_jax.models.lora import lora_layers, remove_lora
 from canvas_jax.runs import DIFFUSERS_VERSION, pipeline_components, restore_run
@@ -28,17 +28,6 @@ from canvas_jax.text_conditioning import tokenizer_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt")
-
-
-def save_bert(model: BertModel, folder: str | os.PathLike) -> Path:
-    """``config.json`` + ``model.safetensors`` that ``transformers.BertModel.from_pretrained`` and
-    :func:`canvas_jax.convert.text_encoders.load_bert` read."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {**model.config.to_dict(), "architectures": ["BertModel"], "model_type": "bert"}
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    te.save_safetensors(to_state_dict(model), folder / "model.safetensors")
-    return folder
 
 
 def _save_tokenizer(source: str, folder: Path, max_length: int) -> None:
@@ -73,7 +62,7 @@ def export_pipeline(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, e
         save_bert(encoder, out / "text_encoder")
         classes = ("BertModel", "BertTokenizerFast")
     elif isinstance(encoder, CLIPTextModel):
-        te.save_clip_text(encoder, out / "text_encoder")
+        save_clip_text(encoder, out / "text_encoder")
         classes = ("CLIPTextModel", "CLIPTokenizer")
     else:
         raise TypeError(f"cannot export text encoder {type(encoder).__name__}")

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from canvas_jax import images as imgs
 from canvas_jax.components import Components
 from canvas_jax.pipeline import Pipeline
-from canvas_jax.runs import save_manifest, scheduler_config
+from canvas_jax.runs import LORA_TASKS, save_manifest, scheduler_config
 from core_jax.loop import Hook
 from core_jax.metrics import read_jsonl
 
@@ -181,12 +181,12 @@ def make_hooks(task, cfg, prompts: list[str] | None = None) -> list[Hook]:
         hooks.append(Hook(every=never, fn=finish_vae))
     elif cfg.task not in ("clip", "ip_adapter"):  # these read back from config.yaml (+ init_from) alone
         hooks.append(Hook(every=1, fn=WriteManifest(task)))
-    if cfg.task == "finetune" and cfg.lora.rank > 0:
+    if cfg.task in LORA_TASKS and cfg.lora.rank > 0:
         hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_lora_weights))
     if cfg.task == "ip_adapter":
         hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_ip_adapter_weights))
     prompts = list(s.prompts) or list(prompts or [])
-    if cfg.task in ("text_to_image", "finetune") and prompts:
+    if cfg.task in ("text_to_image", *LORA_TASKS) and prompts:
         grid = SampleGrid(task, prompts[: max(s.num_prompts, 1)], sampler=s.sampler, num_steps=s.num_steps,
                           guidance_scale=s.guidance_scale, seed=s.seed, image_size=cfg.data.image_size)
         hooks.append(Hook(every=s.every or never, fn=grid))

@@ -14,11 +14,12 @@ import importlib
 from pathlib import Path
 
 from canvas_jax import text_conditioning
-from canvas_jax.convert import text_encoders as te
 from canvas_jax.convert.diffusers_models import model_folder
 from canvas_jax.runs import is_run_dir, load_config
 from canvas_jax.train.init_from import BASE_TASKS
 from core_jax.config import ConfigError
+from core_jax.model_folder import read_config, weight_files
+from core_jax.text.minilm import minilm_folder
 
 
 class PreflightError(ConfigError):
@@ -32,7 +33,7 @@ def check(cfg) -> None:
         problems += _vae(cfg.vae.path, cfg.vae.pretrain_steps)
     if cfg.task in ("text_to_image", "clip"):
         problems += _text_encoder(cfg.text_encoder.source, "text_encoder.source")
-    if cfg.task in ("inpaint", "finetune", "ip_adapter"):
+    if cfg.task in ("inpaint", "finetune", "dpo", "ip_adapter"):
         problems += _init_from(cfg.init_from)
     if problems:
         raise PreflightError(f"task={cfg.task} cannot run: " + "; ".join(problems))
@@ -72,9 +73,9 @@ def _data(cfg) -> list[str]:
 def _text_encoder(source: str, key: str) -> list[str]:
     try:
         text_conditioning.tokenizer_folder(source)
-        folder = te.minilm_folder() if source == "minilm" else Path(source)
-        te.read_config(folder)
-        te.weight_files(folder)
+        folder = minilm_folder() if source == "minilm" else Path(source)
+        read_config(folder)
+        weight_files(folder)
     except (ImportError, FileNotFoundError) as err:
         return [str(err) if repr(source) in str(err) else f"{key}={source!r}: {err}"]
     return []

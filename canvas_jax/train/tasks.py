@@ -1,4 +1,5 @@
-"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image, inpainting, fine-tuning or clip."""
+"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image, inpainting, fine-tuning, DPO, clip or
+IP-Adapter."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ def make_task(cfg, *, data_fn=None):
         from canvas_jax.train.finetune_task import FinetuneTask
 
         return FinetuneTask(cfg, data_fn=data_fn)
+    if cfg.task == "dpo":
+        from canvas_jax.train.dpo_task import DPOTask
+
+        return DPOTask(cfg, data_fn=data_fn)
     if cfg.task == "clip":
         from canvas_jax.train.contrastive_task import ContrastiveTask
 
@@ -29,4 +34,4 @@ def make_task(cfg, *, data_fn=None):
 
         return IPAdapterTask(cfg, data_fn=data_fn)
     raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image', 'inpaint', 'finetune', "
-                     "'clip' or 'ip_adapter'")
+                     "'dpo', 'clip' or 'ip_adapter'")

@@ -91,3 +91,20 @@ def test_bad_prompt_and_folder(pipes, tmp_path):
         ours(None)
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         canvas_jax.Pipeline.from_pretrained(tmp_path)
+
+
+def test_return_log_probs_keeps_the_images_and_gives_the_trajectory(pipes):
+    """The log-prob run is the same sampling (same images); its trajectory ends at the returned latents."""
+    ours, _ = pipes
+    kw = dict(num_steps=4, guidance_scale=5.0, sampler="ddpm", seed=1)
+    plain_out = ours(PROMPTS, output_type="latent", **kw)
+    plain = plain_out.images
+    assert plain_out.log_probs is None and plain_out.trajectory is None
+    out = ours(PROMPTS, output_type="latent", return_log_probs=True, **kw)
+    np.testing.assert_allclose(out.images, plain, atol=1e-5)
+    assert out.log_probs.shape == (2, 4) and out.trajectory.shape == (2, 5, *plain.shape[1:])
+    np.testing.assert_allclose(out.trajectory[:, -1], plain, atol=1e-5)
+    noisy = canvas_jax.diffusion.make_plan(ours.schedule, "ddpm", 4).steps["c_noise"] > 0
+    assert np.all(np.isfinite(out.log_probs)) and np.all((out.log_probs != 0) == noisy)  # 0 where no noise is added
+    with pytest.raises(ValueError, match="no transition density"):
+        ours(PROMPTS, num_steps=4, sampler="dpmpp_2m", return_log_probs=True)

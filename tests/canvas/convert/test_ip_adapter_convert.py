@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from canvas_jax.convert.diffusers_models import load_unet, save_unet
 from canvas_jax.convert.ip_adapter import ip_adapter_state_dict, load_ip_adapter, save_ip_adapter
-from canvas_jax.convert.state_dict import StateDictMismatch
+from core_jax.state_dict import StateDictMismatch
 from canvas_jax.models.ip_adapter import ImageProjection, IPAdapterPlusImageProjection, attach_ip_adapter
 
 torch = pytest.importorskip("torch")

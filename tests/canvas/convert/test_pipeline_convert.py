@@ -8,7 +8,7 @@ from safetensors.numpy import load_file
 
 import canvas_jax
 from canvas_jax.convert.pipeline import from_diffusers, to_diffusers
-from canvas_jax.convert.state_dict import StateDictMismatch
+from core_jax.state_dict import StateDictMismatch
 from canvas_jax.components import INDEX_NAME
 
 diffusers = pytest.importorskip("diffusers")

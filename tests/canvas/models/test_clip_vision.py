@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from canvas_jax.convert.clip_vision import load_clip_vision, save_clip_vision
-from canvas_jax.convert.state_dict import StateDictMismatch, to_state_dict
+from core_jax.state_dict import StateDictMismatch, to_state_dict
 from canvas_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
 torch = pytest.importorskip("torch")

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import canvas_jax  # noqa: F401
 from canvas_jax.convert.lora import load_lora, read_lora, save_lora
-from canvas_jax.convert.state_dict import empty_module, to_state_dict
+from core_jax.state_dict import empty_module, to_state_dict
 from canvas_jax.models import lora as L
 from canvas_jax.models.unet import DownBlock2D, UNet2DConditionModel
 from core_jax import data as data_lib

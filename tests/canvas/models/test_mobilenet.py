@@ -15,7 +15,7 @@ from canvas_jax.convert.mobilenet import (  # noqa: E402
     load_mobilenet_v2,
     to_torchvision_state_dict,
 )
-from canvas_jax.convert.state_dict import StateDictMismatch  # noqa: E402
+from core_jax.state_dict import StateDictMismatch  # noqa: E402
 from canvas_jax.models.mobilenet import embed_images, preprocess  # noqa: E402
 
 # torchvision.models.mobilenetv2: inverted_residual_setting (t, c, n, s), width 1.0, stem 32, last 1280

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import canvas_jax  # noqa: F401
-from canvas_jax.models.tokenizer import Tokenizer
+from core_jax.text.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 import canvas_jax  # noqa: F401
 from canvas_jax.convert.diffusers_models import load_unet, save_unet
-from canvas_jax.convert.state_dict import StateDictMismatch
+from core_jax.state_dict import StateDictMismatch
 from canvas_jax.models.unet import UNet2DConditionModel
 
 torch = pytest.importorskip("torch")

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 import canvas_jax  # noqa: F401
 from canvas_jax.convert.diffusers_models import load_unet, load_vae, save_vae
-from canvas_jax.convert.state_dict import StateDictMismatch
+from core_jax.state_dict import StateDictMismatch
 from canvas_jax.models.vae import AutoencoderKL, DiagonalGaussian
 
 torch = pytest.importorskip("torch")

@@ -7,8 +7,8 @@ import numpy as np
 from flax import nnx
 
 from canvas_jax.convert.diffusers_models import load_unet, load_vae
-from canvas_jax.convert.text_encoders import load_bert
-from canvas_jax.models.tokenizer import Tokenizer
+from core_jax.text.minilm import load_bert
+from core_jax.text.tokenizer import Tokenizer
 from canvas_jax.runs import load_config, restore_run
 from canvas_jax.train.export import export_pipeline
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import canvas_jax  # noqa: F401
-from canvas_jax.convert.state_dict import StateDictMismatch
-from canvas_jax.convert.text_encoders import load_bert, load_minilm, minilm_folder
-from canvas_jax.models.bert import BertConfig, BertModel, l2_normalize, mean_pool, sentence_embedding
+import core_jax  # noqa: F401
+from core_jax.state_dict import StateDictMismatch
+from core_jax.text.minilm import SentenceEncoder, load_bert, load_minilm, minilm_folder, save_bert
+from core_jax.text.bert import BertConfig, BertModel, l2_normalize, mean_pool, sentence_embedding
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -47,6 +47,25 @@ def test_minilm_matches_transformers():
     similarity = np.asarray(pair_embedding) @ np.asarray(embedding[0])
     assert similarity[0] > similarity[1] + 0.3, similarity
 
+
+def test_sentence_encoder_batches_equal_each_text_alone():
+    """Bucketed lengths, a padded last batch and batching change nothing: each text's embedding is the one it
+    gets encoded alone at its own length."""
+    model, tokenizer = load_minilm()
+    encoder = SentenceEncoder(model, tokenizer, batch_size=3)
+    texts = [*SENTENCES, "a much longer text about items " * 12, ""]  # two batches; one needs the 128 bucket
+    got = encoder(texts)
+    assert got.shape == (6, 384) and got.dtype == np.float32 and encoder.dim == 384
+    for text, row in zip(texts, got, strict=True):
+        alone = tokenizer([text], padding="longest")
+        _, want = sentence_embedding(model, alone["input_ids"], alone["attention_mask"])
+        np.testing.assert_allclose(row, want[0], atol=1e-5, rtol=0)
+    assert encoder([]).shape == (0, 384)
+    with pytest.raises(TypeError, match="one string"):
+        encoder("a single text")
+    with pytest.raises(ValueError, match="both model and tokenizer"):
+        SentenceEncoder(model)
+
 def test_tiny_bert_with_token_types_matches_transformers(tmp_path):
     config = dict(vocab_size=64, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40,
                   max_position_embeddings=20, type_vocab_size=2, hidden_act="gelu_new", layer_norm_eps=1e-12)
@@ -55,6 +74,9 @@ def test_tiny_bert_with_token_types_matches_transformers(tmp_path):
     ref.save_pretrained(tmp_path)
     model = load_bert(tmp_path)
     assert model.pooler is None and model.config == BertConfig.from_dict(config)
+    again = transformers.BertModel.from_pretrained(save_bert(model, tmp_path / "saved")).eval()  # and back out
+    np.testing.assert_allclose(again.embeddings.word_embeddings.weight.detach().numpy(),
+                               ref.bert.embeddings.word_embeddings.weight.detach().numpy())
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 64, size=(3, 12))
     mask = (np.arange(12)[None] < np.array([[12], [5], [9]])).astype(np.int32)

@@ -1,7 +1,7 @@
 """BERT encoder (e.g. the MiniLM sentence embedder) as Flax NNX modules.
 
 Attributes are named like transformers' ``BertModel`` (``encoder.layer[i].attention.self.query``) so
-checkpoints load through :mod:`canvas_jax.convert.state_dict`. Besides the token states (usable as
+checkpoints load through :mod:`core_jax.state_dict`. Besides the token states (usable as
 cross-attention context) it gives sentence-transformers' mean-pooled, L2-normalised sentence embedding.
 """
 
@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from canvas_jax.models.clip import config_from_dict, embed
-from canvas_jax.models.layers import activation, attention, dense, layer_norm
+from core_jax.nn import activation, attention, config_from_dict, dense, embed, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import canvas_jax  # noqa: F401
-from canvas_jax.convert.state_dict import StateDictMismatch, load_state_dict, to_state_dict
+import core_jax  # noqa: F401
+from core_jax.state_dict import StateDictMismatch, load_state_dict, to_state_dict
 
 
 class _Tiny(nnx.Module):

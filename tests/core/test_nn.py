@@ -1,0 +1,96 @@
+"""core_jax.nn: attention against a direct numpy computation, its implementation choice, typed configs."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from core_jax import nn
+from core_jax.nn import attention, attention_implementation, config_from_dict
+
+
+def _reference_attention(q, k, v, heads, mask=None, causal=False):
+    b, t, inner = q.shape
+    d = inner // heads
+    split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, d).transpose(0, 2, 1, 3)  # noqa: E731
+    logits = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d)
+    if mask is not None:
+        logits = np.where(mask[:, None, None, :], logits, -np.inf)
+    if causal:
+        logits = np.where(np.tril(np.ones((t, k.shape[1]), bool)), logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ split(v)).transpose(0, 2, 1, 3).reshape(b, t, inner)
+
+
+def test_attention_with_padding_mask_and_causal():
+    g = np.random.default_rng(0)
+    q, k, v = (g.standard_normal((2, 5, 12)).astype(np.float32) for _ in range(3))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    got = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 3, mask=mask)
+    np.testing.assert_allclose(got, _reference_attention(q, k, v, 3, mask=mask), atol=1e-5)
+    got = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 3, is_causal=True)
+    np.testing.assert_allclose(got, _reference_attention(q, k, v, 3, causal=True), atol=1e-5)
+    with pytest.raises(ValueError, match="num_heads=5"):
+        attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), 5)
+
+
+@pytest.mark.parametrize("platform, dtype, head_dim, masked, expected", [
+    ("cuda", jnp.bfloat16, 64, False, "cudnn"),
+    ("cuda", jnp.float16, 128, False, "cudnn"),
+    ("cuda", jnp.bfloat16, 8, False, "cudnn"),
+    ("cuda", jnp.float32, 64, False, "xla"),   # cuDNN flash attention is half precision only
+    ("cuda", jnp.bfloat16, 160, False, "xla"),  # above 128 (Hopper-only up to 256)
+    ("cuda", jnp.bfloat16, 20, False, "xla"),   # not a multiple of 8 (SDXL's 5/10/20-wide heads in tiny tests)
+    ("cuda", jnp.bfloat16, 64, True, "xla"),    # masked
+    ("rocm", jnp.bfloat16, 64, False, "xla"),
+    ("cpu", jnp.bfloat16, 64, False, "xla"),
+    ("tpu", jnp.bfloat16, 64, False, "xla"),
+])
+def test_attention_implementation_is_decided_up_front(platform, dtype, head_dim, masked, expected):
+    assert attention_implementation(platform, dtype, head_dim, masked=masked) == expected
+
+
+@pytest.mark.parametrize("heads, platform, expected", [(3, "cuda", "cudnn"), (4, "cuda", "xla"), (3, "cpu", "xla")])
+def test_attention_passes_the_decision_to_jax(monkeypatch, heads, platform, expected):
+    seen = []
+    monkeypatch.setattr(nn, "_platform", lambda: platform)
+    monkeypatch.setattr(nn.jax.nn, "dot_product_attention",
+                        lambda q, *a, implementation, **kw: seen.append(implementation) or q)
+    x = jnp.zeros((1, 4, 48), jnp.bfloat16)  # 3 heads of 16, or 4 heads of 12
+    attention(x, x, x, heads)
+    assert seen == [expected]
+
+
+def test_attention_in_bf16_matches_the_reference():
+    g = np.random.default_rng(1)
+    q, k, v = (g.standard_normal((2, 7, 32)).astype(np.float32) for _ in range(3))
+    got = attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v)), 2)
+    want = _reference_attention(*(np.asarray(jnp.asarray(a, jnp.bfloat16), np.float32) for a in (q, k, v)), 2)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=2e-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    width: int = 8
+    eps: float = 1e-5
+    act: str = "gelu"
+
+
+def test_config_from_dict_checks_types_and_skips_unknown_keys():
+    assert config_from_dict(_Config, {"width": 4, "eps": 1, "architectures": ["X"], "act": None}, "C") == _Config(4, 1.0)
+    with pytest.raises(TypeError, match=r"C.width: expected int, got '4'"):
+        config_from_dict(_Config, {"width": "4"}, "C")
+    with pytest.raises(TypeError, match="C.width: expected int, got True"):
+        config_from_dict(_Config, {"width": True}, "C")
+    with pytest.raises(TypeError, match="expected a dict"):
+        config_from_dict(_Config, [1], "C")
+
+
+def test_activation_names():
+    x = jnp.linspace(-3, 3, 7)
+    np.testing.assert_allclose(nn.activation("quick_gelu")(x), x / (1 + np.exp(-1.702 * np.asarray(x))), rtol=1e-6)
+    with pytest.raises(ValueError, match="unsupported activation 'swiglu'; expected one of"):
+        nn.activation("swiglu")
