@@ -124,6 +124,10 @@ class RolloutIterator:
             state["pretrain"] = {"bytes": base64.b64encode(state["pretrain"]).decode("ascii")}
         return json.dumps(state).encode()
 
+    def start_prefetch(self) -> None:  # Grain's restore calls it
+        if hasattr(self.pretrain, "start_prefetch"):
+            self.pretrain.start_prefetch()
+
     def set_state(self, state: bytes) -> None:
         state = json.loads(state.decode() if isinstance(state, bytes) else state)
         self.rollouts, self.position = int(state["rollouts"]), int(state["position"])

@@ -36,7 +36,7 @@ def main():
         from conftest import rl_overrides
 
         over.update({**rl_overrides(os.environ["RL_PROMPTS"], os.environ["RL_INIT_FROM"]), "train.checkpoint.every": 3,
-                     "train.ema_decay": None})
+                     "train.ema_decay": None, "train.eval_every": 4})
     cfg = tiny_config(run_dir, vae_path=vae_dir, **over)
     if os.environ.get("VAE_ONLY"):
         cfg = vae_pretrain_config(cfg)

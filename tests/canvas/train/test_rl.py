@@ -1,4 +1,5 @@
-"""task=rl (DDPO-style multi-reward policy gradient) on the tiny run: prompts, a few steps, exact kill -9 resume."""
+"""task=rl (DDPO-style multi-reward policy gradient) on the tiny run: disjoint prompts; a few steps, resumed exactly
+after kill -9."""
 
 import json
 import os
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RL_EVAL_PROMPTS, rl_overrides, tiny_config
+from conftest import tiny_config
 
 from canvas_jax.config import CanvasTrainConfig
+from canvas_jax.runs import restore_run
 from canvas_jax.train.rl_task import rl_prompts
 from core_jax import config as config_lib
 from core_jax.config import ConfigError
@@ -42,35 +44,10 @@ def test_train_and_eval_prompts_are_disjoint(tmp_path):
         assert cfg.task == name.rsplit("_", 1)[0] and cfg.init_from == "runs/other"
 
 
-def test_rl_rollouts_rewards_and_updates(tmp_path, t2i_run):
-    from canvas_jax.runs import restore_run
-    from canvas_jax.train.run import train
-
-    run_dir = tmp_path / "rl"
-    cfg = tiny_config(run_dir, **{**rl_overrides(tmp_path, t2i_run), "train.steps": 6, "train.eval_every": 4})
-    train(cfg)
-    rows = read_jsonl(run_dir / "metrics.jsonl", "train")
-    assert [r["step"] for r in rows] == list(range(1, 7))
-    first = rows[0]
-    for key in ("reward_checker", "reward_diversity", "reward_total", "policy_loss", "clip_frac", "kl"):
-        assert key in first, sorted(first)
-    # step 1 trains on the rollout its own weights just sampled: ratio 1 up to float noise, no KL to the base
-    # (the LoRA adapters start at zero)
-    assert first["approx_kl"] < 1e-6 and first["clip_frac"] == 0.0 and first["kl"] == 0.0
-    assert rows[3]["approx_kl"] > first["approx_kl"] and rows[3]["kl"] > 0  # the policy moved within the rollout
-    assert first["reward_diversity"] > 0
-    np.testing.assert_allclose(first["reward_total"], first["reward_checker"] + 0.5 * first["reward_diversity"],
-                               rtol=1e-5)
-    held = read_jsonl(run_dir / "metrics.jsonl", "heldout")
-    assert [r["step"] for r in held] == [4, 6]
-    assert {"reward_total", "reward_checker", "reward_diversity", "adherence"} <= set(held[0])
-    run = restore_run(run_dir, ema=False)
-    assert run.model.reference is None and (run_dir / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert RL_EVAL_PROMPTS[0] not in (tmp_path / "train_prompts.txt").read_text()
-
-
 def _start(run_dir, vae_dir, steps, sleep, rl_env):
+    # both runs share compiled programs through JAX's persistent cache (the same executables)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "STEP_SLEEP": str(sleep), **rl_env,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"}
     return subprocess.Popen([sys.executable, DRIVER, run_dir, vae_dir, str(steps)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -88,12 +65,14 @@ def _logged(path):
     return [(r["step"], tuple(r[k] for k in keys)) for r in read_jsonl(path, "train")] if os.path.exists(path) else []
 
 
-def test_rl_kill9_resumes_exactly(tmp_path, tiny_vae_dir, t2i_run):
-    """Checkpoints every 3 steps, 4 steps per rollout: the run resumes mid-rollout from the checkpointed buffer and
-    per-prompt stats, and recomputes the steps logged after the checkpoint bit for bit (new rollouts included)."""
+def test_rl_trains_and_resumes_exactly_after_kill9(tmp_path, tiny_vae_dir, t2i_run):
+    """A tiny run (4 steps per rollout, held-out evaluation every 4 steps, checkpoints every 3) is killed with -9
+    after a checkpoint: it resumes mid-rollout from the checkpointed buffer and per-prompt stats and recomputes the
+    steps logged after the checkpoint bit for bit (new rollouts included). Its metrics show each reward, the PPO
+    ratio at 1 on a fresh rollout, the KL to the base, and the held-out evaluation."""
     run_dir, steps = str(tmp_path / "run"), 10
     metrics, ckpts = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "checkpoints")
-    rl_env = {"RL_INIT_FROM": t2i_run, "RL_PROMPTS": str(tmp_path)}
+    rl_env = {"RL_INIT_FROM": t2i_run, "RL_PROMPTS": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla")}
     proc = _start(run_dir, tiny_vae_dir, steps, 0.5, rl_env)
     t0 = time.time()
     while not (_saved(ckpts) and max(s for s, _ in _logged(metrics) or [(0, 0)]) >= max(_saved(ckpts)) + 2):
@@ -118,3 +97,19 @@ def test_rl_kill9_resumes_exactly(tmp_path, tiny_vae_dir, t2i_run):
     assert sorted(resumed) == list(range(resumed_from + 1, steps + 1))
     for s in overlap:
         assert resumed[s] == first[s], f"step {s}: resumed {resumed[s]!r} != before the kill {first[s]!r}"
+
+    rows = {r["step"]: r for r in read_jsonl(metrics, "train")}  # the resumed run's rows last
+    for key in ("reward_checker", "reward_diversity", "reward_total", "policy_loss", "clip_frac", "kl"):
+        assert key in rows[1], sorted(rows[1])
+    np.testing.assert_allclose(rows[1]["reward_total"], rows[1]["reward_checker"] + 0.5 * rows[1]["reward_diversity"],
+                               rtol=1e-5)
+    # the first step of each rollout (4 steps each) trains on what its own weights just sampled: ratio 1 up to
+    # float noise (and no KL to the base at step 1: the LoRA adapters start at zero); later steps moved
+    for s in (1, 5, 9):
+        assert rows[s]["approx_kl"] < 1e-6 and rows[s]["clip_frac"] == 0.0, rows[s]
+    assert rows[1]["kl"] < 1e-6 and rows[4]["approx_kl"] > 1e-4 and rows[4]["kl"] > 1e-4
+    held = read_jsonl(metrics, "heldout")
+    assert {4, 8, 10} <= {r["step"] for r in held}
+    assert {"reward_total", "reward_checker", "reward_diversity", "adherence"} <= set(held[-1])
+    run = restore_run(run_dir, ema=False)  # the run folder reads back (LoRA adapters, no frozen copy)
+    assert run.model.reference is None and os.path.isfile(os.path.join(run_dir, "lora", "pytorch_lora_weights.safetensors"))
