@@ -13,6 +13,9 @@ One schema serves every task; ``task`` picks which one runs:
   LoRA adapters or every weight, as ``finetune``).
 - ``clip``: an image-text embedding model (``clip``: a small CNN image tower and a projection of the frozen
   ``text_encoder``'s mean-pooled states) trained contrastively on the captioned images.
+- ``reward_model``: a Bradley-Terry reward model (the ``clip`` section's image tower and text projection, fused to
+  a scalar) trained on the preference pairs of ``data.dataset``.
+- ``rl``: multi-reward policy-gradient fine-tuning (DDPO-style, ``rl``) of the UNet of ``init_from``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from core_jax.loop import TrainConfig
 from core_jax.mesh import MeshConfig
 from core_jax.optim import OptimConfig
 
-TASKS = ("vae", "text_to_image", "inpaint", "finetune", "dpo", "clip", "ip_adapter")
+TASKS = ("vae", "text_to_image", "inpaint", "finetune", "dpo", "clip", "ip_adapter", "reward_model", "rl")
 
 
 def _tiny_vae() -> dict[str, Any]:
@@ -139,6 +142,56 @@ class DPOConfig:
 
 
 @dataclasses.dataclass
+class RLConfig:
+    """``task=rl``: policy-gradient fine-tuning toward rewards (DDPO, Black et al., 2023, with several rewards and
+    a distribution-level one as in arXiv 2401.12244). Each rollout samples ``rollout_size`` trajectories
+    (``per_prompt`` of each prompt) with the current policy; ``inner_epochs`` passes over them in minibatches of
+    ``train.batch_size`` follow, one optimizer step per minibatch."""
+
+    rewards: str = "checker=1,diversity=0.1"  # canvas_jax.rl.rewards.parse_rewards spec
+    train_prompts: str = "shapes"  # "shapes" (single-shape prompts without held-out pairs) or a prompts file
+    eval_prompts: str = "shapes"  # "shapes" (prompts with a held-out colour/shape pair) or a prompts file
+    rollout_size: int = 64  # trajectories per rollout (global)
+    per_prompt: int = 8  # samples per prompt in a rollout (the diversity reward's group)
+    inner_epochs: int = 2  # passes over each rollout
+    sampler: str = "ddim"  # a stochastic sampler with a transition density: ddim (eta > 0), ddpm, euler_a
+    num_steps: int = 10
+    eta: float = 1.0
+    guidance_scale: float = 1.0
+    clip_range: float = 1.0e-4  # PPO's importance-ratio clip (DDPO's default)
+    adv_clip: float = 5.0  # advantages clipped to +- this
+    stats_buffer: int = 32  # per-prompt reward stats: last rewards kept per prompt
+    stats_min_count: int = 16  # below this many, a prompt is normalised by the rollout's stats
+    kl_weight: float = 0.0  # KL of each step's Gaussian to the base model's (LoRA: adapters off)
+    pretrain_weight: float = 0.0  # the base's denoising loss on data.dataset, added with this weight
+    eval_per_prompt: int = 4  # held-out evaluation: samples per eval prompt (fixed seeds)
+    eval_prompts_max: int = 16  # held-out evaluation: at most this many eval prompts
+
+    def __post_init__(self):
+        from canvas_jax.diffusion.samplers import LOG_PROB_SAMPLERS
+
+        if self.sampler not in LOG_PROB_SAMPLERS or (self.sampler == "ddim" and not self.eta > 0):
+            raise ConfigError(f"config key 'rl.sampler': {self.sampler!r} (rl.eta={self.eta}); expected one of "
+                              f"{list(LOG_PROB_SAMPLERS)} (ddim with rl.eta > 0): a step with a transition density")
+        for key in ("rollout_size", "per_prompt", "inner_epochs", "num_steps", "stats_buffer", "stats_min_count",
+                    "eval_per_prompt", "eval_prompts_max"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'rl.{key}': {getattr(self, key)!r}; expected >= 1")
+        if self.rollout_size % self.per_prompt:
+            raise ConfigError(f"config key 'rl.rollout_size': {self.rollout_size} must divide by rl.per_prompt "
+                              f"({self.per_prompt})")
+        if self.stats_min_count > self.stats_buffer:
+            raise ConfigError(f"config key 'rl.stats_min_count': {self.stats_min_count}; expected <= "
+                              f"rl.stats_buffer ({self.stats_buffer})")
+        for key in ("clip_range", "adv_clip"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"config key 'rl.{key}': {getattr(self, key)!r}; expected a positive number")
+        for key in ("kl_weight", "pretrain_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key 'rl.{key}': {getattr(self, key)!r}; expected >= 0")
+
+
+@dataclasses.dataclass
 class ClipConfig:
     """``task=clip``: the image-text model (:class:`~canvas_jax.models.image_text.ImageTextConfig`; its image size
     is ``data.image_size``, its text width the text encoder's) and its retrieval eval."""
@@ -185,15 +238,17 @@ class IPAdapterTrainConfig:
 
 @dataclasses.dataclass
 class CanvasTrainConfig:
-    task: Literal["vae", "text_to_image", "inpaint", "finetune", "dpo", "clip", "ip_adapter"] = "text_to_image"
+    task: Literal["vae", "text_to_image", "inpaint", "finetune", "dpo", "clip", "ip_adapter", "reward_model",
+                  "rl"] = "text_to_image"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
     text_encoder: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
     unet: dict[str, Any] = dataclasses.field(default_factory=_tiny_unet)  # diffusers UNet config (text_to_image)
     init_from: str = ""  # inpaint, finetune: a text_to_image (or finetune) run folder or a diffusers pipeline folder
-    lora: LoRATrainConfig = dataclasses.field(default_factory=LoRATrainConfig)  # finetune, dpo
+    lora: LoRATrainConfig = dataclasses.field(default_factory=LoRATrainConfig)  # finetune, dpo, rl
     dpo: DPOConfig = dataclasses.field(default_factory=lambda: DPOConfig())  # dpo
-    clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)  # clip
+    rl: RLConfig = dataclasses.field(default_factory=RLConfig)  # rl
+    clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)  # clip; reward_model's architecture
     ip_adapter: IPAdapterTrainConfig = dataclasses.field(default_factory=IPAdapterTrainConfig)  # ip_adapter
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)

@@ -34,9 +34,15 @@ from canvas_jax.models.lora import LoRAParam, apply_lora
 from core_jax import restore as core_restore
 
 MANIFEST = "models.json"
-PIPELINE_TASKS = ("text_to_image", "inpaint", "finetune", "dpo")
-LORA_TASKS = ("finetune", "dpo")  # tasks that train LoRA adapters when lora.rank > 0
+PIPELINE_TASKS = ("text_to_image", "inpaint", "finetune", "dpo", "rl")
+LORA_TASKS = ("finetune", "dpo", "rl")  # tasks that train LoRA adapters when lora.rank > 0
 DIFFUSERS_VERSION = "0.30.0"
+
+
+def holds_reference(cfg: CanvasTrainConfig) -> bool:
+    """Whether a run's model holds a frozen copy of its base UNet (``LatentDiffusion.reference``): full-weight
+    (``lora.rank=0``) DPO, and full-weight RL regularised by the KL to the base (``rl.kl_weight > 0``)."""
+    return cfg.lora.rank == 0 and (cfg.task == "dpo" or (cfg.task == "rl" and cfg.rl.kl_weight > 0))
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
@@ -103,8 +109,7 @@ class _RunStructure:
             apply_lora(unet, self.cfg.lora.lora_config(), rngs=rngs)
         vae = freeze(self._build("vae", rngs, jnp.float32))
         text = freeze(self._build("text_encoder", rngs, jnp.float32)) if "text_encoder" in self.modules else None
-        reference = freeze(self._build("unet", rngs, self.train_dtype)) if self.cfg.task == "dpo" and \
-            self.trainable is nnx.Param else None  # a full-weight DPO run checkpoints its frozen reference
+        reference = freeze(self._build("unet", rngs, self.train_dtype)) if holds_reference(self.cfg) else None
         return LatentDiffusion(unet, vae, text, reference)
 
 

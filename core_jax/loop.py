@@ -303,7 +303,10 @@ class Trainer:
         step_fn = flops = None
         last, t0, n0, metrics = {}, time.perf_counter(), start, {}
         try:
+            observe = getattr(data, "observe", None)  # on-policy data (RL rollouts) samples from the current state
             for step in range(start + 1, tc.steps + 1):
+                if observe is not None:
+                    observe(self, state)
                 batch = mesh_lib.global_batch(next(data), self.mesh)
                 if step_fn is None:
                     step_fn, flops = self._compile(state, batch)

@@ -43,7 +43,9 @@ class Task(Protocol):
         ...
 
     def train_data(self, ctx: DataContext) -> Iterator[Batch]:
-        """A checkpointable Grain iterator (``get_state``/``set_state``) of per-process numpy batches."""
+        """A checkpointable Grain iterator (``get_state``/``set_state``) of per-process numpy batches. An
+        iterator with ``observe(trainer, state)`` (on-policy data: RL rollouts sampled from the policy) is
+        shown the current train state before every ``next``."""
         ...
 
     def eval_data(self, ctx: DataContext) -> Iterable[Batch] | None: ...

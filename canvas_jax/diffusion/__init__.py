@@ -16,6 +16,7 @@ from canvas_jax.diffusion.samplers import (
     sample,
     step_noise,
     transition_log_prob,
+    transition_mean,
 )
 from canvas_jax.diffusion.schedules import (
     Schedule,
@@ -46,5 +47,6 @@ __all__ = [
     "strength_to_start_step",
     "training_target",
     "transition_log_prob",
+    "transition_mean",
     "velocity",
 ]

@@ -121,6 +121,32 @@ def _step_mean(sampler: str, k: dict, x, out, x0, x0_prevs=()):
     return mean
 
 
+def transition_mean(
+    model_fn: ModelFn,
+    x: jax.Array,
+    sched: Schedule,
+    step: int | jax.Array,
+    *,
+    sampler: str,
+    num_steps: int,
+    eta: float = 0.0,
+    use_karras_sigmas: bool | None = None,
+    dtype=jnp.float32,
+) -> tuple[jax.Array, jax.Array]:
+    """(mean, std) of the Gaussian step ``x' ~ N(mean, std^2 I)`` from state ``x`` at step ``step`` (an int, or a
+    traced int scalar) of a ``sampler`` run of ``num_steps`` steps under ``model_fn``; ``std`` a scalar (0 for a
+    step that adds no noise). ``dtype``: the model input's dtype (that of the sampling noise). Samplers:
+    ``LOG_PROB_SAMPLERS`` (DDIM with ``eta`` > 0)."""
+    plan = make_plan(sched, sampler, num_steps, eta=float(eta), use_karras_sigmas=use_karras_sigmas)
+    if sampler not in LOG_PROB_SAMPLERS or not plan.stochastic:
+        raise ValueError(f"transition_log_prob: sampler={sampler!r} (eta={eta}); expected one of "
+                         f"{list(LOG_PROB_SAMPLERS)}, DDIM with eta > 0")
+    k = {key: jnp.asarray(plan.steps[key])[step] for key in STEP_KEYS}
+    x = x.astype(jnp.float32)
+    out, x0 = _predict_x0(model_fn, plan, dtype, x, k["t"], k["in_scale"], k["pred_x"], k["pred_out"])
+    return _step_mean(sampler, k, x, out, x0), k["c_noise"]
+
+
 def transition_log_prob(
     model_fn: ModelFn,
     x: jax.Array,
@@ -134,19 +160,12 @@ def transition_log_prob(
     use_karras_sigmas: bool | None = None,
     dtype=jnp.float32,
 ) -> jax.Array:
-    """``[B]`` log-density of going from state ``x`` to ``x_next`` at step ``step`` (an int, or a traced int
-    scalar) of a ``sampler`` run of ``num_steps`` steps, under ``model_fn``: with the model that sampled the
-    trajectory it equals that step's ``Trajectory.log_probs``. ``x``, ``x_next``: entries of
-    ``Trajectory.states``; ``dtype``: the model input's dtype (that of the sampling noise). Samplers:
-    ``LOG_PROB_SAMPLERS`` (DDIM with ``eta`` > 0)."""
-    plan = make_plan(sched, sampler, num_steps, eta=float(eta), use_karras_sigmas=use_karras_sigmas)
-    if sampler not in LOG_PROB_SAMPLERS or not plan.stochastic:
-        raise ValueError(f"transition_log_prob: sampler={sampler!r} (eta={eta}); expected one of "
-                         f"{list(LOG_PROB_SAMPLERS)}, DDIM with eta > 0")
-    k = {key: jnp.asarray(plan.steps[key])[step] for key in STEP_KEYS}
-    x = x.astype(jnp.float32)
-    out, x0 = _predict_x0(model_fn, plan, dtype, x, k["t"], k["in_scale"], k["pred_x"], k["pred_out"])
-    return gaussian_log_prob(x_next, _step_mean(sampler, k, x, out, x0), k["c_noise"])
+    """``[B]`` log-density of going from state ``x`` to ``x_next`` at step ``step`` (:func:`transition_mean`'s
+    arguments) under ``model_fn``: with the model that sampled the trajectory it equals that step's
+    ``Trajectory.log_probs``. ``x``, ``x_next``: entries of ``Trajectory.states``."""
+    mean, std = transition_mean(model_fn, x, sched, step, sampler=sampler, num_steps=num_steps, eta=eta,
+                                use_karras_sigmas=use_karras_sigmas, dtype=dtype)
+    return gaussian_log_prob(x_next, mean, std)
 
 
 def sample(

@@ -2,6 +2,7 @@
 
     canvas-jax rl collect --model RUN --prompts prompts.txt --per-prompt 4 --reward checker --out DIR
                           [--sampler dpmpp_2m] [--steps 20] [--guidance 3] [--seed 0] [--pairs all|best_worst]
+                          [--test-fraction 0.1]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def add_rl_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--out", required=True, help="output folder (new or empty)")
     c.add_argument("--per-prompt", type=int, default=4, help="candidates per prompt")
     c.add_argument("--reward", default="checker", help="NAME[:ARG][=WEIGHT],... of checker, checker_strict, "
-                                                       "diversity, clip:RUN")
+                                                       "diversity, clip:RUN, learned:RUN")
     c.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS)
     c.add_argument("--steps", type=int, default=20)
     c.add_argument("--guidance", type=float, default=3.0)
@@ -36,6 +37,8 @@ def add_rl_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--pairs", default="all", choices=("all", "best_worst"))
     c.add_argument("--min-gap", type=float, default=0.0, help="pair two candidates only if their scores differ more")
+    c.add_argument("--test-fraction", type=float, default=0.0,
+                   help="this fraction of the prompts gives the dataset's test split (held-out prompts)")
 
 
 def run_rl(args) -> int:
@@ -48,7 +51,8 @@ def run_rl(args) -> int:
 
         cfg = CollectConfig(per_prompt=args.per_prompt, sampler=args.sampler, num_steps=args.steps,
                             guidance_scale=args.guidance, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                            pairs=args.pairs, min_gap=args.min_gap)
+                            pairs=args.pairs, min_gap=args.min_gap,
+                            test_fraction=args.test_fraction)
         prompts, reward = read_prompts(args.prompts), parse_rewards(args.reward)
         if not Path(args.model).exists():
             raise FileNotFoundError(f"--model {args.model} does not exist")

@@ -11,7 +11,9 @@
 Candidate ``j`` of prompt ``i`` starts from the noise of seed ``seed + i * per_prompt + j``
 (:func:`candidate_latents`), so ``pipe(prompt, latents=candidate_latents(pipe, [s]), **sampler settings)``
 re-draws it. Pairs: every two candidates of a prompt whose scores differ by more than ``min_gap`` (``pairs="all"``)
-or only its best and worst (``"best_worst"``); a prompt whose candidates all score alike gives none.
+or only its best and worst (``"best_worst"``); a prompt whose candidates all score alike gives none. With
+``test_fraction`` the pairs of that fraction of the prompts go to the dataset's ``test`` split (held-out prompts,
+e.g. for a reward model's held-out pair accuracy).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class CollectConfig:
     batch_size: int = 64
     pairs: str = "all"
     min_gap: float = 0.0
+    test_fraction: float = 0.0  # this fraction of the prompts (drawn with seed) gives test pairs, e.g. 0.1
 
     def __post_init__(self):
         if self.per_prompt < 2:
@@ -52,6 +55,8 @@ class CollectConfig:
             raise InputError(f"pairs={self.pairs!r}: expected one of {list(PAIRINGS)}")
         if self.batch_size < 1 or self.num_steps < 1 or self.min_gap < 0:
             raise InputError("batch_size and num_steps must be >= 1 and min_gap >= 0")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise InputError(f"test_fraction={self.test_fraction}: expected a fraction in [0, 1)")
 
     def sampler_settings(self) -> dict:
         return {"sampler": self.sampler, "num_steps": self.num_steps, "guidance_scale": self.guidance_scale,
@@ -119,7 +124,8 @@ def collect(pipe, prompts: Sequence[str], reward: WeightedRewards, out_dir: str 
             Image.fromarray(images[k]).save(out / file)
             cand.write(json.dumps({"prompt": prompts[i], "file": file, "seed": seed, "score": float(total[k]),
                                    **{name: float(v[k]) for name, v in parts.items()}}) + "\n")
-    n_pairs = 0
+    n_pairs, n_test = 0, round(cfg.test_fraction * len(prompts))
+    test = set(np.random.default_rng([cfg.seed, 5]).permutation(len(prompts))[:n_test].tolist())
     with open(out / "pairs.jsonl", "w", encoding="utf-8") as pairs:
         for i, prompt in enumerate(prompts):
             rows = list(range(i * cfg.per_prompt, (i + 1) * cfg.per_prompt))
@@ -129,7 +135,8 @@ def collect(pipe, prompts: Sequence[str], reward: WeightedRewards, out_dir: str 
                 pairs.write(json.dumps({"prompt": prompt, "chosen": files[ca], "rejected": files[cb],
                                         "chosen_score": float(total[ca]), "rejected_score": float(total[cb]),
                                         "chosen_seed": todo[ca][2], "rejected_seed": todo[cb][2],
-                                        "sampler": cfg.sampler_settings(), "model": model}) + "\n")
+                                        "sampler": cfg.sampler_settings(), "model": model,
+                                        **({"split": "test"} if i in test else {})}) + "\n")
                 n_pairs += 1
     summary = {"prompts": len(prompts), "candidates": len(todo), "pairs": n_pairs,
                "reward_mean": {"total": float(total.mean()), **{k: float(v.mean()) for k, v in parts.items()}},

@@ -7,6 +7,8 @@ the metrics); :class:`WeightedRewards` combines several with weights and reports
   diluted by extra shapes), or its strict verdict (1 when :func:`canvas_jax.data.checker.check` accepts).
 * :class:`ImageTextReward`: cosine similarity of image and caption embeddings from any embedder with
   ``embed_images`` / ``embed_texts`` (the ``task=clip`` model of :mod:`canvas_jax.image_text`, or CLIP towers).
+* :class:`canvas_jax.rl.reward_model.LearnedReward`: a learned Bradley-Terry preference model (a
+  ``task=reward_model`` run; ``learned:RUN``).
 * :class:`DiversityReward`: a distribution-level reward over the samples of one prompt in the batch (as in
   Zhang et al., 2024, arXiv 2401.12244): each sample's mean feature distance to the other samples of its
   prompt, so a policy that collapses every seed onto one image loses it.
@@ -158,13 +160,15 @@ class WeightedRewards:
         return self.scores(images, prompts)[0]
 
 
-REWARD_NAMES = ("checker", "checker_strict", "diversity", "clip")
+REWARD_NAMES = ("checker", "checker_strict", "diversity", "clip", "learned")
+WITH_RUN = ("clip", "learned")  # rewards read from a run folder: NAME:RUN
 
 
 def parse_rewards(spec: str) -> WeightedRewards:
     """Rewards from a command-line spec: comma-separated ``NAME[:ARG][=WEIGHT]`` (weight 1 by default) with NAME
-    one of ``checker`` (partial credit), ``checker_strict``, ``diversity`` (pixel features) and ``clip:RUN``
-    (image-text similarity under the ``task=clip`` model of run folder RUN), e.g. ``checker=1,diversity=0.1``."""
+    one of ``checker`` (partial credit), ``checker_strict``, ``diversity`` (pixel features), ``clip:RUN``
+    (image-text similarity under the ``task=clip`` model of run folder RUN) and ``learned:RUN`` (the score of the
+    ``task=reward_model`` preference model of run folder RUN), e.g. ``checker=1,diversity=0.1``."""
     rewards = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         head, _, weight = item.partition("=")
@@ -175,10 +179,15 @@ def parse_rewards(spec: str) -> WeightedRewards:
             raise InputError(f"reward {item!r}: weight {weight!r} is not a number") from None
         if name not in REWARD_NAMES:
             raise InputError(f"reward {item!r}: unknown reward {name!r}; expected one of {list(REWARD_NAMES)}")
-        if (name == "clip") != bool(arg):
-            raise InputError(f"reward {item!r}: " + ("clip needs the run folder of a task=clip model: clip:RUN"
-                                                     if name == "clip" else f"{name} takes no argument"))
-        if name == "clip":
+        if (name in WITH_RUN) != bool(arg):
+            raise InputError(f"reward {item!r}: " + (f"{name} needs the run folder of a task="
+                                                     f"{'clip' if name == 'clip' else 'reward_model'} model: {name}:RUN"
+                                                     if name in WITH_RUN else f"{name} takes no argument"))
+        if name == "learned":
+            from canvas_jax.rl.reward_model import load_reward_model
+
+            rewards.append((load_reward_model(arg), w))
+        elif name == "clip":
             from canvas_jax.image_text import load_image_text_model
 
             rewards.append((ImageTextReward(load_image_text_model(arg), name="clip"), w))

@@ -14,6 +14,8 @@ same logical axes, never updated, checkpointed with the run). Metrics: ``dpo_los
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,6 +25,7 @@ from canvas_jax.models.frozen import freeze
 from canvas_jax.models.latent_diffusion import LatentDiffusion
 from canvas_jax.models.lora import lora_layers
 from canvas_jax.rl.objectives import diffusion_dpo_loss
+from canvas_jax.runs import holds_reference
 from canvas_jax.train.finetune_task import FinetuneTask, unet_with_dtype
 from canvas_jax.train.t2i_task import vae_latents
 from core_jax.config import ConfigError
@@ -47,7 +50,39 @@ def preference_data(cfg, tokenizer, ctx: DataContext, split: str, with_masks: bo
                                     shard_count=ctx.process_count)
 
 
-class DPOTask(FinetuneTask):
+class ReferenceTask(FinetuneTask):
+    """Fine-tuning of ``init_from``'s UNet against a frozen reference (its starting point): with LoRA the policy
+    with its adapters off, with full weights a frozen copy held in the model (:func:`canvas_jax.runs.holds_reference`)."""
+
+    def create_model(self, rngs: nnx.Rngs) -> LatentDiffusion:
+        model = super().create_model(rngs)
+        if not holds_reference(self.cfg):
+            return model
+        reference = freeze(unet_with_dtype(self.base_unet, self.dtype))
+        return LatentDiffusion(model.unet, model.vae, model.text_encoder, reference)
+
+    @contextlib.contextmanager
+    def reference_unet(self, model: LatentDiffusion):
+        """Within the block, the reference UNet: ``model.reference``, or ``model.unet`` with its adapters off."""
+        if model.reference is not None:
+            yield model.reference
+            return
+        layers = list(lora_layers(model.unet).values())
+        scales = [layer.scale[...] for layer in layers]
+        for layer in layers:
+            layer.scale[...] = jnp.zeros_like(layer.scale[...])
+        try:
+            yield model.unet
+        finally:
+            for layer, scale in zip(layers, scales):
+                layer.scale[...] = scale
+
+    def _reference(self, model: LatentDiffusion, x_t, t, ctx) -> jax.Array:
+        with self.reference_unet(model) as unet:
+            return unet(x_t, t, ctx)
+
+
+class DPOTask(ReferenceTask):
     """Diffusion-DPO of ``init_from``'s UNet: LoRA adapters (reference = adapters off) or every weight."""
 
     def __init__(self, cfg, *, data_fn=None):
@@ -55,26 +90,6 @@ class DPOTask(FinetuneTask):
             raise ConfigError("config key 'vae.cache_latents': task=dpo encodes both images of each pair in the "
                               "step; set vae.cache_latents=false")
         super().__init__(cfg, data_fn=data_fn or preference_data)
-
-    def create_model(self, rngs: nnx.Rngs) -> LatentDiffusion:
-        model = super().create_model(rngs)
-        if self.cfg.lora.rank > 0:
-            return model
-        reference = freeze(unet_with_dtype(self.base_unet, self.dtype))
-        return LatentDiffusion(model.unet, model.vae, model.text_encoder, reference)
-
-    def _reference(self, model: LatentDiffusion, x_t, t, ctx) -> jax.Array:
-        if model.reference is not None:
-            return model.reference(x_t, t, ctx)
-        layers = list(lora_layers(model.unet).values())
-        scales = [layer.scale[...] for layer in layers]
-        for layer in layers:
-            layer.scale[...] = jnp.zeros_like(layer.scale[...])
-        try:
-            return model.unet(x_t, t, ctx)
-        finally:
-            for layer, scale in zip(layers, scales):
-                layer.scale[...] = scale
 
     def errors(self, model: LatentDiffusion, batch, rng: jax.Array) -> tuple[jax.Array, ...]:
         """Per-pair denoising errors (policy chosen, policy rejected, reference chosen, reference rejected)."""

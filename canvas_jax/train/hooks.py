@@ -179,12 +179,14 @@ def make_hooks(task, cfg, prompts: list[str] | None = None) -> list[Hook]:
     hooks = [Hook(every=s.plot_every or never, fn=loss_curve)]
     if cfg.task == "vae":
         hooks.append(Hook(every=never, fn=finish_vae))
-    elif cfg.task not in ("clip", "ip_adapter"):  # these read back from config.yaml (+ init_from) alone
+    elif cfg.task not in ("clip", "ip_adapter", "reward_model"):  # these read back from config.yaml (+ init_from)
         hooks.append(Hook(every=1, fn=WriteManifest(task)))
     if cfg.task in LORA_TASKS and cfg.lora.rank > 0:
         hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_lora_weights))
     if cfg.task == "ip_adapter":
         hooks.append(Hook(every=cfg.train.checkpoint.every or never, fn=save_ip_adapter_weights))
+    if cfg.task == "rl":  # held-out prompts sampled and scored (the loop's eval has no data for rl)
+        hooks.append(Hook(every=cfg.train.eval_every or never, fn=task.heldout_eval))
     prompts = list(s.prompts) or list(prompts or [])
     if cfg.task in ("text_to_image", *LORA_TASKS) and prompts:
         grid = SampleGrid(task, prompts[: max(s.num_prompts, 1)], sampler=s.sampler, num_steps=s.num_steps,

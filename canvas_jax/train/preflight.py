@@ -31,9 +31,9 @@ def check(cfg) -> None:
     problems = _data(cfg) + _packages(cfg)
     if cfg.task == "text_to_image":
         problems += _vae(cfg.vae.path, cfg.vae.pretrain_steps)
-    if cfg.task in ("text_to_image", "clip"):
+    if cfg.task in ("text_to_image", "clip", "reward_model"):
         problems += _text_encoder(cfg.text_encoder.source, "text_encoder.source")
-    if cfg.task in ("inpaint", "finetune", "dpo", "ip_adapter"):
+    if cfg.task in ("inpaint", "finetune", "dpo", "ip_adapter", "rl"):
         problems += _init_from(cfg.init_from)
     if problems:
         raise PreflightError(f"task={cfg.task} cannot run: " + "; ".join(problems))

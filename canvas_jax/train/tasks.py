@@ -1,5 +1,5 @@
-"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image, inpainting, fine-tuning, DPO, clip or
-IP-Adapter."""
+"""The task of a run config: ``make_task(cfg)`` picks VAE, text-to-image, inpainting, fine-tuning, DPO, clip,
+IP-Adapter, reward model or policy-gradient RL."""
 
 from __future__ import annotations
 
@@ -33,5 +33,13 @@ def make_task(cfg, *, data_fn=None):
         from canvas_jax.train.ip_adapter_task import IPAdapterTask
 
         return IPAdapterTask(cfg, data_fn=data_fn)
+    if cfg.task == "reward_model":
+        from canvas_jax.train.reward_model_task import RewardModelTask
+
+        return RewardModelTask(cfg, data_fn=data_fn)
+    if cfg.task == "rl":
+        from canvas_jax.train.rl_task import RLTask
+
+        return RLTask(cfg, data_fn=data_fn)
     raise ValueError(f"config key 'task': {cfg.task!r}; expected 'vae', 'text_to_image', 'inpaint', 'finetune', "
-                     "'dpo', 'clip' or 'ip_adapter'")
+                     "'dpo', 'clip', 'ip_adapter', 'reward_model' or 'rl'")

@@ -77,3 +77,25 @@ def clip_run(tmp_path_factory):
     before = trainer.evaluate(trainer.init_state())
     _, last = trainer.fit()
     return str(run_dir), task, before, last
+
+
+RL_TRAIN_PROMPTS = ["a small red square at the top left", "a large blue square at the bottom right",
+                    "a small green square at the top right"]
+RL_EVAL_PROMPTS = ["a large red circle at the center", "a small blue diamond at the bottom left"]
+
+
+def rl_overrides(folder, init_from) -> dict:
+    """A tiny ``task=rl`` run on ``init_from`` (prompt files written into ``folder``): rollouts of 8 (4 per
+    prompt), 2 PPO epochs of minibatches of 4 (4 steps per rollout), 3 DDIM steps, two rewards, a KL term; the
+    held-out evaluation samples 8 too (2 prompts x 4: the rollout's compiled program)."""
+    from pathlib import Path
+
+    Path(folder, "train_prompts.txt").write_text("\n".join(RL_TRAIN_PROMPTS) + "\n")
+    Path(folder, "eval_prompts.txt").write_text("\n".join(RL_EVAL_PROMPTS) + "\n")
+    return {"task": "rl", "init_from": str(init_from), "data.dataset": "fake", "sampling.prompts": [],
+            "rl.train_prompts": str(Path(folder, "train_prompts.txt")),
+            "rl.eval_prompts": str(Path(folder, "eval_prompts.txt")), "rl.rewards": "checker=1,diversity=0.5",
+            "rl.rollout_size": 8, "rl.per_prompt": 4, "rl.inner_epochs": 2, "rl.num_steps": 3,
+            "rl.guidance_scale": 2.0, "rl.clip_range": 0.2, "rl.stats_buffer": 8, "rl.stats_min_count": 4,
+            "rl.kl_weight": 0.1, "rl.eval_per_prompt": 4, "lora.rank": 2, "train.batch_size": 4,
+            "optim.learning_rate": 3e-3}

@@ -3,7 +3,8 @@
 usage: python tests/canvas/train/driver.py RUN_DIR VAE_DIR STEPS [PRETRAIN_STEPS]
   STEP_SLEEP slows each step (a hook); with PRETRAIN_STEPS a VAE is pretrained into VAE_DIR first
   (checkpoint every 2 steps, no sample grid), DATA_SLEEP slows each training example (both runs) and
-  VAE_ONLY=1 runs the pretraining alone; IP_ADAPTER=INIT_FROM:CLIP_RUN trains an IP-Adapter instead.
+  VAE_ONLY=1 runs the pretraining alone; IP_ADAPTER=INIT_FROM:CLIP_RUN trains an IP-Adapter instead;
+  RL_INIT_FROM=RUN (with RL_PROMPTS=FOLDER) a tiny task=rl run (conftest.rl_overrides).
   Exits as the console entry does (143 on SIGTERM).
 """
 
@@ -31,6 +32,11 @@ def main():
     if ip:
         init_from, encoder = ip.split(":")
         over.update({"task": "ip_adapter", "init_from": init_from, "ip_adapter.image_encoder": encoder})
+    if os.environ.get("RL_INIT_FROM"):  # a task=rl run on that run (prompt files written into RL_PROMPTS)
+        from conftest import rl_overrides
+
+        over.update({**rl_overrides(os.environ["RL_PROMPTS"], os.environ["RL_INIT_FROM"]), "train.checkpoint.every": 3,
+                     "train.ema_decay": None, "train.eval_every": 4})
     cfg = tiny_config(run_dir, vae_path=vae_dir, **over)
     if os.environ.get("VAE_ONLY"):
         cfg = vae_pretrain_config(cfg)

@@ -19,7 +19,7 @@ def test_collect_writes_pairs_sheets_and_dataset(tmp_path, t2i_run, capsys):
     out = tmp_path / "collected"
     code = cli.main(["rl", "collect", "--model", t2i_run, "--prompts", str(tmp_path / "prompts.txt"), "--out",
                      str(out), "--per-prompt", "3", "--reward", "diversity,checker=0.5", "--sampler", "ddim",
-                     "--steps", "2", "--seed", "5"])
+                     "--steps", "2", "--seed", "5", "--test-fraction", "0.5"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and summary["candidates"] == 6 and set(summary["reward_mean"]) == {"total", "diversity", "checker"}
     candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
@@ -29,9 +29,14 @@ def test_collect_writes_pairs_sheets_and_dataset(tmp_path, t2i_run, capsys):
     for p in pairs:
         assert p["chosen_score"] > p["rejected_score"] and p["sampler"]["sampler"] == "ddim"
     assert sorted(f.name for f in (out / "sheets").iterdir()) == ["00000.png", "00001.png"]
+    # --test-fraction 0.5: the pairs of one of the two prompts form the test split
+    test = [p for p in pairs if p.get("split") == "test"]
+    assert len(test) == 3 and len({p["prompt"] for p in test}) == 1
+    train = [p for p in pairs if "split" not in p]
     data = open_split(summary["dataset"], "train")
-    assert len(data) == 6 and data[0]["caption"].decode() == pairs[0]["prompt"]
-    np.testing.assert_array_equal(data[0]["chosen"], np.asarray(Image.open(out / pairs[0]["chosen"])))
+    assert len(data) == 3 and len(open_split(summary["dataset"], "test")) == 3
+    assert data[0]["caption"].decode() == train[0]["prompt"]
+    np.testing.assert_array_equal(data[0]["chosen"], np.asarray(Image.open(out / train[0]["chosen"])))
 
     # a recorded seed re-draws its candidate
     pipe = canvas_jax.Pipeline.from_pretrained(t2i_run)
