@@ -244,7 +244,7 @@ class Retriever:
             if isinstance(names, str) or len(names) != len(history):
                 raise ValueError(f"{key}{where} must be a list of {len(history)} names (one per history item), "
                                  f"got {names!r}")
-            bad = [n for n in names if str(n) not in vocab]
+            bad = sorted({str(n) for n in names} - set(vocab))
             if bad:
                 raise ValueError(f"{key}{where}: {bad[:5]} not in the vocabulary {list(vocab)}")
             out[key] = np.asarray([list(vocab).index(str(n)) for n in names], np.int32)

@@ -127,7 +127,8 @@ class UnifiedTask(RecsysTask):
                                 normalize_embeddings=self.cfg.loss.l2_normalize, names=self.labels.names)
 
     def eval_step(self, model, batch):
-        raise NotImplementedError("unified runs have no evaluation step yet (per-scenario metrics)")
+        raise NotImplementedError("unified runs are evaluated per scenario after training (`recsys-jax eval`, "
+                                  "recsys_jax.eval.scenarios), not during training")
 
     def train_data(self, ctx: DataContext):
         d = self.cfg.data
