@@ -227,10 +227,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     distributed.initialize_from_args(args)  # several processes evaluate on one mesh
     run = restore_run(args.checkpoint, which=args.which, overrides=args.overrides, eval_split=args.split)
     if run.cfg.unified.enabled:  # per-scenario metrics ("<label>:<surface>") and popularity per scenario
+        import contextlib
+
         from recsys_jax.eval.scenarios import evaluate_run
 
+        with contextlib.redirect_stdout(sys.stderr):  # a dataset (re)built on the way reports on stderr: one JSON
+            res = evaluate_run(run.task, run.model(), split=args.split, popularity=not args.no_baseline)
         out = {"run_dir": args.checkpoint, "checkpoint": run.which, "step": run.step, "model": run.cfg.model.name,
-               **evaluate_run(run.task, run.model(), split=args.split, popularity=not args.no_baseline)}
+               **res}
         if jax.process_index() == 0:
             print(json.dumps(out))
         return 0

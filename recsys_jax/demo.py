@@ -75,12 +75,15 @@ def _train_and_report_unified(run_dir: str, overrides: list[str], part: demo_run
 
     run = restore_run(run_dir, which="latest", overrides=[f"data.cache_dir={cfg.data.cache_dir}"])
     res = evaluate_run(run.task, run.model())
-    k = max(cfg.eval.ks)
-    print(f"\nper-scenario recall@{k} ({res['protocol']} split: {res['users']} users; history "
+    ks = sorted({min(cfg.eval.ks), max(cfg.eval.ks)})
+    print(f"\nper-scenario recall ({res['protocol']} split: {res['users']} users; history "
           f"{'excluded' if res['exclude_history'] else 'kept'}; candidates: {res['pools']}):")
-    print(f"  {'scenario':<22}{'examples':>9}{'unified':>10}{'popularity':>12}")
+    print(f"  {'scenario':<22}{'examples':>9}" + "".join(f"{'unified@' + str(k):>13}{'popular@' + str(k):>13}"
+                                                        for k in ks))
     for name, m in res["scenarios"].items():
-        print(f"  {name:<22}{m['count']:>9}{m[f'recall@{k}']:>10.4f}{res['popularity'][name][f'recall@{k}']:>12.4f}")
+        pop = res["popularity"][name]
+        print(f"  {name:<22}{m['count']:>9}" + "".join(f"{m[f'recall@{k}']:>13.4f}{pop[f'recall@{k}']:>13.4f}"
+                                                       for k in ks))
 
     r = Retriever.from_checkpoint(run_dir, which="latest")
     ds = run.task.dataset
@@ -96,8 +99,8 @@ def _train_and_report_unified(run_dir: str, overrides: list[str], part: demo_run
     print("conversion:home ads: ", ", ".join(items))
     part.lap("evaluation")
     return {"step": run.step, "protocol": res["protocol"], "exclude_history": res["exclude_history"],
-            f"recall@{k}": {n: m[f"recall@{k}"] for n, m in res["scenarios"].items()},
-            f"popularity_recall@{k}": {n: m[f"recall@{k}"] for n, m in res["popularity"].items()}}
+            **{f"recall@{k}": {n: m[f"recall@{k}"] for n, m in res["scenarios"].items()} for k in ks},
+            **{f"popularity_recall@{k}": {n: m[f"recall@{k}"] for n, m in res["popularity"].items()} for k in ks}}
 
 
 def _train_and_report(run_dir: str, overrides: list[str], part: demo_runs.Part) -> dict:

@@ -144,3 +144,24 @@ def test_vocabulary_sizes_from_the_dataset(unified_run):
     saved = load_run_config(cfg.train.run_dir)
     assert (saved.model.hstu.num_actions, saved.model.hstu.num_surfaces) == (6, 3)
     assert dataclasses.asdict(saved.unified.split)["protocol"] == "time"
+
+
+@pytest.mark.parametrize("name", ["unified_tiny", "unified_sim", "unified_ml1m", "unified_completejourney"])
+def test_unified_configs_load(name, unified_tiny):
+    cfg = load_config(os.path.join(os.path.dirname(unified_tiny.config), f"{name}.yaml"))
+    assert cfg.unified.enabled and cfg.train.best_metric is None
+
+
+def test_event_dataset_from_a_config_with_rating_behaviours(movielens_files, tmp_path, unified_tiny):
+    """data.build.events + rating_behaviours (unified_ml1m.yaml): an event dataset with like / view actions."""
+    from recsys_jax.data.loader import load_dataset
+    from recsys_jax.train.dataset_cache import resolve_dataset
+
+    path = os.path.join(os.path.dirname(unified_tiny.config), "unified_ml1m.yaml")
+    cfg = load_config(path, [f"data.build.input={movielens_files / 'ratings.dat'}", f"data.cache_dir={tmp_path}"])
+    ds = load_dataset(resolve_dataset(cfg.data, verbose=False))
+    assert sorted(ds.events["actions"]) == ["like", "view"] and "actions" in ds.events["fields"]
+    assert make_task(cfg, ds).labels.names == ("like", "view")
+    plain = load_config(path, [f"data.build.input={movielens_files / 'ratings.dat'}", f"data.cache_dir={tmp_path}",
+                               "data.build.events=false", "unified.enabled=false", "data.build.rating_behaviours=false"])
+    assert load_dataset(resolve_dataset(plain.data, verbose=False)).events is None  # sequence datasets unchanged
