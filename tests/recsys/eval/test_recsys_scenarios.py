@@ -25,7 +25,7 @@ ENG, AD, CONVERSION = range(3)  # label codes of DEFAULT_LABELS
 ITEM_IS_AD = [0, 0, 0, 0, 0, 1, 1]  # items 1-4 organic, 5-6 ads
 
 
-def _events(num_items=6, is_ad=ITEM_IS_AD):
+def _events(is_ad=ITEM_IS_AD):
     return {"actions": ACTIONS, "surfaces": SURFACES, "item_is_ad": list(is_ad), "fields": ["conversions"]}
 
 

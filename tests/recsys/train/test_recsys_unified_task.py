@@ -163,5 +163,6 @@ def test_event_dataset_from_a_config_with_rating_behaviours(movielens_files, tmp
     assert sorted(ds.events["actions"]) == ["like", "view"] and "actions" in ds.events["fields"]
     assert make_task(cfg, ds).labels.names == ("like", "view")
     plain = load_config(path, [f"data.build.input={movielens_files / 'ratings.dat'}", f"data.cache_dir={tmp_path}",
-                               "data.build.events=false", "unified.enabled=false", "data.build.rating_behaviours=false"])
+                               "data.build.events=false", "unified.enabled=false",
+                               "data.build.rating_behaviours=false"])
     assert load_dataset(resolve_dataset(plain.data, verbose=False)).events is None  # sequence datasets unchanged
