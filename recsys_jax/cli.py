@@ -162,7 +162,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="full-corpus metrics of a run's checkpoint (and most-popular) as JSON",
                        description="Rank every item for every user of the split (history excluded) and print "
-                                   "HR@k, NDCG@k and MRR of the checkpoint and of the most-popular baseline as JSON.")
+                                   "HR@k, NDCG@k and MRR of the checkpoint and of the most-popular baseline as JSON. "
+                                   "A unified run prints recall@k / NDCG@k / HR@k per scenario ('scenarios': "
+                                   "'<label>:<surface>' -> metrics) and per-scenario popularity, on its split.")
     e.add_argument("--checkpoint", required=True, help="the run folder (train.run_dir)")
     e.add_argument("--split", choices=("test", "validation"), default="test")
     e.add_argument("--which", choices=("auto", "best", "latest"), default="auto",
@@ -180,6 +182,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--which", choices=("auto", "best", "latest"), default="auto")
     r.add_argument("--include-history", action="store_true", help="do not exclude the history items")
     r.add_argument("--skip-unknown", action="store_true", help="ignore ids unknown to the model instead of failing")
+    r.add_argument("--actions", default=None, help="unified runs: comma-separated action names, one per history item")
+    r.add_argument("--surfaces", default=None, help="unified runs: comma-separated surface names, one per history item")
+    r.add_argument("--scenario", default=None, help="unified runs: LABEL:SURFACE, e.g. conversion:home")
+    r.add_argument("--candidates", choices=("ads", "organic", "all"), default=None,
+                   help="candidate pool (default: the scenario label's pool, e.g. ads for ad labels)")
     r.set_defaults(func=_cmd_recommend)
 
 
@@ -219,9 +226,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     distributed.initialize_from_args(args)  # several processes evaluate on one mesh
     run = restore_run(args.checkpoint, which=args.which, overrides=args.overrides, eval_split=args.split)
-    if run.cfg.unified.enabled:
-        raise ValueError(f"run '{args.checkpoint}' is a unified (multi-label) run: its per-scenario evaluation is "
-                         "not implemented yet")
+    if run.cfg.unified.enabled:  # per-scenario metrics ("<label>:<surface>") and popularity per scenario
+        import contextlib
+
+        from recsys_jax.eval.scenarios import evaluate_run
+
+        with contextlib.redirect_stdout(sys.stderr):  # a dataset (re)built on the way reports on stderr: one JSON
+            res = evaluate_run(run.task, run.model(), split=args.split, popularity=not args.no_baseline)
+        out = {"run_dir": args.checkpoint, "checkpoint": run.which, "step": run.step, "model": run.cfg.model.name,
+               **res}
+        if jax.process_index() == 0:
+            print(json.dumps(out))
+        return 0
     run.cfg.train.eval_batches = 0  # the whole split
     metrics = run.trainer.evaluate(run.state)
     e = run.cfg.eval
@@ -252,9 +268,17 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--timestamps must be comma-separated integers (unix seconds), got {args.timestamps!r}") \
                 from None
+    events = {}
+    for key in ("actions", "surfaces"):
+        if getattr(args, key) is not None:
+            events[key] = _split_list(getattr(args, key), key)
+    if args.scenario is not None:
+        events["scenario"] = args.scenario
+    if args.candidates is not None:
+        events["candidates"] = args.candidates
     r = Retriever.from_checkpoint(args.checkpoint, which=args.which)
     items, scores = r.recommend(history, timestamps, k=args.k, exclude_history=not args.include_history,
-                                unknown="skip" if args.skip_unknown else "error")
+                                unknown="skip" if args.skip_unknown else "error", **events)
     rows = []
     for item, score in zip(items, scores):
         row = {"item": item, "score": round(float(score), 6)}
@@ -262,7 +286,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         if info.get("title"):
             row["title"] = info["title"]
         rows.append(row)
-    print(json.dumps({"checkpoint": r.which, "step": r.step, "k": args.k, "items": rows}, ensure_ascii=False))
+    extra = {"scenario": args.scenario} if args.scenario else {}
+    print(json.dumps({"checkpoint": r.which, "step": r.step, "k": args.k, **extra, "items": rows}, ensure_ascii=False))
     return 0
 
 

@@ -7,6 +7,13 @@
                                         quotas={"per_advertiser": 3, "categories": {"Drama": {"max": 50}}},
                                         sources={"two_tower": tt_ids, "popular": popular_ids})
 
+A unified (multi-label) run serves scenarios: the history's events and what is asked for::
+
+    r = recsys_jax.Retriever.from_checkpoint("runs/recsys/unified_tiny")
+    items, scores = r.recommend(history, timestamps, actions=["click", "ad_click", "save"],
+                                surfaces=["home", "search", "home"], scenario=("conversion", "home"),
+                                k=100, candidates="ads")   # default candidates: the label's pool
+
 The saved id map is applied both ways (ids may be given as str or int; results are the original id
 strings). Histories longer than the model's window keep their most recent items; every given item is
 excluded from the results with ``exclude_history=True``. An id the training data never had is an
@@ -26,8 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from recsys_jax.data.event_examples import POOLS, compile_labels
 from recsys_jax.data.sequences import IdMap, pad_sequence
 from recsys_jax.eval.evaluate import user_embeddings
+from recsys_jax.eval.scenarios import parse_scenario, scenario_user_embeddings
 from recsys_jax.serving.candidates import MODEL_SOURCE, combine, model_candidates, parse_quotas
 from recsys_jax.serving.index import ItemIndex
 
@@ -76,13 +85,16 @@ class Retriever:
     training data had timestamps (then histories without them get a warning). ``advertiser`` /
     ``category``: original item id -> label, for quotas (default: the side info's ``advertiser``, and
     its ``category`` or first ``genres`` / ``tags`` value). ``index_dtype`` / ``mesh``: the
-    :class:`~recsys_jax.serving.ItemIndex` storage and mesh.
+    :class:`~recsys_jax.serving.ItemIndex` storage and mesh. ``events``: the dataset's ``events.json``
+    (action / surface vocabularies, ``item_is_ad``) and ``labels``: the run's ``unified.labels``, for
+    a unified run (scenarios, event inputs, candidate pools).
     """
 
     def __init__(self, model: nnx.Module, item_map: IdMap, *, max_len: int, padding: str = "left",
                  side_info: list | None = None, uses_timestamps: bool = False,
                  advertiser: Mapping | None = None, category: Mapping | None = None,
-                 index_dtype: str = "float32", mesh=None):
+                 index_dtype: str = "float32", mesh=None, events: Mapping | None = None,
+                 labels: Sequence | None = None):
         if padding not in ("left", "right"):
             raise ValueError(f"padding must be 'left' or 'right', got {padding!r}")
         if len(item_map) != model.num_items:
@@ -97,6 +109,15 @@ class Retriever:
         n = self.num_items
         self.index = ItemIndex(np.asarray(self.table)[1:n + 1], ids=np.arange(1, n + 1), dtype=index_dtype, mesh=mesh)
         self.set_item_attributes(advertiser=advertiser, category=category)
+        self.events = dict(events) if events else None
+        self.event_features = bool(getattr(model.cfg, "event_features", False))
+        self.scenario_tower = bool(getattr(model.cfg, "num_scenario_labels", 0))
+        if (self.event_features or labels) and not self.events:
+            raise ValueError("a model with event inputs or labels needs the dataset's events (events.json)")
+        self.labels = compile_labels(labels, self.events) if labels else None
+        if self.scenario_tower and (self.labels is None or len(self.labels) != model.cfg.num_scenario_labels):
+            raise ValueError(f"the model's scenario tower has {model.cfg.num_scenario_labels} labels: pass the run's "
+                             "labels (unified.labels)")
         self._warned_timestamps = False
         self.step: int | None = None  # the checkpoint's step and kind ("best" / "latest"), from_checkpoint only
         self.which: str | None = None
@@ -120,6 +141,11 @@ class Retriever:
             with open(os.path.join(folder, "items.json"), encoding="utf-8") as f:
                 side = json.load(f)
         info = run_dataset_info(path)
+        if os.path.isfile(os.path.join(folder, "events.json")):
+            with open(os.path.join(folder, "events.json"), encoding="utf-8") as f:
+                kwargs.setdefault("events", json.load(f))
+        if run.cfg.unified.enabled:
+            kwargs.setdefault("labels", run.cfg.unified.labels)
         r = cls(run.model(), item_map, max_len=run.cfg.data.max_len, padding=padding or run.cfg.data.padding,
                 side_info=side, uses_timestamps=info.get("has_timestamps", False), **kwargs)
         r.step, r.which = run.step, run.which
@@ -164,12 +190,16 @@ class Retriever:
         key = str(item_id)
         return self.item_map.to_dense(key) if key in self.item_map else None
 
-    def prepare(self, history, timestamps=None, unknown: str = "error", row: int | None = None):
-        """One history (original ids) -> ``(dense ids int32, timestamps int32)``; unknown ids per ``unknown``."""
+    def prepare(self, history, timestamps=None, unknown: str = "error", row: int | None = None,
+                actions=None, surfaces=None):
+        """One history (original ids) -> ``(dense ids int32, timestamps int32)``, plus a dict of event
+        inputs (``actions``, ``surfaces``, ``is_ad`` codes) when ``actions`` / ``surfaces`` (names, one per
+        item) are given; unknown ids per ``unknown``."""
         where = "" if row is None else f" of history {row}"
         if timestamps is not None and len(timestamps) != len(history):
             raise ValueError(f"timestamps{where} has {len(timestamps)} values but the history has {len(history)} items")
-        ids, ts = [], []
+        codes = self._event_codes(history, actions, surfaces, where)
+        ids, ts, kept = [], [], []
         for i, item in enumerate(history):
             dense = self._dense(item)
             if dense is None:
@@ -179,6 +209,7 @@ class Retriever:
                     f"unknown item id {item!r} at position {i}{where}: not among the {self.num_items} items of the "
                     "training data (pass unknown='skip' to ignore unknown ids)")
             ids.append(dense)
+            kept.append(i)
             ts.append(0 if timestamps is None else int(timestamps[i]))
         if not ids:
             raise ValueError(f"history{where} is empty" + (" after skipping unknown ids" if len(history) else "")
@@ -186,7 +217,38 @@ class Retriever:
         ts_arr = np.asarray(ts, np.int64)
         if np.any(np.abs(ts_arr) > _INT32_MAX):
             raise ValueError(f"timestamps{where} must be unix seconds within int32 range, got {ts_arr.max()}")
-        return np.asarray(ids, np.int32), ts_arr.astype(np.int32)
+        ids = np.asarray(ids, np.int32)
+        if codes is None:
+            return ids, ts_arr.astype(np.int32)
+        ev = {k: v[kept] for k, v in codes.items()}
+        ev["is_ad"] = np.asarray(self.events["item_is_ad"], bool)[ids]
+        return ids, ts_arr.astype(np.int32), ev
+
+    def _event_codes(self, history, actions, surfaces, where: str) -> dict | None:
+        """Action / surface names of one history -> int32 codes (None when the model reads no events)."""
+        if not self.event_features:
+            if actions is not None or surfaces is not None:
+                raise ValueError("this model reads item ids only: actions / surfaces are for models with event "
+                                 "inputs (a unified run)")
+            return None
+        h = self.model.cfg
+        out = {}
+        for key, names, vocab, on in (("actions", actions, self.events["actions"], h.num_actions),
+                                      ("surfaces", surfaces, self.events["surfaces"], h.num_surfaces)):
+            if not on:
+                out[key] = np.zeros(len(history), np.int32)
+                continue
+            if names is None:
+                raise ValueError(f"this model reads each event's {key[:-1]}: pass {key}=[...] (one name per "
+                                 f"history item, from {list(vocab)})")
+            if isinstance(names, str) or len(names) != len(history):
+                raise ValueError(f"{key}{where} must be a list of {len(history)} names (one per history item), "
+                                 f"got {names!r}")
+            bad = sorted({str(n) for n in names} - set(vocab))
+            if bad:
+                raise ValueError(f"{key}{where}: {bad[:5]} not in the vocabulary {list(vocab)}")
+            out[key] = np.asarray([list(vocab).index(str(n)) for n in names], np.int32)
+        return out
 
     def dense_ids(self, items: Sequence, unknown: str = "error", what: str = "items") -> np.ndarray:
         """Original ids -> dense ids (unknown ids per ``unknown``; ``what`` names the list in errors)."""
@@ -200,32 +262,53 @@ class Retriever:
             out.append(dense)
         return np.asarray(out, np.int64)
 
-    def user_vectors(self, rows) -> np.ndarray:
-        """``[len(rows), D]`` user embeddings of prepared histories (:meth:`prepare`)."""
+    def user_vectors(self, rows, scenario: tuple[int, int] | None = None) -> np.ndarray:
+        """``[len(rows), D]`` user embeddings of prepared histories (:meth:`prepare`); ``scenario``:
+        ``(label code, surface code)`` for a model with a scenario tower."""
         b = _bucket(len(rows))
-        item_ids = np.zeros((b, self.max_len), np.int32)
-        ts = np.zeros((b, self.max_len), np.int32)
-        for i, (ids, t) in enumerate(rows):
-            item_ids[i] = pad_sequence(ids, self.max_len, padding=self.padding, dtype=np.int32)
-            ts[i] = pad_sequence(t, self.max_len, padding=self.padding, dtype=np.int32)
-        item_ids[len(rows):] = item_ids[0]  # bucket padding rows: copies of a real row (discarded)
-        ts[len(rows):] = ts[0]
-        return np.asarray(_users(self.model, jnp.asarray(item_ids), jnp.asarray(ts)))[:len(rows)]
+        fields = ("item_ids", "timestamps") + (("actions", "surfaces", "is_ad") if self.event_features else ())
+        batch = {k: np.zeros((b, self.max_len), bool if k == "is_ad" else np.int32) for k in fields}
+        for i, row in enumerate(rows):
+            values = {"item_ids": row[0], "timestamps": row[1], **(row[2] if len(row) > 2 else {})}
+            for k in fields:
+                batch[k][i] = pad_sequence(values[k], self.max_len, padding=self.padding, dtype=batch[k].dtype)
+        for k in fields:
+            batch[k][len(rows):] = batch[k][0]  # bucket padding rows: copies of a real row (discarded)
+        if not self.event_features and not self.scenario_tower:
+            return np.asarray(_users(self.model, jnp.asarray(batch["item_ids"]),
+                                     jnp.asarray(batch["timestamps"])))[:len(rows)]
+        label, surface = scenario if scenario is not None else (0, 0)
+        users = scenario_user_embeddings(self.model, {k: jnp.asarray(v) for k, v in batch.items()}, jnp.int32(label),
+                                         jnp.int32(surface))
+        return np.asarray(users)[:len(rows)]
+
+    def candidate_mask(self, candidates: str | None, label: int | None = None) -> np.ndarray | None:
+        """``[N]`` bool eligibility of dense ids ``1..N``: ``"ads"``, ``"organic"`` or ``"all"`` items,
+        or (None) the pool of label ``label`` (None: every item)."""
+        if candidates is None:
+            return None if label is None or self.labels is None else self.labels.pool[label][1:]
+        if candidates not in POOLS:
+            raise ValueError(f"candidates must be one of {list(POOLS)}, got {candidates!r}")
+        if not self.events:
+            raise ValueError("candidates need the item table of an event dataset (events.json: is_ad per item)")
+        is_ad = np.asarray(self.events["item_is_ad"], bool)[1:]
+        return {"all": np.ones_like(is_ad), "ads": is_ad, "organic": ~is_ad}[candidates]
 
     def rank(self, users: np.ndarray, rows, k: int, *, exclude_history: bool = True, quotas: Mapping | None = None,
              sources: Sequence[Mapping[str, Sequence[int]]] | None = None, values: Mapping[str, float] | None = None,
              floors: Mapping[str, int] | None = None, caps: Mapping[str, int] | None = None,
-             pool: int | None = None):
+             pool: int | None = None, mask: np.ndarray | None = None):
         """Per user ``(dense ids, scores, source of each or None)``; ``sources``: per user, name -> dense ids.
+        ``mask``: ``[N]`` bool, the eligible items (dense ids ``1..N``; sources are filtered by it too).
 
         See :mod:`recsys_jax.serving.candidates` for how quotas and sources combine.
         """
-        exclude = [ids for ids, _ in rows] if exclude_history else None
+        exclude = [row[0] for row in rows] if exclude_history else None
         spec = parse_quotas(quotas, k, self.categories) if quotas is not None else None
         adv, cat = self._advertiser[1:], self._category[1:]
         # histories up to the window's length share one exclusion width (one compiled search per batch size)
         cands = model_candidates(self.index, users, exclude, k, spec, advertiser=adv, category=cat, pool=pool,
-                                 min_exclude=self.max_len)
+                                 min_exclude=self.max_len, mask=mask)
         if spec is None and sources is None:
             return [(ids, scores.astype(np.float32), None) for ids, scores in cands]
         out = []
@@ -233,7 +316,8 @@ class Retriever:
             extra = None
             if sources is not None:
                 hist = set(rows[u][0].tolist()) if exclude_history else set()
-                extra = {s: [int(i) for i in lst if int(i) not in hist] for s, lst in sources[u].items()}
+                extra = {s: [int(i) for i in lst if int(i) not in hist and (mask is None or mask[int(i) - 1])]
+                         for s, lst in sources[u].items()}
             final, src = combine(ids, scores, k, spec, sources=extra, values=values, floors=floors, caps=caps,
                                  advertiser_of=self._advertiser.__getitem__, category_of=self._category.__getitem__)
             known = dict(zip(ids.tolist(), scores.tolist()))
@@ -244,7 +328,8 @@ class Retriever:
 
     def recommend(self, history, timestamps=None, k: int = 100, exclude_history: bool = True,
                   unknown: str = "error", quotas: Mapping | None = None, sources: Mapping | None = None,
-                  allocator=None, now: float | None = None, pool: int | None = None):
+                  allocator=None, now: float | None = None, pool: int | None = None, actions=None, surfaces=None,
+                  scenario=None, candidates: str | None = None):
         """Top-``k`` items after ``history`` (original ids, oldest first) or a batch of histories.
 
         ``timestamps``: unix seconds per history item (same shape as ``history``), for models with
@@ -261,6 +346,12 @@ class Retriever:
         names, values from its logged outcomes at ``now``, with its floors and caps), else equal --
         and duplicates are dropped; a third list then gives each item's source. Scores are always this
         model's. Quotas apply to the merged list. Deterministic.
+
+        Unified runs: ``actions`` / ``surfaces`` (names, one per history item; for a batch one list per
+        history) are the events' inputs; ``scenario`` (``(label, surface)`` or ``"label:surface"``, e.g.
+        ``("conversion", "home")``) picks the scenario tower's user embedding, required with a tower;
+        ``candidates`` (``"ads"``, ``"organic"``, ``"all"``; default the scenario label's pool) limits the
+        items returned (and the sources' items).
         """
         if unknown not in UNKNOWN:
             raise ValueError(f"unknown must be one of {UNKNOWN}, got {unknown!r}")
@@ -274,7 +365,15 @@ class Retriever:
             stamps = list(timestamps) if batch else [timestamps]
             if len(stamps) != len(histories):
                 raise ValueError(f"timestamps has {len(stamps)} rows but there are {len(histories)} histories")
-        rows = [self.prepare(h, t, unknown, i if batch else None) for i, (h, t) in enumerate(zip(histories, stamps))]
+        per_event = {}
+        for key, value in (("actions", actions), ("surfaces", surfaces)):
+            per_event[key] = [None] * len(histories) if value is None else (list(value) if batch else [value])
+            if len(per_event[key]) != len(histories):
+                raise ValueError(f"{key} has {len(per_event[key])} rows but there are {len(histories)} histories")
+        code = self._scenario(scenario)
+        mask = self.candidate_mask(candidates, None if code is None else code[0])
+        rows = [self.prepare(h, t, unknown, i if batch else None, per_event["actions"][i], per_event["surfaces"][i])
+                for i, (h, t) in enumerate(zip(histories, stamps))]
         if timestamps is None and self.uses_timestamps and not self._warned_timestamps:
             warnings.warn("the model was trained with timestamps but none were given: using 0 for every item, "
                           "which removes its time features (pass timestamps=... for the best results)", stacklevel=2)
@@ -292,14 +391,25 @@ class Retriever:
 
                 values = allocator.values(time.time() if now is None else now)
                 floors, caps = allocator.floors, allocator.caps
-        ranked = self.rank(self.user_vectors(rows), rows, int(k), exclude_history=exclude_history, quotas=quotas,
-                           sources=per_user, values=values, floors=floors, caps=caps, pool=pool)
+        ranked = self.rank(self.user_vectors(rows, code), rows, int(k), exclude_history=exclude_history, quotas=quotas,
+                           sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask)
         out_items = [[self.item_map.to_original(j) for j in ids] for ids, _, _ in ranked]
         out_scores = [scores for _, scores, _ in ranked]
         out_sources = [src for _, _, src in ranked]
         if not batch:
             out_items, out_scores, out_sources = out_items[0], out_scores[0], out_sources[0]
         return (out_items, out_scores) if sources is None else (out_items, out_scores, out_sources)
+
+    def _scenario(self, scenario) -> tuple[int, int] | None:
+        """``(label code, surface code)`` of a scenario (checked against the run's labels and surfaces)."""
+        if scenario is None:
+            if self.scenario_tower:
+                raise ValueError(f"this model serves scenarios: pass scenario=(label, surface), labels "
+                                 f"{list(self.labels.names)}, surfaces {list(self.events['surfaces'])}")
+            return None
+        if self.labels is None:
+            raise ValueError("scenario needs a unified run (its labels): this model has none")
+        return parse_scenario(scenario, self.labels.names, self.events["surfaces"])
 
     def _dense_sources(self, sources: Mapping, b: int, batch: bool, unknown: str):
         if not isinstance(sources, Mapping) or MODEL_SOURCE in sources:

@@ -117,19 +117,29 @@ def compile_labels(labels, events: dict | None) -> LabelTables:
                        np.asarray([lab.weight for lab in labels], np.float32))
 
 
+def training_prefix(record: dict[str, Any], cutoff: int | None = None) -> int:
+    """How many of the record's first events are training events: every event before ``cutoff`` (a
+    time split: events are time-ordered), else the leave-one-out prefix (all but the last two)."""
+    n = len(record["items"])
+    if cutoff is None:
+        return train_window(n, 1 << 30)[1]
+    return int(np.searchsorted(np.asarray(record["timestamps"]), cutoff, side="left"))
+
+
 def event_train_example(record: dict[str, Any], *, max_len: int, labels: LabelTables, padding: str = "left",
-                        rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+                        rng: np.random.Generator | None = None, cutoff: int | None = None) -> dict[str, np.ndarray]:
     """Training inputs and per-label targets of one record (``[max_len]`` each, ``label_mask``
     ``[max_len, num_labels]``): ``item_ids``, ``timestamps``, ``actions``, ``surfaces``, ``is_ad`` (the
     input events), ``target_ids``, ``target_surfaces``, ``label_mask``, ``mask`` (real positions) and
-    ``user``. ``rng`` picks a random window of a long prefix (else the most recent one)."""
+    ``user``. ``rng`` picks a random window of a long prefix (else the most recent one). ``cutoff``
+    (unix seconds): a time split, trained on the events before it only (:func:`training_prefix`)."""
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     missing = [k for k in ("items", "timestamps") + INPUT_FIELDS if k not in record]
     if missing:
         raise ValueError(f"record of user {record.get('user')} lacks the event fields {missing}: not an event dataset")
     n = len(record["items"])
-    start, end = train_window(n, max_len, rng)
+    start, end = train_window(n, max_len, rng, prefix=training_prefix(record, cutoff))
     n_in = max(end - start - 1, 0)
     inp, tgt = slice(start, start + n_in), slice(start + 1, start + 1 + n_in)
 
@@ -151,13 +161,14 @@ def event_train_example(record: dict[str, Any], *, max_len: int, labels: LabelTa
     }
 
 
-def label_target_counts(records, labels: LabelTables, num_items: int) -> np.ndarray:
+def label_target_counts(records, labels: LabelTables, num_items: int, cutoff: int | None = None) -> np.ndarray:
     """``[num_labels, N + 1]`` how often each item is a training target of each label (the events
-    ``1..m-1`` of each record's training prefix of length ``m``): the popularity behind logQ."""
+    ``1..m-1`` of each record's training prefix of length ``m``, see :func:`training_prefix`): the
+    popularity behind logQ."""
     counts = np.zeros((len(labels), num_items + 1), np.int64)
     for i in range(len(records)):
         rec = records[i]
-        m = train_window(len(rec["items"]), 1 << 30)[1]
+        m = training_prefix(rec, cutoff)
         if m < 2:
             continue
         rows = slice(1, m)

@@ -70,7 +70,7 @@ class MarketplaceConfig:
     p_purchase: float = 0.05
     p_conversion: float = 0.15
     p_direct_conversion: float = 0.01
-    conversion_delay_mean: float = 3 * _DAY
+    conversion_delay_mean: float = 3.0 * _DAY  # a float, as a run config reads it back (same cache key)
     budget_mean: float = 70.0  # in ad clicks (cost / cpc) per 1,000 users: budgets scale with the users
     cpc: float = 1.0
     session_every: int = _DAY

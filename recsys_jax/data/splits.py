@@ -54,10 +54,12 @@ def _arrays(example: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return items, ts
 
 
-def train_window(n: int, max_len: int, rng: np.random.Generator | None = None) -> tuple[int, int]:
+def train_window(n: int, max_len: int, rng: np.random.Generator | None = None, *,
+                 prefix: int | None = None) -> tuple[int, int]:
     """``[start, end)`` of the training prefix to use: at most ``max_len + 1`` items (``max_len``
-    input/target pairs). Without ``rng`` the most recent window; with it a uniformly random one."""
-    m = train_length(n)
+    input/target pairs). Without ``rng`` the most recent window; with it a uniformly random one.
+    ``prefix``: the training prefix's length (default :func:`train_length` of ``n``)."""
+    m = train_length(n) if prefix is None else prefix
     if rng is None or m <= max_len + 1:
         end = m
     else:

@@ -97,11 +97,12 @@ def _merge_by_score(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
 
 
 def model_candidates(index: ItemIndex, users: np.ndarray, exclude, k: int, spec: QuotaSpec | None, *,
-                     advertiser: np.ndarray, category: np.ndarray, pool: int | None = None, min_exclude: int = 0):
+                     advertiser: np.ndarray, category: np.ndarray, pool: int | None = None, min_exclude: int = 0,
+                     mask: np.ndarray | None = None):
     """Per user ``(ids, scores)`` of the model's candidates (step 1 of the module doc).
 
     ``advertiser`` / ``category``: per index row (aligned with the index's embeddings), -1 = none;
-    ``min_exclude``: see :meth:`ItemIndex.search`.
+    ``min_exclude``: see :meth:`ItemIndex.search`; ``mask``: per index row, the eligible items (None: all).
     """
     n = index.num_items
     if spec is None:
@@ -109,10 +110,11 @@ def model_candidates(index: ItemIndex, users: np.ndarray, exclude, k: int, spec:
     else:
         size = min(n, pool or 4 * k)
         groups, cap = (advertiser, spec.per_advertiser) if spec.per_advertiser else (None, None)
-    ids, scores = index.search(users, size, exclude=exclude, groups=groups, per_group_cap=cap, min_exclude=min_exclude)
+    ids, scores = index.search(users, size, exclude=exclude, mask=mask, groups=groups, per_group_cap=cap,
+                               min_exclude=min_exclude)
     parts = [(ids, scores)]
     for code, m in sorted((spec.cat_min if spec else {}).items()):
-        in_cat = category == code
+        in_cat = (category == code) if mask is None else (category == code) & mask
         count = int(in_cat.sum())
         if count:
             parts.append(index.search(users, min(count, _bucket(2 * m + 8)), exclude=exclude, mask=in_cat, groups=groups,

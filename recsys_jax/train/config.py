@@ -19,7 +19,7 @@ from core_jax.config import ConfigError
 from core_jax.loop import TrainConfig
 from core_jax.mesh import MeshConfig
 from core_jax.optim import OptimConfig
-from recsys_jax.data.attribution import AttributionConfig
+from recsys_jax.data.attribution import AttributionConfig, parse_window
 from recsys_jax.data.event_examples import DEFAULT_LABELS, LabelConfig
 from recsys_jax.data.marketplace import MarketplaceConfig
 from recsys_jax.data.synthetic import SyntheticConfig
@@ -30,6 +30,7 @@ from recsys_jax.train.multilabel import MultiLabelLossConfig
 
 
 GENERATED_FORMATS = ("synthetic", "marketplace")  # built-in generators: no input file
+PACKAGED_FORMATS = ("completejourney",)  # read from an installed package unless data.build.input names a folder
 
 
 @dataclasses.dataclass
@@ -49,6 +50,10 @@ class BuildConfig:
     marketplace: MarketplaceConfig = dataclasses.field(default_factory=MarketplaceConfig)
     attribution: AttributionConfig = dataclasses.field(default_factory=AttributionConfig)
     drop_actions: list[str] = dataclasses.field(default_factory=lambda: ["impression"])
+    # an event dataset (recsys_jax.data.event_builder) from movielens / recbole / text / csv / parquet input;
+    # marketplace and completejourney are always event datasets
+    events: bool = False
+    rating_behaviours: bool = False  # events from ratings: rating >= 4 "like", else "view" (MovieLens)
 
 
 @dataclasses.dataclass
@@ -85,6 +90,20 @@ class LossConfig(SampledSoftmaxConfig):
 
 
 @dataclasses.dataclass
+class ScenarioSplitConfig:
+    """How a unified run is split for training and per-scenario evaluation (``recsys_jax.eval.scenarios``).
+
+    ``leave_one_out``: train on each user's events but the last two, test on the last (validation: the
+    one before). ``time``: train on the events before ``T`` (the ``cutoff`` quantile of the dataset's
+    event timestamps), test on the events in ``[T, T + window)`` from the history before ``T``.
+    """
+
+    protocol: Literal["leave_one_out", "time"] = "leave_one_out"
+    cutoff: float = 0.9  # time: T is this quantile of every stored event's timestamp
+    window: int | str = "7d"  # time: the test window after T (seconds, or a number with a unit s/m/h/d/w)
+
+
+@dataclasses.dataclass
 class UnifiedConfig:
     """Multi-label training on an event dataset (``recsys_jax.train.unified``): off by default.
 
@@ -92,7 +111,9 @@ class UnifiedConfig:
     and weight; see ``recsys_jax.data.event_examples``); ``scenario_tower``: a scenario-conditioned
     tower on the HSTU trunk (``recsys_jax.models.scenario``), else one user embedding for every label;
     ``loss``: negatives, sampler, logQ, normalisation (``recsys_jax.train.multilabel``); the
-    temperature and L2 normalisation come from the ``loss`` section.
+    temperature and L2 normalisation come from the ``loss`` section. ``label_weights``: label name ->
+    weight, over the labels' own (e.g. ``unified.label_weights.engagement=0``: trained on the ad labels
+    only, a baseline at the same budget); ``split``: :class:`ScenarioSplitConfig`.
     """
 
     enabled: bool = False
@@ -100,6 +121,8 @@ class UnifiedConfig:
         default_factory=lambda: [dataclasses.replace(lab, actions=list(lab.actions)) for lab in DEFAULT_LABELS])
     scenario_tower: bool = True
     loss: MultiLabelLossConfig = dataclasses.field(default_factory=MultiLabelLossConfig)
+    split: ScenarioSplitConfig = dataclasses.field(default_factory=ScenarioSplitConfig)
+    label_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -156,7 +179,7 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
         raise ConfigError(f"config section 'loss': {e}") from None
     if d.dir is None and d.build.format in GENERATED_FORMATS and d.build.input:
         raise ConfigError(f"config key 'data.build.input': the {d.build.format} format takes no input file")
-    if d.dir is None and d.build.format not in GENERATED_FORMATS and not d.build.input:
+    if d.dir is None and d.build.format not in GENERATED_FORMATS + PACKAGED_FORMATS and not d.build.input:
         raise ConfigError(f"config key 'data.build.input': format {d.build.format!r} needs an input file "
                           "(or set data.dir to a built dataset)")
     if cfg.unified.enabled:
@@ -166,9 +189,22 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
 
 def validate_unified(cfg: RecsysConfig) -> None:
     u = cfg.unified
-    if cfg.model.name != "hstu":
-        raise ConfigError(f"config key 'model.name': unified (multi-label) training runs on hstu, "
-                          f"got {cfg.model.name!r}")
+    if cfg.model.name != "hstu" and u.scenario_tower:
+        raise ConfigError(f"config key 'model.name': the scenario tower of unified (multi-label) training runs on "
+                          f"hstu, got {cfg.model.name!r} (set unified.scenario_tower=false for an item-sequence "
+                          f"baseline such as two_tower)")
+    h = cfg.model.hstu
+    if cfg.model.name == "hstu" and (h.num_actions < -1 or h.num_surfaces < -1):
+        raise ConfigError(f"config keys 'model.hstu.num_actions' / 'num_surfaces': expected >= 0, or -1 for the "
+                          f"dataset's vocabulary size, got {h.num_actions} / {h.num_surfaces}")
+    if u.split.protocol == "time":
+        if not 0.0 < u.split.cutoff < 1.0:
+            raise ConfigError(f"config key 'unified.split.cutoff': a quantile in (0, 1), got {u.split.cutoff}")
+        try:
+            if parse_window(u.split.window) <= 0:
+                raise ValueError(f"the window must be > 0, got {u.split.window!r}")
+        except ValueError as e:
+            raise ConfigError(f"config key 'unified.split.window': {e}") from None
     if not u.labels:
         raise ConfigError("config key 'unified.labels': at least one label is needed")
     names = [lab.name for lab in u.labels]
@@ -177,6 +213,14 @@ def validate_unified(cfg: RecsysConfig) -> None:
     for i, lab in enumerate(u.labels):
         if lab.weight < 0:
             raise ConfigError(f"config key 'unified.labels[{i}].weight': must be >= 0, got {lab.weight}")
+    for name, w in u.label_weights.items():
+        if name not in names:
+            raise ConfigError(f"config key 'unified.label_weights.{name}': not a label name; the labels are {names}")
+        if w < 0:
+            raise ConfigError(f"config key 'unified.label_weights.{name}': must be >= 0, got {w}")
+    if not any(u.label_weights.get(lab.name, lab.weight) > 0 for lab in u.labels):
+        raise ConfigError("config keys 'unified.labels' / 'unified.label_weights': every label weight is 0; at least "
+                          "one label must be trained")
     try:
         u.loss.validate()
     except ValueError as e:

@@ -20,7 +20,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from recsys_jax.data.builder import SourceSpec, build, dataset_dir
-from recsys_jax.data.event_builder import EventSourceSpec, build_events
+from recsys_jax.data.event_builder import RATING_BEHAVIOURS, EventSourceSpec, build_events
 from recsys_jax.data.loader import find_dataset_dir
 
 NAME = "sequences"
@@ -42,9 +42,14 @@ def content_key(path: str) -> str:
     return h.hexdigest()
 
 
+def is_event_build(b) -> bool:
+    """Whether ``data.build`` makes an event dataset (marketplace, completejourney, or ``events: true``)."""
+    return b.format in ("marketplace", "completejourney") or bool(b.events)
+
+
 def _spec_key(b) -> str:
     def file_sig(path):
-        return content_key(path) if path else path
+        return content_key(path) if path and os.path.isfile(path) else path
 
     spec = {"format": b.format, "input": file_sig(b.input), "items": file_sig(b.items),
             "columns": b.columns, "skip_bad_lines": b.skip_bad_lines, "max_seq_len": b.max_seq_len,
@@ -53,15 +58,19 @@ def _spec_key(b) -> str:
     if b.format == "marketplace":  # event datasets only (the keys of the other formats stay as they were)
         spec.update(marketplace=dataclasses.asdict(b.marketplace), attribution=dataclasses.asdict(b.attribution),
                     drop_actions=list(b.drop_actions))
+    elif is_event_build(b):
+        spec.update(events=True, rating_behaviours=b.rating_behaviours, attribution=dataclasses.asdict(b.attribution),
+                    drop_actions=list(b.drop_actions))
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cached_dataset_dir(data_cfg) -> str:
     """Where ``data_cfg.build`` is (or will be) built under ``data_cfg.cache_dir``."""
     b = data_cfg.build
-    if b.input and not os.path.isfile(b.input):
+    if b.input and not (os.path.isfile(b.input) or (b.format == "completejourney" and os.path.isdir(b.input))):
         raise FileNotFoundError(f"config key 'data.build.input': file '{b.input}' not found")
-    stem = b.format if b.format in ("synthetic", "marketplace") else os.path.basename(b.input).split(".")[0].lower()
+    stem = (b.format if b.format in ("synthetic", "marketplace", "completejourney")
+            else os.path.basename(b.input).split(".")[0].lower())
     stem = "".join(c if c.isalnum() else "_" for c in stem) or "data"
     return os.path.join(data_cfg.cache_dir, f"{stem}-{_spec_key(b)}")
 
@@ -91,10 +100,16 @@ def _build_atomically(b, out: str, verbose: bool) -> None:
     if verbose:
         print(f"building the dataset into {out} (once; later runs reuse it)", flush=True)
     try:
-        if b.format == "marketplace":
-            build_events(EventSourceSpec(format="marketplace", marketplace=b.marketplace), tmp,
-                         max_seq_len=b.max_seq_len, attribution=b.attribution, drop_actions=tuple(b.drop_actions),
-                         name=NAME, verbose=verbose)
+        if is_event_build(b):
+            if b.min_rating is not None or b.min_user_interactions:
+                raise ValueError("config keys 'data.build.min_rating' / 'min_user_interactions' apply to sequence "
+                                 "datasets, not event datasets")
+            spec = EventSourceSpec(format=b.format, input=b.input or None, items=b.items, columns=b.columns,
+                                   skip_bad_lines=b.skip_bad_lines,
+                                   rating_actions=RATING_BEHAVIOURS if b.rating_behaviours else None,
+                                   marketplace=b.marketplace if b.format == "marketplace" else None)
+            build_events(spec, tmp, max_seq_len=b.max_seq_len, attribution=b.attribution,
+                         drop_actions=tuple(b.drop_actions), name=NAME, verbose=verbose)
         else:
             synthetic = b.synthetic if b.format == "synthetic" else None
             spec = SourceSpec(format=b.format, input=b.input, items=b.items, columns=b.columns,

@@ -7,8 +7,15 @@ next event's surface); :func:`recsys_jax.train.multilabel.multi_label_loss` trai
 position has (:mod:`recsys_jax.data.event_examples`) with a sampled softmax over the label's candidate
 pool. Data, checkpoints, sharding and the loop are the plain task's (:class:`RecsysTask`).
 
-Not here yet: evaluation during training (per-scenario metrics): ``eval_data`` is None, so a unified
-config sets ``train.best_metric: null``.
+``unified.split``: leave-one-out (train on all but each user's last two events) or a time split (train
+on the events before ``T``, :func:`recsys_jax.eval.scenarios.time_cutoff`); per-scenario evaluation
+(``recsys-jax eval``) follows the same split (:mod:`recsys_jax.eval.scenarios`). Not here: evaluation
+during training (``eval_data`` is None, so a unified config sets ``train.best_metric: null``).
+
+``model.hstu.num_actions`` / ``num_surfaces`` = -1 take the dataset's vocabulary sizes (resolved when
+the task opens the dataset, so the saved ``config.yaml`` holds the numbers). With
+``unified.scenario_tower: false`` the model may be any item-sequence encoder (``two_tower``,
+``sasrec``): one user embedding for every label, trained with the same multi-label loss (a baseline).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from flax import nnx
 from core_jax.config import ConfigError
 from core_jax.task import DataContext
 from recsys_jax.data.event_examples import LabelTables, compile_labels, event_train_example, label_target_counts
+from recsys_jax.eval.scenarios import time_cutoff, trunk_outputs
 from recsys_jax.models import build_model
 from recsys_jax.models.hstu import HSTUConfig
 from recsys_jax.train.multilabel import label_log_q, multi_label_loss, sample_negatives
@@ -36,8 +44,33 @@ def unified_model_config(cfg) -> HSTUConfig:
     return dataclasses.replace(cfg.model.hstu, num_scenario_labels=n)
 
 
+def resolve_vocab_sizes(cfg, events: dict) -> None:
+    """Set ``model.hstu.num_actions`` / ``num_surfaces`` given as -1 to the dataset's vocabulary sizes."""
+    h = cfg.model.hstu
+    sizes = {k: len(events[v]) for k, v in (("num_actions", "actions"), ("num_surfaces", "surfaces"))
+             if getattr(h, k) == -1}
+    if sizes:
+        cfg.model.hstu = dataclasses.replace(h, **sizes)
+
+
 class UnifiedTask(RecsysTask):
     """:class:`RecsysTask` with per-event inputs, per-label targets and the multi-label loss."""
+
+    def __init__(self, cfg, dataset=None, **kw):
+        super().__init__(cfg, dataset, **kw)
+        h = cfg.model.hstu
+        if cfg.model.name == "hstu" and -1 in (h.num_actions, h.num_surfaces):
+            if not self.dataset.events:
+                raise ConfigError(f"config key 'model.hstu.num_actions': -1 takes the dataset's vocabulary, but "
+                                  f"{self.dataset.path} is not an event dataset (no events.json)")
+            resolve_vocab_sizes(cfg, self.dataset.events)
+
+    @functools.cached_property
+    def cutoff(self) -> int | None:
+        """``T`` of a time split (unix seconds; training uses the events before it), else None."""
+        if self.cfg.unified.split.protocol != "time":
+            return None
+        return time_cutoff(self.dataset, self.cfg.unified.split.cutoff)
 
 
     @functools.cached_property
@@ -45,7 +78,10 @@ class UnifiedTask(RecsysTask):
         """The labels compiled against the dataset's vocabularies (checked against the model config)."""
         ds, hstu = self.dataset, self.cfg.model.hstu
         try:
-            tables = compile_labels(self.cfg.unified.labels, ds.events)
+            u = self.cfg.unified
+            labels = [dataclasses.replace(lab, weight=float(u.label_weights.get(lab.name, lab.weight)))
+                      for lab in u.labels]
+            tables = compile_labels(labels, ds.events)
         except ValueError as e:
             raise ConfigError(f"config key 'unified.labels': {e} (dataset {ds.path})") from None
         for key, names in (("num_actions", ds.events["actions"]), ("num_surfaces", ds.events["surfaces"])):
@@ -59,18 +95,20 @@ class UnifiedTask(RecsysTask):
     def label_log_q(self) -> np.ndarray:
         counts = None
         if self.cfg.unified.loss.sampler == "popularity":
-            counts = label_target_counts(self.dataset.split_source("train"), self.labels, self.num_items)
+            counts = label_target_counts(self.dataset.split_source("train"), self.labels, self.num_items,
+                                         cutoff=self.cutoff)
         return label_log_q(self.labels.pool, counts, self.cfg.unified.loss)
 
     # ---------------------------------------------------------------- Task protocol
     def create_model(self, rngs):
+        if self.cfg.model.name != "hstu":  # an item-sequence baseline (no scenario tower: see validate_unified)
+            return build_model(self.cfg.model.name, self.cfg.model.selected(), self.num_items, rngs)
         return build_model("hstu", unified_model_config(self.cfg), self.num_items, rngs)
 
     def scenario_embeddings(self, model, batch, *, deterministic: bool) -> jax.Array:
         """``[B, L, num_labels, D]``: each position's user embedding for each label's scenario
         (the label, the next event's surface)."""
-        h = model(batch["item_ids"], batch["timestamps"], deterministic=deterministic, actions=batch["actions"],
-                  surfaces=batch["surfaces"], is_ad=batch["is_ad"])
+        h = trunk_outputs(model, batch, deterministic=deterministic)
         n = len(self.cfg.unified.labels)
         h = jnp.broadcast_to(h[:, :, None, :], h.shape[:2] + (n, h.shape[-1]))
         if not self.cfg.unified.scenario_tower:
@@ -89,7 +127,8 @@ class UnifiedTask(RecsysTask):
                                 normalize_embeddings=self.cfg.loss.l2_normalize, names=self.labels.names)
 
     def eval_step(self, model, batch):
-        raise NotImplementedError("unified runs have no evaluation step yet (per-scenario metrics)")
+        raise NotImplementedError("unified runs are evaluated per scenario after training (`recsys-jax eval`, "
+                                  "recsys_jax.eval.scenarios), not during training")
 
     def train_data(self, ctx: DataContext):
         d = self.cfg.data
@@ -100,7 +139,7 @@ class UnifiedTask(RecsysTask):
                                            random_windows=d.random_windows, padding=d.padding,
                                            shard_index=ctx.process_index, shard_count=ctx.process_count,
                                            worker_count=d.worker_count, example_fn=event_train_example,
-                                           labels=self.labels)
+                                           labels=self.labels, cutoff=self.cutoff)
 
     def eval_data(self, ctx: DataContext):
         return None

@@ -7,6 +7,7 @@ The data is the synthetic generator written out as MovieLens files with renamed 
 import contextlib
 import io
 import json
+import os
 import types
 
 import pytest
@@ -25,6 +26,17 @@ TINY_CONFIG = {
               "progress": False, "tensorboard": False, "checkpoint": {"every": 30, "keep": 5}},
     "optim": {"learning_rate": 3.0e-3},
 }
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UNIFIED_CONFIG = os.path.join(ROOT, "configs", "recsys", "unified_tiny.yaml")
+# configs/recsys/unified_tiny.yaml shrunk: 80 users, 40 organic items, 16 ads of 4 advertisers, 3 steps
+UNIFIED_TINY = ["data.build.marketplace.num_users=80", "data.build.marketplace.num_categories=4",
+                "data.build.marketplace.organic_per_category=10", "data.build.marketplace.num_advertisers=4",
+                "data.max_len=12", "model.hstu.max_seq_len=12", "model.hstu.embed_dim=16", "model.hstu.attention_dim=8",
+                "model.hstu.linear_dim=8", "model.hstu.num_layers=1", "model.hstu.scenario_hidden_dim=16",
+                "unified.loss.num_negatives=16", "train.steps=3", "train.batch_size=8", "train.log_every=1",
+                "train.progress=false", "train.tensorboard=false"]
 
 
 def original_item(dense_synthetic: str) -> str:
@@ -95,3 +107,22 @@ def restored_best(recsys_run):
 
     return restore_run(recsys_run.run_dir, which="best")
 
+
+
+@pytest.fixture(scope="session")
+def unified_tiny():
+    """The unified test config: ``(config path, overrides)`` of a 3-step run on 80 simulated users."""
+    return types.SimpleNamespace(config=UNIFIED_CONFIG, overrides=list(UNIFIED_TINY))
+
+
+@pytest.fixture(scope="session")
+def unified_run(tmp_path_factory, unified_tiny):
+    """``(cfg, state, metrics, root)`` of the tiny unified run, trained once per session."""
+    from recsys_jax.train.config import load_config
+    from recsys_jax.train.task import train
+
+    root = tmp_path_factory.mktemp("unified")
+    overrides = unified_tiny.overrides + [f"data.cache_dir={root / 'cache'}", f"train.run_dir={root / 'run'}"]
+    cfg = load_config(unified_tiny.config, overrides)
+    state, metrics = train(cfg)
+    return cfg, state, metrics, root

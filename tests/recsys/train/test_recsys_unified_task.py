@@ -1,5 +1,6 @@
 """Unified multi-label training on the marketplace simulator: config, a few steps, restore, no leakage."""
 
+import dataclasses
 import os
 
 import jax
@@ -13,26 +14,8 @@ from core_jax.config import ConfigError
 from core_jax.task import DataContext
 from recsys_jax.data.event_examples import event_train_example
 from recsys_jax.train.config import load_config
-from recsys_jax.train.task import make_task, train
+from recsys_jax.train.task import make_task
 from recsys_jax.train.unified import UnifiedTask
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-CONFIG = os.path.join(ROOT, "configs", "recsys", "unified_tiny.yaml")
-TINY = ["data.build.marketplace.num_users=80", "data.build.marketplace.num_categories=4",
-        "data.build.marketplace.organic_per_category=10", "data.build.marketplace.num_advertisers=4",
-        "data.max_len=12", "model.hstu.max_seq_len=12", "model.hstu.embed_dim=16", "model.hstu.attention_dim=8",
-        "model.hstu.linear_dim=8", "model.hstu.num_layers=1", "model.hstu.scenario_hidden_dim=16",
-        "unified.loss.num_negatives=16", "train.steps=3", "train.batch_size=8", "train.log_every=1",
-        "train.progress=false", "train.tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def unified_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("unified")
-    overrides = TINY + [f"data.cache_dir={root / 'cache'}", f"train.run_dir={root / 'run'}"]
-    cfg = load_config(CONFIG, overrides)
-    state, metrics = train(cfg)
-    return cfg, state, metrics, root
 
 
 def test_unified_tiny_trains_every_label_and_restores(unified_run):
@@ -89,7 +72,8 @@ def test_scenario_embeddings_see_no_future_event(unified_run):
     assert np.abs(np.asarray(emb(model, other)) - base)[np.asarray(batch["mask"])].max() > 1e-3
 
 
-def test_unified_config_errors_name_the_key(tmp_path):
+def test_unified_config_errors_name_the_key(tmp_path, unified_tiny):
+    CONFIG, TINY = unified_tiny.config, unified_tiny.overrides
     with pytest.raises(ConfigError, match="'model.name'"):
         load_config(CONFIG, ["model.name=sasrec"])
     with pytest.raises(ConfigError, match="'train.best_metric'"):
@@ -110,7 +94,75 @@ def test_unified_config_errors_name_the_key(tmp_path):
         make_task(cfg).labels
 
 
-def test_cli_eval_says_unified_runs_have_no_evaluation_yet(unified_run, recsys_cli):
+def test_label_weights_zero_a_label_cleanly(unified_run, unified_tiny, tmp_path):
+    """unified.label_weights.engagement=0 (the ads-only baseline): weight 0 in the task, no gradient from it."""
+    cfg = load_config(unified_tiny.config, unified_tiny.overrides + [
+        "unified.label_weights.engagement=0", f"data.cache_dir={unified_run[3] / 'cache'}"])
+    tables = make_task(cfg).labels
+    assert tables.weights.tolist() == [0.0, 1.0, 2.0]
+    from recsys_jax.train.multilabel import MultiLabelLossConfig, multi_label_loss
+
+    rng = np.random.default_rng(0)
+    user = jnp.asarray(rng.normal(size=(2, 5, 3, 8)), jnp.float32)
+    table = jnp.asarray(rng.normal(size=(21, 8)), jnp.float32)
+    targets = jnp.asarray(rng.integers(1, 21, (2, 5)))
+    mask = jnp.ones((2, 5, 3), bool)
+    log_q = jnp.zeros((3, 21)).at[:, 0].set(-1e9)
+    loss_cfg = MultiLabelLossConfig(num_negatives=0)
+    grad = jax.grad(lambda u: multi_label_loss(u, targets, mask, table, None, log_q, tables.weights, loss_cfg,
+                                               temperature=0.1)[0])(user)
+    assert float(jnp.abs(grad[..., 0, :]).max()) == 0.0 and float(jnp.abs(grad[..., 1:, :]).max()) > 0
+    with pytest.raises(ConfigError, match="'unified.label_weights.clicks'"):
+        load_config(unified_tiny.config, ["unified.label_weights.clicks=0"])
+    with pytest.raises(ConfigError, match="at least one label"):
+        load_config(unified_tiny.config, [f"unified.label_weights.{n}=0" for n in ("engagement", "ad_click",
+                                                                                    "conversion")])
+
+
+def test_two_tower_baseline_trains_with_the_multi_label_loss(unified_run, unified_tiny):
+    """model.name=two_tower unified.scenario_tower=false: one user embedding for every label (a baseline)."""
+    cfg = load_config(unified_tiny.config, unified_tiny.overrides + [
+        "model.name=two_tower", "unified.scenario_tower=false", "model.two_tower.max_seq_len=12",
+        "model.two_tower.embed_dim=16", f"data.cache_dir={unified_run[3] / 'cache'}",
+        f"train.run_dir={unified_run[3] / 'two_tower'}"])
+    task = make_task(cfg)
+    model = task.create_model(nnx.Rngs(0))
+    assert type(model).__name__ == "TwoTower"
+    batch = next(iter(task.train_data(DataContext(seed=0, batch_size=4, process_index=0, process_count=1))))
+    batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "user"}
+    loss, metrics = task.loss(model, batch, jax.random.key(0))
+    assert np.isfinite(float(loss)) and set(metrics) >= {"loss_engagement", "loss_conversion"}
+    with pytest.raises(ConfigError, match="'model.name'"):
+        load_config(unified_tiny.config, ["model.name=two_tower"])  # the scenario tower needs hstu
+
+
+def test_vocabulary_sizes_from_the_dataset(unified_run):
+    """num_actions / num_surfaces -1 in the config: the saved run config holds the dataset's sizes."""
     cfg = unified_run[0]
-    rc, _, err = recsys_cli(["eval", "--checkpoint", cfg.train.run_dir, "--which", "latest"])
-    assert rc == 2 and "unified (multi-label) run" in err
+    from recsys_jax.train.restore import load_run_config
+
+    saved = load_run_config(cfg.train.run_dir)
+    assert (saved.model.hstu.num_actions, saved.model.hstu.num_surfaces) == (6, 3)
+    assert dataclasses.asdict(saved.unified.split)["protocol"] == "time"
+
+
+@pytest.mark.parametrize("name", ["unified_tiny", "unified_sim", "unified_ml1m", "unified_completejourney"])
+def test_unified_configs_load(name, unified_tiny):
+    cfg = load_config(os.path.join(os.path.dirname(unified_tiny.config), f"{name}.yaml"))
+    assert cfg.unified.enabled and cfg.train.best_metric is None
+
+
+def test_event_dataset_from_a_config_with_rating_behaviours(movielens_files, tmp_path, unified_tiny):
+    """data.build.events + rating_behaviours (unified_ml1m.yaml): an event dataset with like / view actions."""
+    from recsys_jax.data.loader import load_dataset
+    from recsys_jax.train.dataset_cache import resolve_dataset
+
+    path = os.path.join(os.path.dirname(unified_tiny.config), "unified_ml1m.yaml")
+    cfg = load_config(path, [f"data.build.input={movielens_files / 'ratings.dat'}", f"data.cache_dir={tmp_path}"])
+    ds = load_dataset(resolve_dataset(cfg.data, verbose=False))
+    assert sorted(ds.events["actions"]) == ["like", "view"] and "actions" in ds.events["fields"]
+    assert make_task(cfg, ds).labels.names == ("like", "view")
+    plain = load_config(path, [f"data.build.input={movielens_files / 'ratings.dat'}", f"data.cache_dir={tmp_path}",
+                               "data.build.events=false", "unified.enabled=false",
+                               "data.build.rating_behaviours=false"])
+    assert load_dataset(resolve_dataset(plain.data, verbose=False)).events is None  # sequence datasets unchanged
