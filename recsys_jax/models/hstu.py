@@ -44,6 +44,7 @@ from flax import nnx
 from recsys_jax.models.embeddings import (
     EventEmbedding,
     ItemEmbedding,
+    ItemTextConfig,
     PositionalEmbedding,
     causal_key_mask,
     check_sequence_inputs,
@@ -171,7 +172,9 @@ class HSTULayer(nnx.Module):
 class HSTU(nnx.Module):
     """``model(item_ids, timestamps, *, deterministic) -> [B, L, D]`` causal user embeddings."""
 
-    def __init__(self, cfg: HSTUConfig, num_items: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: HSTUConfig, num_items: int, *, rngs: nnx.Rngs, item_text: ItemTextConfig | None = None,
+                 text_table=None):
+        """``item_text`` / ``text_table``: the item's text in its representation (:class:`ItemEmbedding`)."""
         if cfg.embed_dim < 1 or cfg.num_layers < 0 or cfg.num_heads < 1 or cfg.max_seq_len < 1:
             raise ValueError(f"invalid HSTUConfig {cfg}: sizes must be positive")
         if not 0.0 <= cfg.dropout < 1.0:
@@ -183,7 +186,7 @@ class HSTU(nnx.Module):
                              f"must be >= 0 (0: off), got {cfg}")
         self.cfg = cfg
         self.num_items = num_items
-        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs)
+        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs, text=item_text, text_table=text_table)
         self.positions = PositionalEmbedding(cfg.max_seq_len, cfg.embed_dim, rngs=rngs)
         self.input_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.layers = nnx.List([HSTULayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recsys_jax.models.embeddings import ItemEmbedding, check_sequence_inputs, l2_normalize
+from recsys_jax.models.embeddings import ItemEmbedding, ItemTextConfig, check_sequence_inputs, l2_normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +29,16 @@ class TwoTowerConfig:
 class TwoTower(nnx.Module):
     """``model(item_ids, timestamps, *, deterministic) -> [B, L, D]`` causal user embeddings."""
 
-    def __init__(self, cfg: TwoTowerConfig, num_items: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: TwoTowerConfig, num_items: int, *, rngs: nnx.Rngs, item_text: ItemTextConfig | None = None,
+                 text_table=None):
+        """``item_text`` / ``text_table``: the item's text in its representation (:class:`ItemEmbedding`)."""
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"TwoTowerConfig.dropout must be in [0, 1), got {cfg.dropout}")
         if any(h < 1 for h in cfg.hidden_dims):
             raise ValueError(f"TwoTowerConfig.hidden_dims must be positive, got {cfg.hidden_dims}")
         self.cfg = cfg
         self.num_items = num_items
-        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs)
+        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs, text=item_text, text_table=text_table)
         self.norm = nnx.LayerNorm(
             cfg.embed_dim,
             epsilon=cfg.layer_norm_eps,
