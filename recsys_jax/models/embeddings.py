@@ -75,18 +75,25 @@ class ItemTextConfig:
     ``P`` is a two-layer MLP (``dim -> 2D -> D``, GELU). A cold item (never trained) is placed by its text.
     ``dim``: the text embedding width; ``path``: a ``[N + 1, dim]`` .npy (null: the dataset's own
     ``item_text.npy``, computed on first use); ``fields``: the side-info fields of the texts (null: title,
-    genres, category, ...)."""
+    genres, category, ...); ``id_dropout``: in training, the probability that an item's id embedding is left
+    out (zeroed) in a step (sum / gated / concat_mlp), so the model learns to place items by their text alone
+    as it must for cold items (DropoutNet, Volkovs et al. 2017); 0: off."""
 
     mode: Literal["id", "sum", "gated", "concat_mlp", "text_only"] = "id"
     dim: int = 384
     path: str | None = None
     fields: tuple[str, ...] | None = None
+    id_dropout: float = 0.0
 
     def __post_init__(self):
         if self.mode not in TEXT_MODES:
             raise ValueError(f"item_text.mode {self.mode!r}: expected one of {list(TEXT_MODES)}")
         if self.dim < 1:
             raise ValueError(f"item_text.dim must be >= 1, got {self.dim}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"item_text.id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.id_dropout and self.mode in ("id", "text_only"):
+            raise ValueError(f"item_text.id_dropout applies to the modes that fuse id and text, not {self.mode!r}")
         if self.fields is not None and not isinstance(self.fields, tuple):
             object.__setattr__(self, "fields", tuple(self.fields))
 
@@ -156,6 +163,8 @@ class ItemEmbedding(nnx.Module):
                              "(num_items + 1 rows by dense id, item_text.dim columns)")
         table = jnp.pad(table.at[0].set(0.0), ((0, rows - num_items - 1), (0, 0)))
         self.text = ItemTextTable(table, out_sharding=("items", None))
+        if text.id_dropout:
+            self.id_dropout = nnx.Dropout(text.id_dropout, rngs=rngs)
         if self.mode == "concat_mlp":
             self.fuse = _MLP(dim + text.dim, dim, rngs=rngs)
         else:
@@ -176,29 +185,33 @@ class ItemEmbedding(nnx.Module):
             return g * ids_emb + (1.0 - g) * t
         return t  # text_only
 
-    def _fused_rows(self, rows) -> jax.Array:
+    def _fused_rows(self, rows, deterministic: bool) -> jax.Array:
         """The fused representation of ``rows`` (an id array, or a slice of the table)."""
         take = (lambda v: v[rows]) if isinstance(rows, slice) else (lambda v: jnp.take(v, rows, axis=0))  # noqa: E731
         ids = take(self.embedding[...]) if self.mode != "text_only" else None
+        if hasattr(self, "id_dropout") and not deterministic:  # whole id rows left out (no rescaling)
+            keep = self.id_dropout(jnp.ones((*ids.shape[:-1], 1), ids.dtype), deterministic=False) > 0
+            ids = jnp.where(keep, ids, 0.0)
         return self._fused(ids, take(self.text[...]))
 
-    def table(self, normalize: bool) -> jax.Array:
-        """The ``[N + 1, D]`` table with row 0 zeroed, L2-normalised per row when ``normalize``."""
+    def table(self, normalize: bool, deterministic: bool = True) -> jax.Array:
+        """The ``[N + 1, D]`` table with row 0 zeroed, L2-normalised per row when ``normalize``
+        (``deterministic=False``: training, with ``item_text.id_dropout``)."""
         n = self.num_items + 1
-        t = self.embedding[...][:n] if self.mode == "id" else self._fused_rows(slice(0, n))
+        t = self.embedding[...][:n] if self.mode == "id" else self._fused_rows(slice(0, n), deterministic)
         not_pad = (jnp.arange(t.shape[0]) > 0)[:, None]
         t = jnp.where(not_pad, t, 0.0)
         return l2_normalize(t) if normalize else t
 
-    def __call__(self, item_ids: jax.Array) -> jax.Array:
+    def __call__(self, item_ids: jax.Array, deterministic: bool = True) -> jax.Array:
         """Raw embeddings of ``item_ids`` (any shape), zero at padding (id 0). With text, the fused rows: of the
         whole table and gathered when there are more ids than items (fewer MLP rows), else of the ids."""
         if self.mode == "id":
             emb = jnp.take(self.embedding[...], item_ids, axis=0)
         elif item_ids.size > self.num_items:
-            emb = jnp.take(self._fused_rows(slice(0, self.num_items + 1)), item_ids, axis=0)
+            emb = jnp.take(self._fused_rows(slice(0, self.num_items + 1), deterministic), item_ids, axis=0)
         else:
-            emb = self._fused_rows(item_ids)
+            emb = self._fused_rows(item_ids, deterministic)
         return jnp.where((item_ids > 0)[..., None], emb, 0.0)
 
 

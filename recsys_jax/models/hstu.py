@@ -198,9 +198,9 @@ class HSTU(nnx.Module):
                                                 cfg.num_scenario_labels, cfg.num_surfaces,
                                                 normalize=cfg.l2_normalize, rngs=rngs)
 
-    def item_embeddings(self) -> jax.Array:
+    def item_embeddings(self, deterministic: bool = True) -> jax.Array:
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
-        return self.items.table(self.cfg.l2_normalize)
+        return self.items.table(self.cfg.l2_normalize, deterministic)
 
     def scenario(self, user: jax.Array, label: jax.Array, surface: jax.Array | None = None) -> jax.Array:
         """The scenario's user embedding from the trunk output ``user [..., D]`` (label / surface codes
@@ -223,7 +223,7 @@ class HSTU(nnx.Module):
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = item_ids > 0
-        x = self.items(item_ids) * math.sqrt(cfg.embed_dim) + self.positions(mask)
+        x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask)
         if cfg.event_features:
             x = x + self.events(item_ids.shape, actions, surfaces, is_ad)
         x = self.input_dropout(x, deterministic=deterministic) * mask[..., None]

@@ -125,15 +125,15 @@ class SASRec(nnx.Module):
         self.blocks = nnx.List([SASRecBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = _layer_norm(cfg.embed_dim, cfg.layer_norm_eps, rngs)
 
-    def item_embeddings(self) -> jax.Array:
+    def item_embeddings(self, deterministic: bool = True) -> jax.Array:
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
-        return self.items.table(self.cfg.l2_normalize)
+        return self.items.table(self.cfg.l2_normalize, deterministic)
 
     def __call__(self, item_ids: jax.Array, timestamps: jax.Array | None = None, *, deterministic: bool) -> jax.Array:
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = item_ids > 0
-        x = self.items(item_ids) * math.sqrt(cfg.embed_dim) + self.positions(mask)
+        x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask)
         x = self.input_dropout(x, deterministic=deterministic) * mask[..., None]
         attn_mask = causal_key_mask(mask)
         for block in self.blocks:

@@ -62,15 +62,15 @@ class TwoTower(nnx.Module):
         self.mlp = nnx.List(layers)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def item_embeddings(self) -> jax.Array:
+    def item_embeddings(self, deterministic: bool = True) -> jax.Array:
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
-        return self.items.table(self.cfg.l2_normalize)
+        return self.items.table(self.cfg.l2_normalize, deterministic)
 
     def __call__(self, item_ids: jax.Array, timestamps: jax.Array | None = None, *, deterministic: bool) -> jax.Array:
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = (item_ids > 0)[..., None]
-        emb = self.dropout(self.items(item_ids), deterministic=deterministic)
+        emb = self.dropout(self.items(item_ids, deterministic), deterministic=deterministic)
         counts = jnp.cumsum(mask.astype(emb.dtype), axis=1)
         pooled = jnp.cumsum(emb * mask, axis=1) / jnp.maximum(counts, 1.0)
         h = self.norm(pooled)

@@ -118,8 +118,9 @@ class RecsysTask:
         rng_loss, rng_dropout = jax.random.split(rng)
         nnx.reseed(model, default=rng_dropout)  # dropout draws from the step's rng
         user = model(batch["item_ids"], batch["timestamps"], deterministic=False)
-        return sampled_softmax_loss(user, batch["target_ids"], batch["mask"], model.item_embeddings(), rng_loss,
-                                    self.cfg.loss, self.log_q, negative_pool=self.warm_items)
+        items = model.item_embeddings(deterministic=False)  # item_text.id_dropout acts in training only
+        return sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
+                                    self.log_q, negative_pool=self.warm_items)
 
     def eval_step(self, model, batch):
         e = self.cfg.eval

@@ -78,3 +78,17 @@ def test_bad_item_text_input():
         ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=ItemTextConfig(mode="sum", dim=T), text_table=np.zeros((N, T)))
     with pytest.raises(ValueError, match="needs the item text table"):
         ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=ItemTextConfig(mode="sum", dim=T))
+
+
+def test_id_dropout_leaves_whole_id_rows_out_in_training_only():
+    cfg = ItemTextConfig(mode="sum", dim=T, id_dropout=0.5)
+    emb = ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=cfg, text_table=_text())
+    full = np.asarray(emb.table(normalize=False))
+    text_only = np.asarray(emb.project(emb.text[...][: N + 1]))
+    np.testing.assert_array_equal(np.asarray(emb.table(normalize=False, deterministic=True)), full)
+    train = np.asarray(emb.table(normalize=False, deterministic=False))[1:]
+    dropped = np.all(np.isclose(train, text_only[1:], atol=1e-6), axis=1)
+    kept = np.all(np.isclose(train, full[1:], atol=1e-6), axis=1)
+    assert np.all(dropped ^ kept) and 0 < dropped.sum() < N  # each row: all of its id, or none of it
+    with pytest.raises(ValueError, match="id_dropout applies"):
+        ItemTextConfig(mode="text_only", id_dropout=0.2)
