@@ -72,7 +72,8 @@ class ItemTextConfig:
     * ``sum``: ``id + P(text)``; ``gated``: ``g * id + (1 - g) * P(text)`` with ``g = sigmoid(W [id; P(text)])``
       per dimension; ``concat_mlp``: ``MLP([id; text])``; ``text_only``: ``P(text)`` (no id table);
 
-    ``P`` is a two-layer MLP (``dim -> 2D -> D``, GELU). A cold item (never trained) is placed by its text.
+    ``P`` is a two-layer MLP (``dim -> 2D -> D``, GELU). With text the id table starts at zero, so an item
+    that no interaction trained (a cold item) is placed by its text alone.
     ``dim``: the text embedding width; ``path``: a ``[N + 1, dim]`` .npy (null: the dataset's own
     ``item_text.npy``, computed on first use); ``fields``: the side-info fields of the texts (null: title,
     genres, category, ...); ``id_dropout``: in training, the probability that an item's id embedding is left
@@ -149,9 +150,10 @@ class ItemEmbedding(nnx.Module):
         self.mode = text.mode if text is not None else "id"
         rows = _rows(num_items)
         if self.mode != "text_only":
-            init = nnx.with_partitioning(
-                nnx.initializers.truncated_normal(stddev=init_std), ("items", "embed")
-            )
+            # with text, ids start at zero: an item no interaction ever trained (a cold item) is its text alone
+            base = nnx.initializers.truncated_normal(stddev=init_std) if self.mode == "id" else \
+                nnx.initializers.zeros_init()
+            init = nnx.with_partitioning(base, ("items", "embed"))
             self.embedding = nnx.Param(init(rngs.params(), (rows, dim), jnp.float32))
         if self.mode == "id":
             return

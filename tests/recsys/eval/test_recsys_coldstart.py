@@ -72,13 +72,14 @@ def test_no_cold_item_in_any_training_input_or_target(dataset, tmp_path):
     user = jax.random.normal(jax.random.key(1), (6, 4))
     tgt = jnp.asarray(np.flatnonzero(~cold[1:])[:6] + 1)
 
-    def grads(pool):
+    def grads(pool, **kw):
         f = lambda t: sampled_softmax_loss(user, tgt, jnp.ones(6, bool), t, jax.random.key(2),  # noqa: E731
-                                           SampledSoftmaxConfig(num_negatives=64), negative_pool=pool)[0]
+                                           SampledSoftmaxConfig(**kw), negative_pool=pool)[0]
         return np.asarray(jax.grad(f)(table))
 
-    assert np.abs(grads(None)[cold]).sum() > 0
-    assert np.abs(grads(task.warm_items)[cold]).sum() == 0
+    for kw in ({"num_negatives": 64}, {"full_softmax": True}):
+        assert np.abs(grads(None, **kw)[cold]).sum() > 0
+        assert np.abs(grads(task.warm_items, **kw)[cold]).sum() == 0
 
 
 def _bruteforce(model, dataset, cold, max_len, truncate=0):

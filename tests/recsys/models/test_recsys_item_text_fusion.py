@@ -83,6 +83,8 @@ def test_bad_item_text_input():
 def test_id_dropout_leaves_whole_id_rows_out_in_training_only():
     cfg = ItemTextConfig(mode="sum", dim=T, id_dropout=0.5)
     emb = ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=cfg, text_table=_text())
+    np.testing.assert_array_equal(emb.embedding[...], 0.0)  # with text, ids start at zero: untrained = text alone
+    emb.embedding[...] = jax.random.normal(jax.random.key(1), emb.embedding.shape)  # as if trained
     full = np.asarray(emb.table(normalize=False))
     text_only = np.asarray(emb.project(emb.text[...][: N + 1]))
     np.testing.assert_array_equal(np.asarray(emb.table(normalize=False, deterministic=True)), full)
