@@ -2,6 +2,7 @@
 
     recsys-jax data build --format movielens --input ratings.dat --out out/ml1m [--max-seq-len 200]
     recsys-jax data build --out out/synthetic            # the built-in synthetic dataset
+    recsys-jax data build --format movielens --input ratings.dat --out out/ml1m --item-text   # + MiniLM item texts
     recsys-jax data build --format marketplace --out out/sim [--drop-actions impression]   # event dataset
     recsys-jax train --config configs/recsys/hstu_ml1m.yaml [key.sub=value ...]
     recsys-jax eval --checkpoint RUN_DIR [--split test|validation] [--which auto|best|latest]
@@ -52,6 +53,15 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines instead of failing")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar or report")
+    b.add_argument("--item-text", action="store_true",
+                   help="also embed each item's side-info text (title, genres, category, ...) with the packaged "
+                        "MiniLM sentence encoder into item_text.npy ([N + 1, 384], by dense id); cached by a hash "
+                        "of the texts and the encoder")
+    b.add_argument("--item-text-fields", default=None,
+                   help="side-info fields the item text joins, comma separated (default: title, genres, tags, "
+                        "department, category, brand, type, description; a csv/parquet --items column name works)")
+    b.add_argument("--item-text-cache", default=None,
+                   help="folder of cached item text embeddings by key (default: OUT/item_text_cache)")
     e = b.add_argument_group(
         "event datasets (--events; implied by --format marketplace and completejourney)",
         "Per-event actions, surfaces, ads, advertisers, campaigns, values and attributed-conversion labels "
@@ -83,6 +93,8 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     from recsys_jax.data.builder import SOURCE_FORMATS, SourceSpec, build
     from recsys_jax.data.synthetic import SyntheticConfig
 
+    if (args.item_text_fields or args.item_text_cache) and not args.item_text:
+        raise ValueError("--item-text-fields and --item-text-cache need --item-text")
     fmt = args.format
     if fmt is None:
         if args.input is None:
@@ -109,8 +121,23 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     path = build(spec, args.out, max_seq_len=args.max_seq_len or None, min_rating=args.min_rating,
                  min_user_interactions=args.min_user_interactions, name=args.name or "sequences",
                  overwrite=args.overwrite, progress=not args.quiet, verbose=not args.quiet)
+    _item_text(args, path)
     print(path)
     return 0
+
+
+def _item_text(args: argparse.Namespace, path: str) -> None:
+    """``--item-text``: embed the built dataset's item texts (cached by texts + encoder)."""
+    import os
+
+    if not args.item_text:
+        return
+    from recsys_jax.data.item_text import ensure_item_text
+    from recsys_jax.data.loader import load_dataset
+
+    fields = _split_list(args.item_text_fields, "item-text-fields") if args.item_text_fields else None
+    ensure_item_text(load_dataset(path), fields=fields, verbose=not args.quiet,
+                     cache_dir=args.item_text_cache or os.path.join(args.out, "item_text_cache"))
 
 
 def _build_events(args: argparse.Namespace, fmt: str) -> int:
@@ -144,6 +171,7 @@ def _build_events(args: argparse.Namespace, fmt: str) -> int:
     path = build_events(spec, args.out, max_seq_len=args.max_seq_len or None, attribution=attribution,
                         drop_actions=names(args.drop_actions) or (), name=args.name or "events",
                         overwrite=args.overwrite, verbose=not args.quiet)
+    _item_text(args, path)
     print(path)
     return 0
 
@@ -250,6 +278,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                      exclude_history=e.exclude_history)
         base.pop("count", None)
         out["most_popular"] = base
+    if run.task.cold_items is not None:  # data.cold_item_fraction: cold / warm targets and history lengths apart
+        from recsys_jax.eval.coldstart import coldstart_metrics
+
+        out.update(coldstart_metrics(run.model(), run.task.dataset, run.task.cold_items, args.split,
+                                     batch_size=e.batch_size, max_len=run.cfg.data.max_len,
+                                     padding=run.cfg.data.padding, ks=e.ks, ties=e.ties,
+                                     exclude_history=e.exclude_history))
     if jax.process_index() == 0:
         print(json.dumps(out))
     return 0

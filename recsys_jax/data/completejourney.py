@@ -71,6 +71,23 @@ def _read(folder: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+PRODUCT_TEXT = {"department": "department", "product_category": "category", "brand": "brand",
+                "product_type": "type"}  # products.parquet column -> side-info field (those present are read)
+
+
+def product_side_info(folder: str | None = None) -> dict[str, dict]:
+    """``{product_id: {"department", "category", "brand", "type"}}`` from ``products.parquet`` (the
+    item text of :mod:`recsys_jax.data.item_text`); columns the table lacks are left out."""
+    import pyarrow.parquet as pq
+
+    path = os.path.join(folder or package_folder(), "products.parquet")
+    names = pq.ParquetFile(path).schema_arrow.names
+    cols = [c for c in PRODUCT_TEXT if c in names]
+    table = pq.read_table(path, columns=["product_id", *cols]).to_pydict()
+    return {str(int(p)): {PRODUCT_TEXT[c]: table[c][i] for c in cols if table[c][i]}
+            for i, p in enumerate(table["product_id"])}
+
+
 def _seconds(values: np.ndarray) -> np.ndarray:
     return values.astype("datetime64[s]").astype(np.int64)
 

@@ -105,7 +105,11 @@ def read_event_source(spec: EventSourceSpec):
     if spec.format == "completejourney":
         log = completejourney.read_completejourney(spec.input or None)
         stats.lines = len(log)
-        return log, _side_info(log), stats, None
+        side = _side_info(log)
+        for key, info in completejourney.product_side_info(spec.input or None).items():
+            if key in side:  # department, category, brand, type: the products' text
+                side[key] = {**side[key], **info}
+        return log, side, stats, None
     if spec.format in ("csv", "parquet"):
         log = read_events(spec.format, spec.input, columns=spec.columns, actions=spec.actions,
                           surfaces=spec.surfaces, default_action=spec.action, skip_bad_lines=spec.skip_bad_lines,

@@ -18,6 +18,8 @@ from recsys_jax.data.splits import SPLITS, RecordSubset, eval_example, split_ind
 
 
 IN_MEMORY_MAX_USERS = 500_000
+# side-info fields that describe an item in words (after its title), in the order item texts join them
+TEXT_FIELDS = ("genres", "tags", "department", "category", "brand", "type", "description")
 
 
 def find_dataset_dir(folder: str | os.PathLike) -> str:
@@ -151,20 +153,27 @@ class RecsysDataset:
         return data_lib.make_iterator(source, batch_size=batch_size, shuffle=False, num_epochs=1, transforms=[fn],
                                       shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
 
-    def item_texts(self) -> list[str]:
-        """One text per dense item id (``[0]`` is ""): the ``text`` field, else title and genres/tags,
-        else the original id; for text embeddings of items."""
+    def item_texts(self, fields: list[str] | tuple[str, ...] | None = None) -> list[str]:
+        """One text per dense item id (``[0]`` is ""), for text embeddings of items.
+
+        ``fields`` None: the ``text`` field, else the title and the genres / tags / department / category /
+        brand / type / description fields present, else the original id. ``fields`` given: those side-info
+        fields. Joined with ". " (lists with ", "; missing and repeated ones skipped; the original id when none
+        is set)."""
+        auto = fields is None
+        keys = tuple(fields) if fields is not None else ("title", *TEXT_FIELDS)
         out = [""]
         for i in range(1, self.num_items + 1):
             info = (self.side_info[i] if self.side_info else None) or {}
-            if info.get("text"):
+            if auto and info.get("text"):
                 out.append(str(info["text"]))
                 continue
-            parts = [str(info["title"])] if info.get("title") else []
-            for key in ("genres", "tags", "category"):
+            parts = []
+            for key in keys:
                 v = info.get(key)
-                if v:
-                    parts.append(", ".join(v) if isinstance(v, list) else str(v))
+                text = ", ".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v)
+                if text and text not in parts:
+                    parts.append(text)
             out.append(". ".join(parts) if parts else f"item {self.item_map.to_original(i)}")
         return out
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from flax import nnx
 
+from recsys_jax.models.embeddings import TEXT_MODES, ItemTextConfig
 from recsys_jax.models.hstu import HSTU, HSTUConfig
 from recsys_jax.models.sasrec import SASRec, SASRecConfig
 from recsys_jax.models.two_tower import TwoTower, TwoTowerConfig
@@ -53,19 +54,25 @@ def model_config(name: str, config: Any = None):
     return cls(**values)
 
 
-def build_model(name: str, config: Any, num_items: int, rngs: nnx.Rngs) -> nnx.Module:
-    """Build model ``name`` ("hstu" | "sasrec" | "two_tower") for item ids ``1..num_items``."""
+def build_model(name: str, config: Any, num_items: int, rngs: nnx.Rngs, *, item_text: ItemTextConfig | None = None,
+                text_table=None) -> nnx.Module:
+    """Build model ``name`` ("hstu" | "sasrec" | "two_tower") for item ids ``1..num_items``; ``item_text`` and
+    ``text_table`` ``[num_items + 1, item_text.dim]``: items represented with their text (see ItemTextConfig)."""
     cfg = model_config(name, config)
     model_cls = MODELS[name][0]
-    return model_cls(cfg, num_items, rngs=rngs)
+    if item_text is None or not item_text.enabled:
+        return model_cls(cfg, num_items, rngs=rngs)  # the id-only model, exactly as before
+    return model_cls(cfg, num_items, rngs=rngs, item_text=item_text, text_table=text_table)
 
 
 __all__ = [
     "HSTU",
     "HSTUConfig",
+    "ItemTextConfig",
     "MODELS",
     "SASRec",
     "SASRecConfig",
+    "TEXT_MODES",
     "TwoTower",
     "TwoTowerConfig",
     "build_model",

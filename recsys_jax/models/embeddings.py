@@ -12,6 +12,9 @@ Conventions (all models):
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -57,6 +60,72 @@ def causal_key_mask(mask: jax.Array) -> jax.Array:
 ROW_MULTIPLE = 128  # the stored table's row count is padded to a multiple of this
 
 
+TEXT_MODES = ("id", "sum", "gated", "concat_mlp", "text_only")
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemTextConfig:
+    """How an item's text embedding (frozen, e.g. MiniLM's 384-d; see :mod:`recsys_jax.data.item_text`)
+    enters its representation. ``mode``:
+
+    * ``id`` (default): the id embedding only: no text, no new parameters (the model of before);
+    * ``sum``: ``id + P(text)``; ``gated``: ``g * id + (1 - g) * P(text)`` with ``g = sigmoid(W [id; P(text)])``
+      per dimension; ``concat_mlp``: ``MLP([id; text])``; ``text_only``: ``P(text)`` (no id table);
+
+    ``P`` is a two-layer MLP (``dim -> 2D -> D``, GELU). With text the id table starts at zero, so an item
+    that no interaction trained (a cold item) is placed by its text alone.
+    ``dim``: the text embedding width; ``path``: a ``[N + 1, dim]`` .npy (null: the dataset's own
+    ``item_text.npy``, computed on first use); ``fields``: the side-info fields of the texts (null: title,
+    genres, category, ...); ``id_dropout``: in training, the probability that an item's id embedding is left
+    out (zeroed) in a step (sum / gated / concat_mlp), so the model learns to place items by their text alone
+    as it must for cold items (DropoutNet, Volkovs et al. 2017); 0: off."""
+
+    mode: Literal["id", "sum", "gated", "concat_mlp", "text_only"] = "id"
+    dim: int = 384
+    path: str | None = None
+    fields: tuple[str, ...] | None = None
+    id_dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in TEXT_MODES:
+            raise ValueError(f"item_text.mode {self.mode!r}: expected one of {list(TEXT_MODES)}")
+        if self.dim < 1:
+            raise ValueError(f"item_text.dim must be >= 1, got {self.dim}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"item_text.id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.id_dropout and self.mode in ("id", "text_only"):
+            raise ValueError(f"item_text.id_dropout applies to the modes that fuse id and text, not {self.mode!r}")
+        if self.fields is not None and not isinstance(self.fields, tuple):
+            object.__setattr__(self, "fields", tuple(self.fields))
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "id"
+
+
+class ItemTextTable(nnx.Variable):
+    """Frozen item text embeddings ``[rows, T]`` (not an ``nnx.Param``: never trained; checkpointed with the
+    run, so serving needs no dataset)."""
+
+
+def _rows(num_items: int) -> int:
+    return -(-(num_items + 1) // ROW_MULTIPLE) * ROW_MULTIPLE
+
+
+class _MLP(nnx.Module):
+    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs):
+        hidden = 2 * dout
+        self.fc1 = nnx.Linear(din, hidden, rngs=rngs,
+                              kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "mlp")),
+                              bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("mlp",)))
+        self.fc2 = nnx.Linear(hidden, dout, rngs=rngs,
+                              kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("mlp", "embed")),
+                              bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x)))
+
+
 class ItemEmbedding(nnx.Module):
     """``[N + 1, D]`` item table, row-sharded with logical axes ``("items", "embed")``.
 
@@ -64,30 +133,87 @@ class ItemEmbedding(nnx.Module):
     row-shards over any power-of-two shard count up to 128 whatever ``N`` is (a dimension the mesh
     does not divide would stay replicated); the padding rows are never read: :meth:`table` returns
     the first ``N + 1`` rows. The padding is independent of the mesh, so checkpoints restore anywhere.
+
+    With ``text`` (an :class:`ItemTextConfig` whose mode is not ``id``) and ``text_table``
+    (``[N + 1, text.dim]``; zeros are fine when a checkpoint is restored over it) an item's
+    representation fuses its id embedding with its text (see :class:`ItemTextConfig`), in the input
+    tokens and in the output table alike.
     """
 
-    def __init__(self, num_items: int, dim: int, *, rngs: nnx.Rngs, init_std: float = 0.02):
+    def __init__(self, num_items: int, dim: int, *, rngs: nnx.Rngs, init_std: float = 0.02,
+                 text: ItemTextConfig | None = None, text_table=None):
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1 (ids are 1..num_items), got {num_items}")
         if dim < 1:
             raise ValueError(f"embedding dim must be >= 1, got {dim}")
         self.num_items = num_items
-        init = nnx.with_partitioning(
-            nnx.initializers.truncated_normal(stddev=init_std), ("items", "embed")
-        )
-        rows = -(-(num_items + 1) // ROW_MULTIPLE) * ROW_MULTIPLE
-        self.embedding = nnx.Param(init(rngs.params(), (rows, dim), jnp.float32))
+        self.mode = text.mode if text is not None else "id"
+        rows = _rows(num_items)
+        if self.mode != "text_only":
+            # with text, ids start at zero: an item no interaction ever trained (a cold item) is its text alone
+            base = nnx.initializers.truncated_normal(stddev=init_std) if self.mode == "id" else \
+                nnx.initializers.zeros_init()
+            init = nnx.with_partitioning(base, ("items", "embed"))
+            self.embedding = nnx.Param(init(rngs.params(), (rows, dim), jnp.float32))
+        if self.mode == "id":
+            return
+        if text_table is None:
+            raise ValueError(f"item_text.mode={self.mode!r} needs the item text table ([{num_items + 1}, {text.dim}])")
+        table = jnp.asarray(text_table, jnp.float32)
+        if table.shape != (num_items + 1, text.dim):
+            raise ValueError(f"item text table has shape {tuple(table.shape)}; expected [{num_items + 1}, {text.dim}] "
+                             "(num_items + 1 rows by dense id, item_text.dim columns)")
+        table = jnp.pad(table.at[0].set(0.0), ((0, rows - num_items - 1), (0, 0)))
+        self.text = ItemTextTable(table, out_sharding=("items", None))
+        if text.id_dropout:
+            self.id_dropout = nnx.Dropout(text.id_dropout, rngs=rngs)
+        if self.mode == "concat_mlp":
+            self.fuse = _MLP(dim + text.dim, dim, rngs=rngs)
+        else:
+            self.project = _MLP(text.dim, dim, rngs=rngs)
+        if self.mode == "gated":
+            self.gate = nnx.Linear(2 * dim, dim, rngs=rngs,
+                                   kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "embed")),
+                                   bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)))
 
-    def table(self, normalize: bool) -> jax.Array:
-        """The ``[N + 1, D]`` table with row 0 zeroed, L2-normalised per row when ``normalize``."""
-        t = self.embedding[...][: self.num_items + 1]
+    def _fused(self, ids_emb: jax.Array | None, text: jax.Array) -> jax.Array:
+        if self.mode == "concat_mlp":
+            return self.fuse(jnp.concatenate([ids_emb, text], axis=-1))
+        t = self.project(text)
+        if self.mode == "sum":
+            return ids_emb + t
+        if self.mode == "gated":
+            g = jax.nn.sigmoid(self.gate(jnp.concatenate([ids_emb, t], axis=-1)))
+            return g * ids_emb + (1.0 - g) * t
+        return t  # text_only
+
+    def _fused_rows(self, rows, deterministic: bool) -> jax.Array:
+        """The fused representation of ``rows`` (an id array, or a slice of the table)."""
+        take = (lambda v: v[rows]) if isinstance(rows, slice) else (lambda v: jnp.take(v, rows, axis=0))  # noqa: E731
+        ids = take(self.embedding[...]) if self.mode != "text_only" else None
+        if hasattr(self, "id_dropout") and not deterministic:  # whole id rows left out (no rescaling)
+            keep = self.id_dropout(jnp.ones((*ids.shape[:-1], 1), ids.dtype), deterministic=False) > 0
+            ids = jnp.where(keep, ids, 0.0)
+        return self._fused(ids, take(self.text[...]))
+
+    def table(self, normalize: bool, deterministic: bool = True) -> jax.Array:
+        """The ``[N + 1, D]`` table with row 0 zeroed, L2-normalised per row when ``normalize``
+        (``deterministic=False``: training, with ``item_text.id_dropout``)."""
+        n = self.num_items + 1
+        t = self.embedding[...][:n] if self.mode == "id" else self._fused_rows(slice(0, n), deterministic)
         not_pad = (jnp.arange(t.shape[0]) > 0)[:, None]
         t = jnp.where(not_pad, t, 0.0)
         return l2_normalize(t) if normalize else t
 
-    def __call__(self, item_ids: jax.Array) -> jax.Array:
-        """Raw embeddings of ``item_ids`` (any shape), zero at padding (id 0)."""
-        emb = jnp.take(self.embedding[...], item_ids, axis=0)
+    def __call__(self, item_ids: jax.Array, deterministic: bool = True) -> jax.Array:
+        """Raw embeddings of ``item_ids`` (any shape), zero at padding (id 0). With text, the fused rows: of the
+        whole table and gathered when there are more ids than items (fewer MLP rows), else of the ids."""
+        if self.mode == "id":
+            emb = jnp.take(self.embedding[...], item_ids, axis=0)
+        elif item_ids.size > self.num_items:
+            emb = jnp.take(self._fused_rows(slice(0, self.num_items + 1), deterministic), item_ids, axis=0)
+        else:
+            emb = self._fused_rows(item_ids, deterministic)
         return jnp.where((item_ids > 0)[..., None], emb, 0.0)
 
 

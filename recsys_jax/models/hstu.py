@@ -44,6 +44,7 @@ from flax import nnx
 from recsys_jax.models.embeddings import (
     EventEmbedding,
     ItemEmbedding,
+    ItemTextConfig,
     PositionalEmbedding,
     causal_key_mask,
     check_sequence_inputs,
@@ -171,7 +172,9 @@ class HSTULayer(nnx.Module):
 class HSTU(nnx.Module):
     """``model(item_ids, timestamps, *, deterministic) -> [B, L, D]`` causal user embeddings."""
 
-    def __init__(self, cfg: HSTUConfig, num_items: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: HSTUConfig, num_items: int, *, rngs: nnx.Rngs, item_text: ItemTextConfig | None = None,
+                 text_table=None):
+        """``item_text`` / ``text_table``: the item's text in its representation (:class:`ItemEmbedding`)."""
         if cfg.embed_dim < 1 or cfg.num_layers < 0 or cfg.num_heads < 1 or cfg.max_seq_len < 1:
             raise ValueError(f"invalid HSTUConfig {cfg}: sizes must be positive")
         if not 0.0 <= cfg.dropout < 1.0:
@@ -183,7 +186,7 @@ class HSTU(nnx.Module):
                              f"must be >= 0 (0: off), got {cfg}")
         self.cfg = cfg
         self.num_items = num_items
-        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs)
+        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs, text=item_text, text_table=text_table)
         self.positions = PositionalEmbedding(cfg.max_seq_len, cfg.embed_dim, rngs=rngs)
         self.input_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.layers = nnx.List([HSTULayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
@@ -195,9 +198,9 @@ class HSTU(nnx.Module):
                                                 cfg.num_scenario_labels, cfg.num_surfaces,
                                                 normalize=cfg.l2_normalize, rngs=rngs)
 
-    def item_embeddings(self) -> jax.Array:
+    def item_embeddings(self, deterministic: bool = True) -> jax.Array:
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
-        return self.items.table(self.cfg.l2_normalize)
+        return self.items.table(self.cfg.l2_normalize, deterministic)
 
     def scenario(self, user: jax.Array, label: jax.Array, surface: jax.Array | None = None) -> jax.Array:
         """The scenario's user embedding from the trunk output ``user [..., D]`` (label / surface codes
@@ -220,7 +223,7 @@ class HSTU(nnx.Module):
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = item_ids > 0
-        x = self.items(item_ids) * math.sqrt(cfg.embed_dim) + self.positions(mask)
+        x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask)
         if cfg.event_features:
             x = x + self.events(item_ids.shape, actions, surfaces, is_ad)
         x = self.input_dropout(x, deterministic=deterministic) * mask[..., None]

@@ -21,6 +21,7 @@ from flax import nnx
 
 from recsys_jax.models.embeddings import (
     ItemEmbedding,
+    ItemTextConfig,
     PositionalEmbedding,
     causal_key_mask,
     check_sequence_inputs,
@@ -103,7 +104,9 @@ class SASRecBlock(nnx.Module):
 class SASRec(nnx.Module):
     """``model(item_ids, timestamps, *, deterministic) -> [B, L, D]`` causal user embeddings."""
 
-    def __init__(self, cfg: SASRecConfig, num_items: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: SASRecConfig, num_items: int, *, rngs: nnx.Rngs, item_text: ItemTextConfig | None = None,
+                 text_table=None):
+        """``item_text`` / ``text_table``: the item's text in its representation (:class:`ItemEmbedding`)."""
         if cfg.embed_dim % cfg.num_heads:
             raise ValueError(
                 f"SASRecConfig.embed_dim={cfg.embed_dim} must be divisible by num_heads={cfg.num_heads}"
@@ -116,21 +119,21 @@ class SASRec(nnx.Module):
             raise ValueError(f"SASRecConfig dropout rates must be in [0, 1), got {cfg}")
         self.cfg = cfg
         self.num_items = num_items
-        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs)
+        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs, text=item_text, text_table=text_table)
         self.positions = PositionalEmbedding(cfg.max_seq_len, cfg.embed_dim, rngs=rngs)
         self.input_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.blocks = nnx.List([SASRecBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = _layer_norm(cfg.embed_dim, cfg.layer_norm_eps, rngs)
 
-    def item_embeddings(self) -> jax.Array:
+    def item_embeddings(self, deterministic: bool = True) -> jax.Array:
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
-        return self.items.table(self.cfg.l2_normalize)
+        return self.items.table(self.cfg.l2_normalize, deterministic)
 
     def __call__(self, item_ids: jax.Array, timestamps: jax.Array | None = None, *, deterministic: bool) -> jax.Array:
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = item_ids > 0
-        x = self.items(item_ids) * math.sqrt(cfg.embed_dim) + self.positions(mask)
+        x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask)
         x = self.input_dropout(x, deterministic=deterministic) * mask[..., None]
         attn_mask = causal_key_mask(mask)
         for block in self.blocks:

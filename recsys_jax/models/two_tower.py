@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recsys_jax.models.embeddings import ItemEmbedding, check_sequence_inputs, l2_normalize
+from recsys_jax.models.embeddings import ItemEmbedding, ItemTextConfig, check_sequence_inputs, l2_normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +29,16 @@ class TwoTowerConfig:
 class TwoTower(nnx.Module):
     """``model(item_ids, timestamps, *, deterministic) -> [B, L, D]`` causal user embeddings."""
 
-    def __init__(self, cfg: TwoTowerConfig, num_items: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: TwoTowerConfig, num_items: int, *, rngs: nnx.Rngs, item_text: ItemTextConfig | None = None,
+                 text_table=None):
+        """``item_text`` / ``text_table``: the item's text in its representation (:class:`ItemEmbedding`)."""
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"TwoTowerConfig.dropout must be in [0, 1), got {cfg.dropout}")
         if any(h < 1 for h in cfg.hidden_dims):
             raise ValueError(f"TwoTowerConfig.hidden_dims must be positive, got {cfg.hidden_dims}")
         self.cfg = cfg
         self.num_items = num_items
-        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs)
+        self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs, text=item_text, text_table=text_table)
         self.norm = nnx.LayerNorm(
             cfg.embed_dim,
             epsilon=cfg.layer_norm_eps,
@@ -60,15 +62,15 @@ class TwoTower(nnx.Module):
         self.mlp = nnx.List(layers)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def item_embeddings(self) -> jax.Array:
+    def item_embeddings(self, deterministic: bool = True) -> jax.Array:
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
-        return self.items.table(self.cfg.l2_normalize)
+        return self.items.table(self.cfg.l2_normalize, deterministic)
 
     def __call__(self, item_ids: jax.Array, timestamps: jax.Array | None = None, *, deterministic: bool) -> jax.Array:
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = (item_ids > 0)[..., None]
-        emb = self.dropout(self.items(item_ids), deterministic=deterministic)
+        emb = self.dropout(self.items(item_ids, deterministic), deterministic=deterministic)
         counts = jnp.cumsum(mask.astype(emb.dtype), axis=1)
         pooled = jnp.cumsum(emb * mask, axis=1) / jnp.maximum(counts, 1.0)
         h = self.norm(pooled)

@@ -24,7 +24,7 @@ from recsys_jax.data.event_examples import DEFAULT_LABELS, LabelConfig
 from recsys_jax.data.marketplace import MarketplaceConfig
 from recsys_jax.data.synthetic import SyntheticConfig
 from recsys_jax.eval.metrics import TIES
-from recsys_jax.models import HSTUConfig, SASRecConfig, TwoTowerConfig
+from recsys_jax.models import HSTUConfig, ItemTextConfig, SASRecConfig, TwoTowerConfig
 from recsys_jax.train.losses import SampledSoftmaxConfig
 from recsys_jax.train.multilabel import MultiLabelLossConfig
 
@@ -65,6 +65,10 @@ class DataConfig:
     padding: Literal["left", "right"] = "left"
     random_windows: bool = True  # train on a random window of long sequences (else the most recent one)
     worker_count: int = 0  # Grain worker processes for the training data
+    # cold-item evaluation (recsys_jax.eval.coldstart): this fraction of the items (seeded) is held out of training
+    # entirely (no training input, target or negative); eval reports cold and warm targets apart. 0: off
+    cold_item_fraction: float = 0.0
+    cold_item_seed: int = 0
 
 
 @dataclasses.dataclass
@@ -76,6 +80,8 @@ class ModelConfig:
         embed_dim=64, num_layers=2, num_heads=1, ffn_dim=64, max_seq_len=50, dropout=0.2))
     two_tower: TwoTowerConfig = dataclasses.field(default_factory=lambda: TwoTowerConfig(
         embed_dim=64, hidden_dims=(128,), max_seq_len=50, dropout=0.2))
+    # items represented by id, text, or both (mode id: the id table only, as before; see ItemTextConfig)
+    item_text: ItemTextConfig = dataclasses.field(default_factory=ItemTextConfig)
 
     def selected(self):
         """The config of the model named by ``name``."""
@@ -161,6 +167,10 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
     if m.max_seq_len < d.max_len:
         raise ConfigError(f"config key 'model.{cfg.model.name}.max_seq_len': {m.max_seq_len} is shorter than "
                           f"data.max_len={d.max_len}; set it to at least data.max_len")
+    if not 0.0 <= d.cold_item_fraction < 1.0:
+        raise ConfigError(f"config key 'data.cold_item_fraction': must be in [0, 1), got {d.cold_item_fraction}")
+    if d.cold_item_fraction and cfg.unified.enabled:
+        raise ConfigError("config key 'data.cold_item_fraction': cold items are not supported with unified.enabled")
     if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
         raise ConfigError(f"config key 'eval.ks': expected a non-empty list of positive ints, got {cfg.eval.ks}")
     if cfg.eval.batch_size < 1:

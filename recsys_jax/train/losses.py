@@ -87,6 +87,7 @@ def sampled_softmax_loss(
     rng: jax.Array,
     cfg: SampledSoftmaxConfig,
     log_q: jax.Array | None = None,
+    negative_pool: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean sampled-softmax loss over real positions, and metrics.
 
@@ -98,6 +99,8 @@ def sampled_softmax_loss(
       rng: PRNG key for the negatives.
       cfg: :class:`SampledSoftmaxConfig`.
       log_q: ``[N + 1]`` log sampling probabilities; required with in-batch negatives + logQ.
+      negative_pool: ``[M]`` ids the uniform negatives are drawn from (and, with ``full_softmax``, the only
+        columns ranked); default every id ``1..N`` (e.g. the warm items when cold ones are held out).
     Returns:
       ``(loss, {"loss", "num_targets", "dropped_targets", "positive_logit", "in_sample_accuracy"})``.
     """
@@ -136,12 +139,19 @@ def sampled_softmax_loss(
     if cfg.full_softmax:
         logits = (u @ table.T) * inv_t  # [T, N + 1]; the padding row and the target column are masked
         ids = jnp.arange(num_items + 1)[None, :]
-        neg_logits.append(jnp.where((ids == 0) | (ids == tgt[:, None]), _MASKED, logits))
+        off = (ids == 0) | (ids == tgt[:, None])
+        if negative_pool is not None:
+            off = off | ~jnp.zeros(num_items + 1, bool).at[negative_pool].set(True)[None, :]
+        neg_logits.append(jnp.where(off, _MASKED, logits))
     elif cfg.num_negatives > 0:
-        neg_ids = jax.random.randint(rng_uniform, (cfg.num_negatives,), 1, num_items + 1)
+        if negative_pool is None:
+            neg_ids = jax.random.randint(rng_uniform, (cfg.num_negatives,), 1, num_items + 1)
+        else:
+            pick = jax.random.randint(rng_uniform, (cfg.num_negatives,), 0, negative_pool.shape[0])
+            neg_ids = jnp.take(negative_pool, pick)
         logits = (u @ jnp.take(table, neg_ids, axis=0).T) * inv_t
         if use_logq:
-            logits = logits + math.log(num_items)
+            logits = logits + math.log(num_items if negative_pool is None else negative_pool.shape[0])
         neg_logits.append(jnp.where(neg_ids[None, :] == tgt[:, None], _MASKED, logits))
     if cfg.in_batch_negatives:
         if cfg.num_in_batch_negatives > 0:

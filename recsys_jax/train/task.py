@@ -28,7 +28,10 @@ from flax import nnx
 from core_jax.config import ConfigError
 from core_jax.loop import Trainer
 from core_jax.task import DataContext
+from recsys_jax.data.cold_items import cold_item_mask, cold_train_example
+from recsys_jax.data.item_text import ensure_item_text, load_item_text
 from recsys_jax.data.loader import RecsysDataset, load_dataset
+from recsys_jax.data.splits import train_example
 from recsys_jax.eval.evaluate import eval_iterator, model_eval_step
 from recsys_jax.models import build_model
 from recsys_jax.train.config import RecsysConfig, validate
@@ -36,7 +39,7 @@ from recsys_jax.train.dataset_cache import resolve_dataset
 from recsys_jax.train.losses import log_q_from_counts, sampled_softmax_loss
 
 RUN_DATASET_DIR = "dataset"  # inside the run folder
-RUN_DATASET_FILES = ("id_maps.json", "item_counts.json", "items.json", "events.json")
+RUN_DATASET_FILES = ("id_maps.json", "item_counts.json", "items.json", "events.json", "item_text.json")
 
 
 class RecsysTask:
@@ -47,10 +50,14 @@ class RecsysTask:
                  eval_split: str | None = None):
         self.cfg = validate(cfg)
         self._dataset = dataset
+        # restoring a run (num_items given, no dataset): the item text table comes from the checkpoint
+        self._text_from_checkpoint = dataset is None and num_items is not None
         if num_items is None:
             num_items = self.dataset.num_items
         self.num_items = int(num_items)
         self.eval_split = eval_split or cfg.eval.split
+        if cfg.model.item_text.enabled:
+            _ = self.item_text_table  # computed (or loaded) now, never inside a traced create_model
         loss = cfg.loss
         self.uses_log_q = loss.in_batch_negatives and loss.logq_correction
 
@@ -66,18 +73,54 @@ class RecsysTask:
             return None
         ds = self.dataset
         counts = ds.item_counts if self.cfg.loss.logq_counts == "train" else ds.item_counts_all
+        if self.cold_items is not None:
+            counts = np.where(self.cold_items, 0, counts)  # never trained on
         return log_q_from_counts(counts)
+
+    @functools.cached_property
+    def cold_items(self) -> np.ndarray | None:
+        """``[N + 1]`` bool of the items held out of training (``data.cold_item_fraction``), or None."""
+        d = self.cfg.data
+        if not d.cold_item_fraction:
+            return None
+        return cold_item_mask(self.num_items, d.cold_item_fraction, d.cold_item_seed)
+
+    @functools.cached_property
+    def warm_items(self) -> np.ndarray | None:
+        """The ids negatives are drawn from when cold items are held out (else None: every item)."""
+        return None if self.cold_items is None else (np.flatnonzero(~self.cold_items[1:]) + 1).astype(np.int32)
+
+    @functools.cached_property
+    def item_text_table(self) -> np.ndarray | None:
+        """``[N + 1, T]`` item text embeddings for ``model.item_text`` (None in mode ``id``): ``path``, else the
+        dataset's (computed on first use, cached under ``data.cache_dir/item_text``); zeros when restoring a
+        run (the checkpoint holds the table)."""
+        t = self.cfg.model.item_text
+        if not t.enabled:
+            return None
+        if self._text_from_checkpoint:
+            return np.zeros((self.num_items + 1, t.dim), np.float32)
+        if t.path:
+            return load_item_text(t.path, self.num_items, t.dim)
+        table = ensure_item_text(self.dataset, fields=t.fields, cache_dir=os.path.join(self.cfg.data.cache_dir,
+                                                                                         "item_text"), verbose=True)
+        if table.shape[1] != t.dim:
+            raise ConfigError(f"config key 'model.item_text.dim': {t.dim}, but the item text embeddings are "
+                              f"{table.shape[1]}-d")
+        return table
 
     # ---------------------------------------------------------------- Task protocol
     def create_model(self, rngs):
-        return build_model(self.cfg.model.name, self.cfg.model.selected(), self.num_items, rngs)
+        return build_model(self.cfg.model.name, self.cfg.model.selected(), self.num_items, rngs,
+                           item_text=self.cfg.model.item_text, text_table=self.item_text_table)
 
     def loss(self, model, batch, rng):
         rng_loss, rng_dropout = jax.random.split(rng)
         nnx.reseed(model, default=rng_dropout)  # dropout draws from the step's rng
         user = model(batch["item_ids"], batch["timestamps"], deterministic=False)
-        return sampled_softmax_loss(user, batch["target_ids"], batch["mask"], model.item_embeddings(), rng_loss,
-                                    self.cfg.loss, self.log_q)
+        items = model.item_embeddings(deterministic=False)  # item_text.id_dropout acts in training only
+        return sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
+                                    self.log_q, negative_pool=self.warm_items)
 
     def eval_step(self, model, batch):
         e = self.cfg.eval
@@ -88,10 +131,12 @@ class RecsysTask:
         if ctx.process_index == 0:
             save_run_dataset(self.dataset, self.cfg.train.run_dir)
         _ = self.log_q  # resolve before tracing
+        cold = {} if self.cold_items is None else {
+            "example_fn": functools.partial(cold_train_example, fn=train_example, cold=self.cold_items)}
         return self.dataset.train_iterator(batch_size=ctx.batch_size, max_len=d.max_len, seed=ctx.seed,
                                            random_windows=d.random_windows, padding=d.padding,
                                            shard_index=ctx.process_index, shard_count=ctx.process_count,
-                                           worker_count=d.worker_count)
+                                           worker_count=d.worker_count, **cold)
 
     def eval_data(self, ctx: DataContext):
         e, d = self.cfg.eval, self.cfg.data

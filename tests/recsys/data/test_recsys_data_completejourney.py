@@ -63,6 +63,9 @@ def test_data_build_completejourney(tables, tmp_path, capsys):
     assert (att["by"], att["window_s"], att["attributed"], att["conversions"]) == ("campaign", 180 * 86400, 3, 3)
     h1 = ds.sequence(ds.user_map.to_dense("1"))
     assert h1["conversions"].tolist() == [1, 0, 0, 0, 0]  # the campaign receipt earns the redemption
+    # product text for item text embeddings: department, category (brand, type when the table has them)
+    assert ds.item_texts()[ds.item_map.to_dense("100")] == "DAIRY. MILK"
+    assert ds.item_texts()[ds.item_map.to_dense("101")] == "MEAT"  # no category: the department, once
     capsys.readouterr()
     (tmp_path / "empty").mkdir()
     assert main(["data", "build", "--format", "completejourney", "--input", str(tmp_path / "empty"), "--out",

@@ -1,0 +1,96 @@
+"""Items represented by id, text or both: every mode, one representation in and out, a frozen text table."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import recsys_jax  # noqa: F401
+from recsys_jax.models import TEXT_MODES, ItemTextConfig, build_model
+from recsys_jax.models.embeddings import ItemEmbedding, ItemTextTable
+
+N, T, D = 12, 6, 8
+HSTU = {"embed_dim": D, "num_layers": 1, "num_heads": 1, "attention_dim": 8, "linear_dim": 8, "max_seq_len": 5}
+
+
+def _text(seed=0):
+    table = np.random.default_rng(seed).normal(size=(N + 1, T)).astype(np.float32)
+    table[3] = table[7]  # two items with the same text
+    return table
+
+
+def _param_shapes(model):
+    return {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_id_mode_is_the_model_of_before():
+    """mode id (the default) adds nothing: the same parameters and values as a model built without item text."""
+    plain = build_model("hstu", HSTU, N, nnx.Rngs(0))
+    with_id = build_model("hstu", HSTU, N, nnx.Rngs(0), item_text=ItemTextConfig(), text_table=_text())
+    assert _param_shapes(plain) == _param_shapes(with_id)
+    assert not any(isinstance(v, ItemTextTable) for _, v in nnx.iter_graph(with_id))
+    for a, b in zip(jax.tree.leaves(nnx.state(plain, nnx.Param)), jax.tree.leaves(nnx.state(with_id, nnx.Param))):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", [m for m in TEXT_MODES if m != "id"])
+def test_fused_modes(mode):
+    cfg = ItemTextConfig(mode=mode, dim=T)
+    emb = ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=cfg, text_table=_text())
+    table = np.asarray(emb.table(normalize=False))
+    ids = jnp.array([[0, 1, 3, 7, N]])
+    tokens = np.asarray(emb(ids))
+    assert table.shape == (N + 1, D) and np.all(table[0] == 0) and np.all(tokens[0, 0] == 0)
+    np.testing.assert_allclose(tokens[0, 1:], table[[1, 3, 7, N]], rtol=1e-5, atol=1e-6)  # inputs = output table
+    many = np.asarray(emb(jnp.tile(ids, (3, 1))))  # more ids than items: gathered from the fused table
+    np.testing.assert_allclose(many, np.tile(tokens, (3, 1, 1)), rtol=1e-5, atol=1e-6)
+    params = _param_shapes(emb)
+    assert ("embedding" in params) == (mode != "text_only")
+    assert not any(k.startswith("text") for k in params)  # the text table is frozen: not an nnx.Param
+    assert nnx.state(emb, ItemTextTable)["text"][...].shape == (128, T)  # padded rows like the id table
+    if mode == "text_only":
+        np.testing.assert_array_equal(table[3], table[7])  # placed by its text alone
+    # the text changes the representation in every fused mode
+    other = ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=cfg, text_table=_text(1))
+    assert not np.allclose(np.asarray(other.table(normalize=False))[1:], table[1:])
+    # gradients reach the projection, never the text table
+    grads = nnx.grad(lambda m: jnp.sum(m.table(normalize=True) ** 3))(emb)
+    assert all(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads))
+
+
+def test_models_use_the_fused_table_for_inputs_and_retrieval():
+    for name, cfg in (("hstu", HSTU), ("sasrec", {"embed_dim": D, "num_layers": 1, "num_heads": 1, "ffn_dim": 8,
+                                                   "max_seq_len": 5}),
+                      ("two_tower", {"embed_dim": D, "hidden_dims": [8], "max_seq_len": 5})):
+        model = build_model(name, cfg, N, nnx.Rngs(0), item_text=ItemTextConfig(mode="text_only", dim=T),
+                            text_table=_text())
+        table = np.asarray(model.item_embeddings())
+        np.testing.assert_allclose(table[3], table[7], atol=1e-6)
+        out = model(jnp.array([[0, 1, 2, 3, 4]]), jnp.zeros((1, 5), jnp.int32), deterministic=True)
+        assert out.shape == (1, 5, D)
+
+
+def test_bad_item_text_input():
+    with pytest.raises(ValueError, match="item_text.mode 'mean'"):
+        ItemTextConfig(mode="mean")
+    with pytest.raises(ValueError, match=r"expected \[13, 6\]"):
+        ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=ItemTextConfig(mode="sum", dim=T), text_table=np.zeros((N, T)))
+    with pytest.raises(ValueError, match="needs the item text table"):
+        ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=ItemTextConfig(mode="sum", dim=T))
+
+
+def test_id_dropout_leaves_whole_id_rows_out_in_training_only():
+    cfg = ItemTextConfig(mode="sum", dim=T, id_dropout=0.5)
+    emb = ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=cfg, text_table=_text())
+    np.testing.assert_array_equal(emb.embedding[...], 0.0)  # with text, ids start at zero: untrained = text alone
+    emb.embedding[...] = jax.random.normal(jax.random.key(1), emb.embedding.shape)  # as if trained
+    full = np.asarray(emb.table(normalize=False))
+    text_only = np.asarray(emb.project(emb.text[...][: N + 1]))
+    np.testing.assert_array_equal(np.asarray(emb.table(normalize=False, deterministic=True)), full)
+    train = np.asarray(emb.table(normalize=False, deterministic=False))[1:]
+    dropped = np.all(np.isclose(train, text_only[1:], atol=1e-6), axis=1)
+    kept = np.all(np.isclose(train, full[1:], atol=1e-6), axis=1)
+    assert np.all(dropped ^ kept) and 0 < dropped.sum() < N  # each row: all of its id, or none of it
+    with pytest.raises(ValueError, match="id_dropout applies"):
+        ItemTextConfig(mode="text_only", id_dropout=0.2)
