@@ -34,6 +34,16 @@ from core_jax.config import ConfigError
 from core_jax.task import DataContext
 
 
+
+def batch_pooled_text(model, batch) -> jax.Array:
+    """The batch's pooled caption features: the cached ``text_pooled``, else ``model.text_encoder`` on its tokens."""
+    if "text_pooled" in batch:
+        return batch["text_pooled"]
+    if model.text_encoder is not None:
+        return pooled_text(model.text_encoder, batch["input_ids"], batch["attention_mask"])
+    raise KeyError("batch has no 'text_pooled' and the model holds no text encoder (text_encoder.cache is "
+                   "on: wrap the data with CachedIterator)")
+
 class ContrastiveTask:
     """A :class:`core_jax.task.Task` training an image-text embedding model on captioned images."""
 
@@ -61,13 +71,7 @@ class ContrastiveTask:
         if missing:
             raise KeyError(f"batch has no {missing} (keys: {sorted(batch)}); expected image float32 [B, H, W, 3] in "
                            "[-1, 1] and the tokenized captions")
-        if "text_pooled" in batch:
-            pooled = batch["text_pooled"]
-        elif model.text_encoder is not None:
-            pooled = pooled_text(model.text_encoder, batch["input_ids"], batch["attention_mask"])
-        else:
-            raise KeyError("batch has no 'text_pooled' and the model holds no text encoder (text_encoder.cache is "
-                           "on: wrap the data with CachedIterator)")
+        pooled = batch_pooled_text(model, batch)
         return model.embed_images(batch["image"]), model.embed_pooled(pooled)
 
     def loss(self, model: ImageTextModel, batch, rng):

@@ -21,6 +21,7 @@ from canvas_jax.image_text import pooled_text
 from canvas_jax.models.reward_model import RewardModel, bradley_terry_loss
 from canvas_jax.rl.reward_model import build_reward_model
 from canvas_jax.train.data import DataFn
+from canvas_jax.train.contrastive_task import batch_pooled_text
 from canvas_jax.train.dpo_task import preference_data
 from canvas_jax.train.encode_cache import CachedIterator, EncodeCache
 from core_jax.task import DataContext
@@ -48,13 +49,7 @@ class RewardModelTask:
         if missing:
             raise KeyError(f"batch has no {missing} (keys: {sorted(batch)}); task=reward_model reads a preference "
                            "dataset (canvas-jax rl collect, or canvas-jax data build --kind preferences)")
-        if "text_pooled" in batch:
-            pooled = batch["text_pooled"]
-        elif model.text_encoder is not None:
-            pooled = pooled_text(model.text_encoder, batch["input_ids"], batch["attention_mask"])
-        else:
-            raise KeyError("batch has no 'text_pooled' and the model holds no text encoder (text_encoder.cache is "
-                           "on: wrap the data with CachedIterator)")
+        pooled = batch_pooled_text(model, batch)
         b = batch["chosen"].shape[0]
         r = model(jnp.concatenate([batch["chosen"], batch["rejected"]]), jnp.concatenate([pooled, pooled]))
         return r[:b], r[b:]

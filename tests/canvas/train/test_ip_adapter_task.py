@@ -3,10 +3,8 @@ embeddings (the shared session fixtures)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ from flax import nnx
 
 import fakes
 from conftest import tiny_config
-from test_resume import DRIVER, ROOT, _logged, _saved
+from test_resume import DRIVER, ROOT, _logged, kill_after_checkpoint
 
 from canvas_jax.models.ip_adapter import set_ip_adapter_scale
 
@@ -118,15 +116,7 @@ def test_kill9_resume_continues_exactly(tmp_path, tiny_vae_dir, t2i_run, clip_ru
                                 env={**env, "STEP_SLEEP": str(sleep)}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
-    proc, t0 = start(0.4), time.time()
-    while not (_saved(ckpts) and max(s for s, _ in _logged(metrics) or [(0, 0)]) >= max(_saved(ckpts)) + 2):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() - t0 < 240, "timed out waiting for the run"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed_from = max(_saved(ckpts))
-    first = dict(_logged(metrics))
+    resumed_from, first = kill_after_checkpoint(start(0.4), ckpts, lambda: _logged(metrics))
     overlap = [s for s in first if s > resumed_from]
     assert len(overlap) >= 2 and resumed_from < steps
 

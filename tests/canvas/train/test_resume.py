@@ -17,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 DRIVER = os.path.join(os.path.dirname(__file__), "driver.py")
 
 
-def _start(run_dir, vae_dir, steps, sleep):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "STEP_SLEEP": str(sleep),
+def _start(run_dir, vae_dir, steps, sleep, extra_env=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "STEP_SLEEP": str(sleep), **(extra_env or {}),
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"}
     return subprocess.Popen([sys.executable, DRIVER, run_dir, vae_dir, str(steps)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -35,20 +35,24 @@ def _logged(path):
     return [(r["step"], r["loss"]) for r in read_jsonl(path, "train")] if os.path.exists(path) else []
 
 
-def test_kill9_resume_continues_exactly(tmp_path, tiny_vae_dir):
-    run_dir, steps = str(tmp_path / "run"), 12
-    metrics, ckpts = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "checkpoints")
-    proc = _start(run_dir, tiny_vae_dir, steps, sleep=0.4)
+def kill_after_checkpoint(proc, ckpts, logged):
+    """``kill -9`` ``proc`` once a checkpoint is committed and at least two later steps are logged (``logged()``:
+    ``[(step, value)]`` so far); returns (the step a relaunch resumes from, ``{step: value}`` before the kill)."""
     t0 = time.time()
-    # kill once a checkpoint is committed and at least two later steps are logged
-    while not (_saved(ckpts) and max(s for s, _ in _logged(metrics) or [(0, 0)]) >= max(_saved(ckpts)) + 2):
+    while not (_saved(ckpts) and max((s for s, _ in logged()), default=0) >= max(_saved(ckpts)) + 2):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() - t0 < 240, "timed out waiting for the run"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed_from = max(_saved(ckpts))
-    first = dict(_logged(metrics))
+    return max(_saved(ckpts)), dict(logged())
+
+
+def test_kill9_resume_continues_exactly(tmp_path, tiny_vae_dir):
+    run_dir, steps = str(tmp_path / "run"), 12
+    metrics, ckpts = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "checkpoints")
+    proc = _start(run_dir, tiny_vae_dir, steps, sleep=0.4)
+    resumed_from, first = kill_after_checkpoint(proc, ckpts, lambda: _logged(metrics))
     overlap = [s for s in first if s > resumed_from]
     assert len(overlap) >= 2 and resumed_from < steps
 

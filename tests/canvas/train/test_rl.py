@@ -3,15 +3,13 @@ after kill -9."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import tiny_config
+from test_resume import ROOT, kill_after_checkpoint
+from test_resume import _start as start_driver
 
 from canvas_jax.config import CanvasTrainConfig
 from canvas_jax.runs import restore_run
@@ -20,8 +18,6 @@ from core_jax import config as config_lib
 from core_jax.config import ConfigError
 from core_jax.metrics import read_jsonl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-DRIVER = os.path.join(os.path.dirname(__file__), "driver.py")
 
 
 def test_train_and_eval_prompts_are_disjoint(tmp_path):
@@ -46,18 +42,8 @@ def test_train_and_eval_prompts_are_disjoint(tmp_path):
 
 def _start(run_dir, vae_dir, steps, sleep, rl_env):
     # both runs share compiled programs through JAX's persistent cache (the same executables)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "STEP_SLEEP": str(sleep), **rl_env,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"}
-    return subprocess.Popen([sys.executable, DRIVER, run_dir, vae_dir, str(steps)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _saved(ckpt_dir):
-    if not os.path.isdir(ckpt_dir):
-        return []
-    return sorted(int(d) for d in os.listdir(ckpt_dir)
-                  if d.isdigit() and os.path.exists(os.path.join(ckpt_dir, d, "commit_success.txt")))
+    return start_driver(run_dir, vae_dir, steps, sleep, {**rl_env, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                                                        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
 
 
 def _logged(path):
@@ -74,15 +60,7 @@ def test_rl_trains_and_resumes_exactly_after_kill9(tmp_path, tiny_vae_dir, t2i_r
     metrics, ckpts = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "checkpoints")
     rl_env = {"RL_INIT_FROM": t2i_run, "RL_PROMPTS": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla")}
     proc = _start(run_dir, tiny_vae_dir, steps, 0.5, rl_env)
-    t0 = time.time()
-    while not (_saved(ckpts) and max(s for s, _ in _logged(metrics) or [(0, 0)]) >= max(_saved(ckpts)) + 2):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() - t0 < 240, "timed out waiting for the run"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed_from = max(_saved(ckpts))
-    first = dict(_logged(metrics))
+    resumed_from, first = kill_after_checkpoint(proc, ckpts, lambda: _logged(metrics))
     overlap = [s for s in first if s > resumed_from]
     assert len(overlap) >= 2 and resumed_from < steps
     state = json.loads(next(Path(ckpts, str(resumed_from), "data").glob("process_0-of-1*")).read_text())
