@@ -45,8 +45,11 @@ demo-smoke:
 	DEMO_SMOKE=1 $(MAKE) --no-print-directory -C $(SMOKE)/src demo VENV=$(abspath $(SMOKE))/venv \
 		PYTHON=$(PYTHON) FRESH=1
 
+# two pytest-xdist workers (one per core on the 2-core CI machine; each holds ~5 GiB by the end): tests that share
+# a session fixture's trained model run on one worker (tests/conftest.py), so it is trained once
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q --durations=25
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
