@@ -48,6 +48,14 @@ class UnknownItemError(ValueError):
     """A history holds an item id that is not in the training data's id map."""
 
 
+class EventInputError(ValueError):
+    """Bad per-event inputs of a history; ``field``: ``"actions"`` or ``"surfaces"``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _bucket(n: int) -> int:
     """Next power of two (bounded recompilation for varying batch sizes and history lengths)."""
     return 1 << max(0, int(n) - 1).bit_length()
@@ -228,8 +236,9 @@ class Retriever:
         """Action / surface names of one history -> int32 codes (None when the model reads no events)."""
         if not self.event_features:
             if actions is not None or surfaces is not None:
-                raise ValueError("this model reads item ids only: actions / surfaces are for models with event "
-                                 "inputs (a unified run)")
+                raise EventInputError("actions" if actions is not None else "surfaces",
+                                      "this model reads item ids only: actions / surfaces are for models with "
+                                      "event inputs (a unified run)")
             return None
         h = self.model.cfg
         out = {}
@@ -239,14 +248,14 @@ class Retriever:
                 out[key] = np.zeros(len(history), np.int32)
                 continue
             if names is None:
-                raise ValueError(f"this model reads each event's {key[:-1]}: pass {key}=[...] (one name per "
-                                 f"history item, from {list(vocab)})")
+                raise EventInputError(key, f"this model reads each event's {key[:-1]}: pass {key}=[...] (one name "
+                                           f"per history item, from {list(vocab)})")
             if isinstance(names, str) or len(names) != len(history):
-                raise ValueError(f"{key}{where} must be a list of {len(history)} names (one per history item), "
-                                 f"got {names!r}")
+                raise EventInputError(key, f"{key}{where} must be a list of {len(history)} names (one per history "
+                                           f"item), got {names!r}")
             bad = sorted({str(n) for n in names} - set(vocab))
             if bad:
-                raise ValueError(f"{key}{where}: {bad[:5]} not in the vocabulary {list(vocab)}")
+                raise EventInputError(key, f"{key}{where}: {bad[:5]} not in the vocabulary {list(vocab)}")
             out[key] = np.asarray([list(vocab).index(str(n)) for n in names], np.int32)
         return out
 
@@ -370,7 +379,7 @@ class Retriever:
             per_event[key] = [None] * len(histories) if value is None else (list(value) if batch else [value])
             if len(per_event[key]) != len(histories):
                 raise ValueError(f"{key} has {len(per_event[key])} rows but there are {len(histories)} histories")
-        code = self._scenario(scenario)
+        code = self.scenario_code(scenario)
         mask = self.candidate_mask(candidates, None if code is None else code[0])
         rows = [self.prepare(h, t, unknown, i if batch else None, per_event["actions"][i], per_event["surfaces"][i])
                 for i, (h, t) in enumerate(zip(histories, stamps))]
@@ -400,7 +409,7 @@ class Retriever:
             out_items, out_scores, out_sources = out_items[0], out_scores[0], out_sources[0]
         return (out_items, out_scores) if sources is None else (out_items, out_scores, out_sources)
 
-    def _scenario(self, scenario) -> tuple[int, int] | None:
+    def scenario_code(self, scenario) -> tuple[int, int] | None:
         """``(label code, surface code)`` of a scenario (checked against the run's labels and surfaces)."""
         if scenario is None:
             if self.scenario_tower:

@@ -30,9 +30,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 # With `pytest -n 2 --dist loadgroup` (make test), every test that uses one of these session fixtures (a model
 # trained once for the session) runs on the same worker, so each is built once, not once per worker.
-_SHARED_FIXTURES = {
-    "t2i_run": "canvas-trained", "clip_run": "canvas-trained",
-    "ip_run": "canvas-trained", "recsys_run": "recsys-run", "restored_best": "recsys-run",
+_SHARED_FIXTURES = {  # (a test's fixturenames include the fixtures its fixtures use)
+    "t2i_run": "canvas-trained", "clip_run": "canvas-trained", "recsys_run": "recsys-run",
     "unified_run": "recsys-unified", "mobilenet_cache": "mobilenet",
 }
 

@@ -5,7 +5,10 @@
      "k": 10,                              # optional (the server's default k)
      "exclude_history": true,              # optional
      "unknown": "error",                   # optional: "error" (400) or "skip" unknown ids
-     "scenario": null,                     # only for a model with scenarios
+     "actions": ["click", "view", ...],    # unified runs: each history event's action and surface (names)
+     "surfaces": ["home", "search", ...],
+     "scenario": "conversion:home",        # unified runs with scenario towers: "<label>:<surface>" (required)
+     "candidates": "ads",                  # unified runs: "ads", "organic" or "all" (default: the label's pool)
      "quotas": {"per_advertiser": 3, "categories": {"Drama": {"min": 2, "max": 10}}}}  # optional
 """
 
@@ -14,9 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from recsys_jax.data.event_examples import POOLS
 from recsys_jax.retriever import UNKNOWN
 
-FIELDS = ("history", "timestamps", "k", "exclude_history", "unknown", "scenario", "quotas")
+FIELDS = ("history", "timestamps", "k", "exclude_history", "unknown", "actions", "surfaces", "scenario", "candidates",
+          "quotas")
 MAX_HISTORY = 100_000
 _INT32 = 2**31 - 1
 
@@ -38,6 +43,9 @@ class RecommendRequest:
     unknown: str
     scenario: str | None
     quotas: dict | None
+    actions: list[str] | None = None
+    surfaces: list[str] | None = None
+    candidates: str | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -81,7 +89,17 @@ def parse_recommend(body: Any, *, default_k: int, max_k: int, unknown: str = "er
     scenario = body.get("scenario")
     if scenario is not None and not isinstance(scenario, str):
         raise BadRequest("scenario", f"expected a scenario name (a string), got {scenario!r:.40}")
+    per_event = {}
+    for name in ("actions", "surfaces"):
+        names = body.get(name)
+        if names is not None and (not isinstance(names, list) or len(names) != len(history)
+                                  or not all(isinstance(n, str) for n in names)):
+            raise BadRequest(name, f"expected a list of {len(history)} names (one per history item), got {names!r:.80}")
+        per_event[name] = names
+    candidates = body.get("candidates")
+    if candidates is not None and candidates not in POOLS:
+        raise BadRequest("candidates", f"expected one of {list(POOLS)}, got {candidates!r:.40}")
     quotas = body.get("quotas")
     if quotas is not None and not isinstance(quotas, dict):
         raise BadRequest("quotas", f"expected an object like {{\"per_advertiser\": 3}}, got {quotas!r:.80}")
-    return RecommendRequest(history, ts, k, exclude, policy, scenario, quotas)
+    return RecommendRequest(history, ts, k, exclude, policy, scenario, quotas, candidates=candidates, **per_event)

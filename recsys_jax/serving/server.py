@@ -15,7 +15,9 @@ Requests are micro-batched (:class:`~recsys_jax.serving.batcher.MicroBatcher`): 
 forward pass of the model and one top-k search for its requests without quotas (at the largest ``k``
 of the batch, rounded up to a power of two, then cut per request: the top ``k`` of a longer exact
 ranking is the same list). Batches are padded to powers of two, so the programs compile once per
-size (warmed up at start for every size up to ``max_batch``).
+size (warmed up at start for every size up to ``max_batch``). A unified run's requests carry each event's
+action and surface and a scenario: a batch runs one forward pass per scenario in it, and one search per
+(scenario, candidate pool, exclude_history).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 from aiohttp import web
 
-from recsys_jax.retriever import Retriever, UnknownItemError, _bucket
+from recsys_jax.retriever import EventInputError, Retriever, UnknownItemError, _bucket
 from recsys_jax.serving.batcher import MicroBatcher, Overloaded
 from recsys_jax.serving.candidates import parse_quotas
 from recsys_jax.serving.requests import BadRequest, RecommendRequest, parse_recommend
@@ -70,51 +72,80 @@ class RecommendService:
     def warmup(self, r: Retriever) -> None:
         """Compile the model and the top-k program for every padded batch size up to ``max_batch``."""
         history = [r.item_map.to_original(i) for i in range(1, min(r.num_items, r.max_len) + 1)]
+        events = {}
+        if r.event_features:  # a unified run: any action / surface of its vocabularies
+            events = {key: [r.events[key][0]] * len(history) for key in ("actions", "surfaces")}
+        scenario = (0, 0) if r.scenario_tower else None
         k = min(r.num_items, _bucket(self.default_k))
         b = 1
         while True:
-            rows = [r.prepare(history)] * b
-            r.rank(r.user_vectors(rows), rows, k)
+            rows = [r.prepare(history, **events)] * b
+            r.rank(r.user_vectors(rows, scenario), rows, k)
             if b >= self.max_batch:
                 break
             b *= 2
+
+    @staticmethod
+    def _prepare(r: Retriever, q: RecommendRequest):
+        """``(prepared history, scenario code, candidate mask)`` of one request; a bad field is a BadRequest."""
+        if q.k > r.num_items:
+            raise BadRequest("k", f"{q.k} is more than the model's {r.num_items} items")
+        if q.quotas is not None:
+            try:
+                parse_quotas(q.quotas, q.k, r.categories)
+            except ValueError as e:
+                raise BadRequest("quotas", str(e)) from None
+        try:
+            code = r.scenario_code(q.scenario)
+        except ValueError as e:
+            raise BadRequest("scenario", str(e)) from None
+        try:
+            mask = r.candidate_mask(q.candidates, None if code is None else code[0])
+        except ValueError as e:
+            raise BadRequest("candidates", str(e)) from None
+        try:
+            row = r.prepare(q.history, q.timestamps, q.unknown, actions=q.actions, surfaces=q.surfaces)
+        except EventInputError as e:
+            raise BadRequest(e.field, str(e)) from None
+        except (UnknownItemError, ValueError) as e:
+            raise BadRequest("history", str(e)) from None
+        return row, code, mask
 
     def run_batch(self, reqs: list[RecommendRequest]) -> list:
         r, version = self._current  # one model for the whole batch
         model = {"step": r.step, "which": r.which, "version": version}
         out: list = [None] * len(reqs)
-        rows, live = [], []
+        rows, live, codes, masks = [], [], [], []
         for i, q in enumerate(reqs):
             try:
-                if q.k > r.num_items:
-                    raise BadRequest("k", f"{q.k} is more than the model's {r.num_items} items")
-                if q.quotas is not None:
-                    try:
-                        parse_quotas(q.quotas, q.k, r.categories)
-                    except ValueError as e:
-                        raise BadRequest("quotas", str(e)) from None
-                try:
-                    rows.append(r.prepare(q.history, q.timestamps, q.unknown))
-                except (UnknownItemError, ValueError) as e:
-                    raise BadRequest("history", str(e)) from None
-                live.append(i)
+                row, code, mask = self._prepare(r, q)
             except BadRequest as e:
                 out[i] = e
+                continue
+            rows.append(row)
+            live.append(i)
+            codes.append(code)
+            masks.append(mask)
         if not live:
             return out
-        users = r.user_vectors(rows)
-        groups: dict = {}  # requests without quotas share one search per exclude_history value
+        users = [None] * len(live)  # one forward pass per scenario in the batch
+        for code in set(codes):
+            js = [j for j, c in enumerate(codes) if c == code]
+            for j, u in zip(js, r.user_vectors([rows[j] for j in js], code)):
+                users[j] = u
+        users = np.stack(users)
+        groups: dict = {}  # requests without quotas share one search per (exclude_history, scenario, candidates)
         for j, i in enumerate(live):
             q = reqs[i]
             if q.quotas is None:
-                groups.setdefault(q.exclude_history, []).append(j)
+                groups.setdefault((q.exclude_history, codes[j], q.candidates), []).append(j)
             else:
                 ((ids, scores, _),) = r.rank(users[j:j + 1], [rows[j]], q.k, exclude_history=q.exclude_history,
-                                             quotas=q.quotas)
+                                             quotas=q.quotas, mask=masks[j])
                 out[i] = self._answer(r, ids, scores, model)
-        for exclude, js in groups.items():
+        for (exclude, _, _), js in groups.items():
             k = min(r.num_items, _bucket(max(reqs[live[j]].k for j in js)))
-            ranked = r.rank(users[js], [rows[j] for j in js], k, exclude_history=exclude)
+            ranked = r.rank(users[js], [rows[j] for j in js], k, exclude_history=exclude, mask=masks[js[0]])
             for j, (ids, scores, _) in zip(js, ranked):
                 kk = reqs[live[j]].k
                 out[live[j]] = self._answer(r, ids[:kk], scores[:kk], model)
@@ -168,8 +199,6 @@ def make_app(service: RecommendService) -> web.Application:
             return _error(400, f"the body is not JSON: {e}", "body")
         try:
             req = parse_recommend(body, default_k=service.default_k, max_k=service.max_k, unknown=service.unknown)
-            if req.scenario is not None and not getattr(service.retriever, "scenarios", None):
-                raise BadRequest("scenario", "this model has no scenarios: omit the field")
             result = await service.batcher.submit(req)
         except BadRequest as e:
             return _error(400, e.message, e.field)

@@ -126,3 +126,24 @@ def unified_run(tmp_path_factory, unified_tiny):
     cfg = load_config(unified_tiny.config, overrides)
     state, metrics = train(cfg)
     return cfg, state, metrics, root
+
+
+@pytest.fixture(scope="session")
+def unified_served(unified_run):
+    """``(cfg, Retriever, query, is_ad)`` over the tiny unified run; ``query``: the recommend kwargs of user 3's
+    last six events."""
+    from recsys_jax import Retriever
+    from recsys_jax.data.loader import load_dataset
+    from recsys_jax.train.dataset_cache import resolve_dataset
+
+    cfg = unified_run[0]
+    r = Retriever.from_checkpoint(cfg.train.run_dir, which="latest")
+    ds = load_dataset(resolve_dataset(cfg.data, verbose=False))
+    rec = ds.sequence(3)
+    last = slice(-6, None)
+    query = dict(history=[ds.item_map.to_original(i) for i in rec["items"][last]],
+                 timestamps=[int(t) for t in rec["timestamps"][last]],
+                 actions=[ds.events["actions"][a] for a in rec["actions"][last]],
+                 surfaces=[ds.events["surfaces"][s] for s in rec["surfaces"][last]])
+    is_ad = {ds.item_map.to_original(i): bool(ds.events["item_is_ad"][i]) for i in range(1, ds.num_items + 1)}
+    return cfg, r, query, is_ad

@@ -8,26 +8,8 @@ import pytest
 from recsys_jax import Retriever
 
 
-@pytest.fixture(scope="module")
-def served(unified_run):
-    cfg = unified_run[0]
-    r = Retriever.from_checkpoint(cfg.train.run_dir, which="latest")
-    from recsys_jax.data.loader import load_dataset
-    from recsys_jax.train.dataset_cache import resolve_dataset
-
-    ds = load_dataset(resolve_dataset(cfg.data, verbose=False))
-    rec = ds.sequence(3)
-    last = slice(-6, None)
-    query = dict(history=[ds.item_map.to_original(i) for i in rec["items"][last]],
-                 timestamps=[int(t) for t in rec["timestamps"][last]],
-                 actions=[ds.events["actions"][a] for a in rec["actions"][last]],
-                 surfaces=[ds.events["surfaces"][s] for s in rec["surfaces"][last]])
-    is_ad = {ds.item_map.to_original(i): bool(ds.events["item_is_ad"][i]) for i in range(1, ds.num_items + 1)}
-    return cfg, r, query, is_ad
-
-
-def test_scenario_switch_changes_the_candidates(served):
-    _, r, q, is_ad = served
+def test_scenario_switch_changes_the_candidates(unified_served):
+    _, r, q, is_ad = unified_served
     out = {s: r.recommend(**q, scenario=s, k=8, exclude_history=False)
            for s in [("conversion", "home"), ("conversion", "search"), ("ad_click", "home"), "engagement:home"]}
     for s in [("conversion", "home"), ("conversion", "search"), ("ad_click", "home")]:
@@ -49,8 +31,8 @@ def test_scenario_switch_changes_the_candidates(served):
     assert batch[0] == batch[1] == out[("conversion", "home")][0]
 
 
-def test_bad_scenario_requests_say_what_is_expected(served):
-    _, r, q, _ = served
+def test_bad_scenario_requests_say_what_is_expected(unified_served):
+    _, r, q, _ = unified_served
     with pytest.raises(ValueError, match="pass scenario=.*conversion"):
         r.recommend(**q, k=5)
     with pytest.raises(ValueError, match="label 'purchase'"):
@@ -63,8 +45,8 @@ def test_bad_scenario_requests_say_what_is_expected(served):
         r.recommend(**q, scenario="conversion:home", k=5, candidates="promoted")
 
 
-def test_cli_recommend_scenario(served, recsys_cli):
-    cfg, _, q, is_ad = served
+def test_cli_recommend_scenario(unified_served, recsys_cli):
+    cfg, _, q, is_ad = unified_served
     args = ["recommend", "--checkpoint", cfg.train.run_dir, "--which", "latest", "--history", ",".join(q["history"]),
             "--timestamps", ",".join(map(str, q["timestamps"])), "--actions", ",".join(q["actions"]),
             "--surfaces", ",".join(q["surfaces"]), "--k", "5"]

@@ -106,6 +106,8 @@ BAD = [
     ({"history": ["18"], "quotas": {"per_adv": 3}}, "quotas"),
     ({"history": ["18"], "quotas": {"categories": {"no-such-category": 1}}}, "quotas"),
     ({"history": ["18"], "scenario": "ads"}, "scenario"),
+    ({"history": ["18"], "actions": ["click"]}, "actions"),  # a plain model reads no events
+    ({"history": ["18"], "candidates": "ads"}, "candidates"),
 ]
 
 
@@ -223,3 +225,30 @@ def test_cli_serve_answers_and_reloads_on_sighup(recsys_run):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_unified_run_requests_with_events_scenarios_and_pools(unified_served):
+    """A unified run over HTTP: each request's actions / surfaces, scenario and candidate pool give the answers of
+    the Python API (one batch mixing scenarios and pools); bad event fields are 400s naming the field."""
+    _, r, q, _ = unified_served
+    service = RecommendService(r, max_batch=8, max_wait_ms=50)  # warms up on the unified model
+    srv = BackgroundServer(service)
+    try:
+        cases = [("conversion:home", None), ("conversion:search", None), ("ad_click:home", "organic"),
+                 ("engagement:home", None), ("engagement:home", "ads"), ("conversion:home", "all")]
+        bodies = [{**q, "scenario": s, "k": 5 + i, **({"candidates": c} if c else {})}
+                  for i, (s, c) in enumerate(cases)]
+        for body, (status, got) in zip(bodies, post_all(srv.url, bodies)):
+            assert status == 200, got
+            items, scores = r.recommend(**q, scenario=body["scenario"], k=body["k"], candidates=body.get("candidates"))
+            assert got["items"] == items, body
+            np.testing.assert_allclose(got["scores"], scores, rtol=1e-5, atol=1e-6)
+        bad = [({**q}, "scenario"), ({**q, "scenario": "purchase:home"}, "scenario"),
+               ({**q, "scenario": "conversion:home", "candidates": "promoted"}, "candidates"),
+               ({**q, "scenario": "conversion:home", "actions": ["like"] * len(q["history"])}, "actions"),
+               ({**q, "scenario": "conversion:home", "surfaces": ["home"]}, "surfaces"),
+               ({k: v for k, v in q.items() if k != "actions"} | {"scenario": "conversion:home"}, "actions")]
+        for (body, field), (status, got) in zip(bad, post_all(srv.url, [b for b, _ in bad])):
+            assert status == 400 and got["field"] == field, (body, got)
+    finally:
+        srv.stop()
