@@ -246,6 +246,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     import jax
+    import numpy as np
 
     from core_jax import distributed
     from recsys_jax.eval.baselines import evaluate_most_popular
@@ -273,9 +274,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
            "model": run.cfg.model.name, "users": len(run.task.dataset.split_source(args.split)),
            "exclude_history": e.exclude_history, "ties": e.ties,
            "targets_in_history": round(targets_in_history(run.task.dataset, args.split), 6), "metrics": metrics}
-    if not args.no_baseline:
-        base = evaluate_most_popular(run.task.dataset, args.split, batch_size=e.batch_size, ks=e.ks, ties=e.ties,
-                                     exclude_history=e.exclude_history)
+    if not args.no_baseline:  # training counts; held-out cold items count zero (no training interaction)
+        counts = run.task.dataset.item_counts
+        if run.task.cold_items is not None:
+            counts = np.where(run.task.cold_items, 0, counts)
+        base = evaluate_most_popular(run.task.dataset, args.split, counts=counts, batch_size=e.batch_size, ks=e.ks,
+                                     ties=e.ties, exclude_history=e.exclude_history)
         base.pop("count", None)
         out["most_popular"] = base
     if run.task.cold_items is not None:  # data.cold_item_fraction: cold / warm targets and history lengths apart

@@ -151,6 +151,10 @@ def test_train_and_eval_with_text_and_cold_items(recsys_run, recsys_cli, tmp_pat
     assert res["cold_items"] == round(0.2 * ds.num_items) and res["cold"]["count"] > 0 and res["warm"]["count"] > 0
     assert res["cold"]["count"] + res["warm"]["count"] == res["users"]
     assert set(res["truncated_history"]) == {"1", "2", "3"}
+    n = res["cold"]["count"] + res["warm"]["count"]  # the top-level most-popular counts no cold item either
+    for m in ("hr@10", "hr@50"):
+        want = sum(res[g]["count"] * res[g]["most_popular"][m] for g in ("cold", "warm")) / n
+        assert res["most_popular"][m] == pytest.approx(want, abs=1e-6), m
     from recsys_jax.train.restore import restore_run
 
     restored = restore_run(str(run_dir))
