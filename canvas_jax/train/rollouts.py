@@ -12,7 +12,7 @@ policy's), ``advantages`` [b], ``text_emb`` and each ``reward_<name>`` [b] (plus
 pre-training data when ``rl.pretrain_weight`` > 0).
 
 Its state (in every checkpoint, per process) holds the buffer, the position in it, the rollout count and the
-per-prompt statistics, so a run killed between two checkpoints resumes exactly: prompt draws, sampling keys and
+per-prompt statistics (the same in every process: each updates them with the whole rollout), so a run killed between two checkpoints resumes exactly: prompt draws, sampling keys and
 minibatch orders follow from (``train.seed``, rollout index, epoch, process).
 """
 
@@ -49,6 +49,21 @@ def _pack(arrays: dict[str, np.ndarray]) -> str:
 def _unpack(text: str) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(base64.b64decode(text))) as f:
         return {k: f[k] for k in f.files}
+
+
+def shared_advantages(stats: PerPromptStats, prompt_ids: np.ndarray, rewards: np.ndarray, prompts: Sequence[str], *,
+                      process_count: int | None = None, process_index: int | None = None,
+                      gather=multihost_utils.process_allgather) -> np.ndarray:
+    """Advantages of this process's rows (``prompts[prompt_ids[i]]`` scored ``rewards[i]``) with per-prompt statistics
+    over every process's rows: each process updates its ``stats`` with the whole rollout (processes in order), so
+    all hold the same statistics and a prompt drawn by several processes pools its rewards."""
+    count = jax.process_count() if process_count is None else process_count
+    if count == 1:
+        return stats.update([prompts[i] for i in prompt_ids], rewards)
+    index = jax.process_index() if process_index is None else process_index
+    ids = np.asarray(gather(np.asarray(prompt_ids, np.int32))).reshape(count, -1)
+    everyone = np.asarray(gather(np.asarray(rewards, np.float32))).reshape(count, -1)
+    return stats.update([prompts[i] for i in ids.ravel()], everyone.ravel()).reshape(count, -1)[index]
 
 
 class RolloutIterator:
@@ -88,12 +103,12 @@ class RolloutIterator:
         k = self.rollouts
         rng = np.random.default_rng([ctx.seed, k, ctx.process_index])
         groups = self.size // rl.per_prompt
-        picks = rng.choice(len(self.prompts), groups, replace=groups > len(self.prompts))
-        prompts = [self.prompts[i] for i in picks for _ in range(rl.per_prompt)]
+        picks = np.repeat(rng.choice(len(self.prompts), groups, replace=groups > len(self.prompts)), rl.per_prompt)
+        prompts = [self.prompts[i] for i in picks]
         key = jax.random.fold_in(jax.random.key(ctx.seed + 17), k)
         states, log_probs, images = self.task.rollout(self._trainer, self._state, prompts, key)
         total, parts = self.task.rewards.scores(images, prompts)
-        advantages = self.stats.update(prompts, total)
+        advantages = shared_advantages(self.stats, picks, total, self.prompts)
         self.buffer = {"states": states, "log_probs": log_probs, "advantages": advantages.astype(np.float32),
                        "reward_total": total, **{f"reward_{n}": v for n, v in parts.items()}}
         self.buffer_prompts, self.position, self.rollouts = prompts, 0, k + 1

@@ -53,3 +53,30 @@ def test_per_prompt_stats_use_the_batch_until_a_prompt_has_enough():
     assert list(restored.buffers["a"]) == [3.0, 5.0, 7.0, 9.0]
     with pytest.raises(InputError, match="one reward per prompt"):
         stats.update(["a"], [1.0, 2.0])
+
+
+def test_every_process_holds_the_same_per_prompt_stats():
+    """Two processes (simulated: a fake all-gather of both processes' rows) each normalise their own rows with
+    statistics over the whole rollout; both end with the statistics one process gets from the concatenated rollout."""
+    from canvas_jax.train.rollouts import shared_advantages
+
+    names = ["a", "b", "c"]
+    rows = [(np.array([0, 0, 1, 1]), np.array([1.0, 3.0, 2.0, 6.0])),  # process 0: "a" x2, "b" x2
+            (np.array([1, 1, 2, 2]), np.array([4.0, 0.0, 5.0, 7.0]))]  # process 1: "b" x2, "c" x2
+    single = PerPromptStats(buffer_size=8, min_count=3)
+    want = single.update([names[i] for i in np.concatenate([r[0] for r in rows])], np.concatenate([r[1] for r in rows]))
+
+    def gather(x):  # what process_allgather returns: every process's array, stacked in process order
+        return np.stack([ids if x.dtype == np.int32 else rewards.astype(np.float32) for ids, rewards in rows])
+
+    stats = [PerPromptStats(buffer_size=8, min_count=3) for _ in rows]
+    for rollout in range(2):  # the second rollout uses the pooled buffers ("b": 4 rewards from both processes)
+        got = [shared_advantages(stats[index], ids, rewards, names, process_count=2, process_index=index,
+                                 gather=gather) for index, (ids, rewards) in enumerate(rows)]
+        if rollout == 0:
+            np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-6)
+        assert stats[0].state() == stats[1].state()
+    assert len(stats[0].buffers["b"]) == 8
+    solo = PerPromptStats(buffer_size=8, min_count=3)
+    np.testing.assert_array_equal(shared_advantages(solo, rows[0][0], rows[0][1], names, process_count=1),
+                                  PerPromptStats(buffer_size=8, min_count=3).update(["a", "a", "b", "b"], rows[0][1]))
