@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from core_jax.nn import take_rows
 from recsys_jax.models.embeddings import (
     EventEmbedding,
     ItemEmbedding,
@@ -138,9 +139,9 @@ class HSTULayer(nnx.Module):
         """``[B or 1, L, L]`` additive bias from relative positions and time buckets."""
         bias = jnp.zeros((1,) + rel_pos.shape, jnp.float32)
         if self.cfg.use_position_bias:
-            bias = bias + jnp.take(self.pos_bias[...], rel_pos, axis=0)[None]
+            bias = bias + take_rows(self.pos_bias[...], jnp.asarray(rel_pos))[None]
         if self.cfg.use_time_bias and buckets is not None:
-            bias = bias + jnp.take(self.time_bias[...], buckets, axis=0)
+            bias = bias + take_rows(self.time_bias[...], buckets)
         return bias
 
     def __call__(

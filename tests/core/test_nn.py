@@ -2,12 +2,13 @@
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from core_jax import nn
-from core_jax.nn import attention, attention_implementation, config_from_dict
+from core_jax.nn import attention, attention_implementation, config_from_dict, take_rows
 
 
 def _reference_attention(q, k, v, heads, mask=None, causal=False):
@@ -94,3 +95,15 @@ def test_activation_names():
     np.testing.assert_allclose(nn.activation("quick_gelu")(x), x / (1 + np.exp(-1.702 * np.asarray(x))), rtol=1e-6)
     with pytest.raises(ValueError, match="unsupported activation 'swiglu'; expected one of"):
         nn.activation("swiglu")
+
+
+def test_take_rows_equals_take_and_its_gradient():
+    rng = np.random.default_rng(0)
+    for table_shape, idx_shape in (((9,), (3, 5, 5)), ((7, 4), (2, 6))):
+        table = jnp.asarray(rng.normal(size=table_shape).astype(np.float32))
+        idx = jnp.asarray(rng.integers(0, table_shape[0], idx_shape).astype(np.int32))
+        ct = jnp.asarray(rng.normal(size=idx_shape + table_shape[1:]).astype(np.float32))
+        np.testing.assert_array_equal(take_rows(table, idx), jnp.take(table, idx, axis=0))
+        want = jax.grad(lambda t: jnp.sum(jnp.take(t, idx, axis=0) * ct))(table)
+        got = jax.jit(jax.grad(lambda t: jnp.sum(take_rows(t, idx) * ct)))(table)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
