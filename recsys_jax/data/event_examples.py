@@ -17,6 +17,12 @@ is causal, so the prediction at ``i`` sees ``e_0..e_i``) and its TARGET is ``e_{
 surface (the scenario's surface: what a request would name) and ``label_mask[i, l]`` = whether
 ``e_{i+1}`` has label ``l``. A position trains exactly the labels its next event has; a label field
 of ``e_{i+1}`` (a conversion credited later) is never an input.
+
+``target_window`` (``unified.target_window``) replaces the next event by a later one: position ``i``'s
+target is drawn uniformly (per epoch) from the training events after ``e_i`` within that window of its
+time (:func:`future_targets`; at least ``e_{i+1}``). Next-event targets teach the current session's
+intent; a time-split evaluation asks for the next days' events (new sessions, new intents), which the
+window targets train for (the dense "future window" objective of PinnerFormer, Pancha et al. 2022).
 """
 
 from __future__ import annotations
@@ -126,22 +132,44 @@ def training_prefix(record: dict[str, Any], cutoff: int | None = None) -> int:
     return int(np.searchsorted(np.asarray(record["timestamps"]), cutoff, side="left"))
 
 
+def future_targets(timestamps: np.ndarray, start: int, n_in: int, prefix: int, window: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """``[n_in]`` target event indices of the input positions ``start..start + n_in - 1``: for the event
+    at ``a``, one drawn uniformly from the training events after it (``a + 1 .. prefix - 1``) that
+    happen before ``timestamps[a] + window`` (always at least the next event ``a + 1``)."""
+    a = np.arange(start, start + n_in)
+    if n_in == 0:
+        return a
+    hi = np.searchsorted(timestamps[:prefix], timestamps[a] + window, side="left")
+    hi = np.clip(hi, a + 2, prefix)  # exclusive end: at least a + 1, never past the training prefix
+    return a + 1 + np.floor(rng.random(n_in) * (hi - a - 1)).astype(np.int64)
+
+
 def event_train_example(record: dict[str, Any], *, max_len: int, labels: LabelTables, padding: str = "left",
-                        rng: np.random.Generator | None = None, cutoff: int | None = None) -> dict[str, np.ndarray]:
+                        rng: np.random.Generator | None = None, cutoff: int | None = None,
+                        target_window: int | None = None) -> dict[str, np.ndarray]:
     """Training inputs and per-label targets of one record (``[max_len]`` each, ``label_mask``
     ``[max_len, num_labels]``): ``item_ids``, ``timestamps``, ``actions``, ``surfaces``, ``is_ad`` (the
     input events), ``target_ids``, ``target_surfaces``, ``label_mask``, ``mask`` (real positions) and
     ``user``. ``rng`` picks a random window of a long prefix (else the most recent one). ``cutoff``
-    (unix seconds): a time split, trained on the events before it only (:func:`training_prefix`)."""
+    (unix seconds): a time split, trained on the events before it only (:func:`training_prefix`).
+    ``target_window`` (seconds; None or 0: the next event): each position's target is a later training
+    event within that window (:func:`future_targets`, drawn with ``rng``, else seeded by the user)."""
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     missing = [k for k in ("items", "timestamps") + INPUT_FIELDS if k not in record]
     if missing:
         raise ValueError(f"record of user {record.get('user')} lacks the event fields {missing}: not an event dataset")
     n = len(record["items"])
-    start, end = train_window(n, max_len, rng, prefix=training_prefix(record, cutoff))
+    m = training_prefix(record, cutoff)
+    start, end = train_window(n, max_len, rng, prefix=m)
     n_in = max(end - start - 1, 0)
-    inp, tgt = slice(start, start + n_in), slice(start + 1, start + 1 + n_in)
+    inp = slice(start, start + n_in)
+    if target_window:
+        tgt = future_targets(np.asarray(record["timestamps"], np.int64), start, n_in, m, target_window,
+                             rng or np.random.default_rng(int(record.get("user", 0))))
+    else:
+        tgt = slice(start + 1, start + 1 + n_in)
 
     def pad(values, dtype):
         return pad_sequence(values, max_len, padding=padding, dtype=dtype)

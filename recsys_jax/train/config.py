@@ -119,7 +119,8 @@ class UnifiedConfig:
     ``loss``: negatives, sampler, logQ, normalisation (``recsys_jax.train.multilabel``); the
     temperature and L2 normalisation come from the ``loss`` section. ``label_weights``: label name ->
     weight, over the labels' own (e.g. ``unified.label_weights.engagement=0``: trained on the ad labels
-    only, a baseline at the same budget); ``split``: :class:`ScenarioSplitConfig`.
+    only, a baseline at the same budget); ``split``: :class:`ScenarioSplitConfig`; ``target_window``:
+    None trains each position on the next event, a window (e.g. ``"7d"``) on a later event within it.
     """
 
     enabled: bool = False
@@ -129,6 +130,9 @@ class UnifiedConfig:
     loss: MultiLabelLossConfig = dataclasses.field(default_factory=MultiLabelLossConfig)
     split: ScenarioSplitConfig = dataclasses.field(default_factory=ScenarioSplitConfig)
     label_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    # None: each position predicts the next event; a window (seconds or "7d"): a later training event within
+    # it, drawn per position and epoch (recsys_jax.data.event_examples.future_targets)
+    target_window: int | str | None = None
 
 
 @dataclasses.dataclass
@@ -207,6 +211,12 @@ def validate_unified(cfg: RecsysConfig) -> None:
     if cfg.model.name == "hstu" and (h.num_actions < -1 or h.num_surfaces < -1):
         raise ConfigError(f"config keys 'model.hstu.num_actions' / 'num_surfaces': expected >= 0, or -1 for the "
                           f"dataset's vocabulary size, got {h.num_actions} / {h.num_surfaces}")
+    if u.target_window is not None:
+        try:
+            if parse_window(u.target_window) <= 0:
+                raise ValueError(f"the window must be > 0, got {u.target_window!r}")
+        except ValueError as e:
+            raise ConfigError(f"config key 'unified.target_window': {e} (null: the next event)") from None
     if u.split.protocol == "time":
         if not 0.0 < u.split.cutoff < 1.0:
             raise ConfigError(f"config key 'unified.split.cutoff': a quantile in (0, 1), got {u.split.cutoff}")

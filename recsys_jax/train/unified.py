@@ -30,6 +30,7 @@ from flax import nnx
 
 from core_jax.config import ConfigError
 from core_jax.task import DataContext
+from recsys_jax.data.attribution import parse_window
 from recsys_jax.data.event_examples import LabelTables, compile_labels, event_train_example, label_target_counts
 from recsys_jax.eval.scenarios import time_cutoff, trunk_outputs
 from recsys_jax.models import build_model
@@ -135,11 +136,13 @@ class UnifiedTask(RecsysTask):
         if ctx.process_index == 0:
             save_run_dataset(self.dataset, self.cfg.train.run_dir)
         _ = self.label_log_q  # resolve (and check the labels) before tracing
+        tw = self.cfg.unified.target_window
+        window = parse_window(tw) if tw is not None else None
         return self.dataset.train_iterator(batch_size=ctx.batch_size, max_len=d.max_len, seed=ctx.seed,
                                            random_windows=d.random_windows, padding=d.padding,
                                            shard_index=ctx.process_index, shard_count=ctx.process_count,
                                            worker_count=d.worker_count, example_fn=event_train_example,
-                                           labels=self.labels, cutoff=self.cutoff)
+                                           labels=self.labels, cutoff=self.cutoff, target_window=window)
 
     def eval_data(self, ctx: DataContext):
         return None

@@ -126,3 +126,31 @@ def test_label_errors_name_the_problem():
         event_train_example({"items": np.arange(1, 6), "timestamps": np.zeros(5)}, max_len=4,
                             labels=compile_labels(DEFAULT_LABELS, EVENTS))
     assert dataclasses.asdict(DEFAULT_LABELS[2])["field"] == "conversions"
+
+
+def test_future_window_targets_are_later_training_events_within_the_window():
+    tables = compile_labels(LABELS, EVENTS)
+    rec = _record()  # timestamps 100, 110, ..., 180; training prefix: the first 7 events
+    ts, prefix = rec["timestamps"], 7
+    seen = set()
+    for seed in range(40):
+        ex = event_train_example(rec, max_len=10, labels=tables, padding="right", target_window=25,
+                                 rng=np.random.default_rng(seed))
+        k = int(ex["mask"].sum())
+        assert k == 6
+        np.testing.assert_array_equal(ex["item_ids"][:k], rec["items"][:k])  # inputs unchanged
+        for p in range(k):
+            # the target of input event p: one of p+1 .. (last event before ts[p] + 25), inside the prefix
+            cands = [j for j in range(p + 1, prefix) if ts[j] < ts[p] + 25] or [p + 1]
+            j = [c for c in cands if rec["items"][c] == ex["target_ids"][p]
+                 and rec["surfaces"][c] == ex["target_surfaces"][p]]
+            assert j, (seed, p)
+            np.testing.assert_array_equal(ex["label_mask"][p], tables.target_labels(rec, np.asarray(j[:1]))[0])
+            seen.add((p, j[0]))
+    # both candidates of a window of two are drawn (not always the next event), never past the prefix
+    assert {(0, 1), (0, 2), (4, 5), (4, 6)} <= seen and not any(j >= prefix for _, j in seen)
+    # no window: the next event, as before
+    a = event_train_example(rec, max_len=10, labels=tables, padding="right")
+    b = event_train_example(rec, max_len=10, labels=tables, padding="right", target_window=None)
+    np.testing.assert_array_equal(a["target_ids"], b["target_ids"])
+    np.testing.assert_array_equal(a["target_ids"][:6], rec["items"][1:7])

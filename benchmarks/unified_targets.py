@@ -1,0 +1,138 @@
+"""Issue 14 (unified, scenario-adaptive retrieval) targets: one comparison per call, JSON lines on stdout.
+
+``compare``: trains each variant of one unified config at the same budget (same steps, batch, data,
+split) and prints its per-scenario metrics (``recsys-jax eval``'s ``scenarios``) plus the per-scenario
+popularity baseline. Variants (the README's baselines, as config overrides):
+
+* ``unified``: the config as shipped;
+* ``ads_only``: ``unified.label_weights.<organic label>=0`` (the labels whose pool is not ``ads``);
+* ``per_label``: one run per label, the other labels' weights 0 (``per_label:<label>`` rows);
+* ``two_tower``: ``model.name=two_tower unified.scenario_tower=false``.
+
+    python benchmarks/unified_targets.py compare --config configs/recsys/unified_tiny.yaml \\
+        --variants unified,ads_only,per_label,two_tower [--override train.steps=400 ...]
+
+``throughput``: train sequences/s of plain HSTU (configs/recsys/hstu_ml1m.yaml) and the unified model
+(configs/recsys/unified_ml1m.yaml: the same sizes, L=200, batch 128, 128 negatives per label, action
+embeddings and the scenario tower) on ML-1M-half, alternating ``--rounds`` times in one process (the
+machine is shared: the ratio of medians is the number to read). Target: ratio >= 0.8.
+
+    python benchmarks/unified_targets.py throughput --steps 20 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from core_jax.metrics import read_jsonl  # noqa: E402
+from recsys_jax.eval.scenarios import evaluate_run  # noqa: E402
+from recsys_jax.train.config import load_config  # noqa: E402
+from recsys_jax.train.restore import restore_run  # noqa: E402
+from recsys_jax.train.task import train  # noqa: E402
+
+ML1M = os.path.join(ROOT, "..", "shared", "data", "recsys", "ml-1m-half", "ratings_users1-2999.dat.gz")
+QUIET = ["train.progress=false", "train.tensorboard=false"]
+
+
+def _variants(cfg, names: list[str]) -> list[tuple[str, list[str]]]:
+    labels = [(lab.name, lab.pool) for lab in cfg.unified.labels]
+    out = []
+    for name in names:
+        if name == "unified":
+            out.append((name, []))
+        elif name == "ads_only":
+            out.append((name, [f"unified.label_weights.{n}=0" for n, pool in labels if pool != "ads"]))
+        elif name == "per_label":
+            out += [(f"per_label:{n}", [f"unified.label_weights.{o}=0" for o, _ in labels if o != n]) for n, _ in labels]
+        elif name == "two_tower":
+            out.append((name, ["model.name=two_tower", "unified.scenario_tower=false"]))
+        else:
+            raise SystemExit(f"unknown variant {name!r}: expected unified, ads_only, per_label, two_tower")
+    return out
+
+
+def compare(args) -> None:
+    base = load_config(args.config, args.override)
+    for name, extra in _variants(base, args.variants):
+        run_dir = os.path.join(args.out, name.replace(":", "_"))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cfg = load_config(args.config, [*args.override, *extra, f"train.run_dir={run_dir}", *QUIET])
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):
+            train(cfg)
+            seconds = time.perf_counter() - t0
+            run = restore_run(run_dir, which="latest", eval_split="test")
+            res = evaluate_run(run.task, run.model(), split="test")
+        last = read_jsonl(os.path.join(run_dir, "metrics.jsonl"), "train")[-1]
+        print(json.dumps({"mode": "compare", "config": args.config, "variant": name, "overrides": [*args.override, *extra],
+                          "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
+                          "train_seconds": round(seconds, 1), "final_loss": last.get("loss"),
+                          **{k: res[k] for k in ("protocol", "exclude_history", "users", "scenarios", "popularity")}}),
+              flush=True)
+
+
+def _rate(run_dir: str, warm: int, batch: int) -> float:
+    rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"), "train")
+    examples = seconds = 0.0
+    for prev, r in zip(rows, rows[1:]):
+        if prev["step"] >= warm and r.get("examples_per_s"):
+            n = (r["step"] - prev["step"]) * batch
+            examples += n
+            seconds += n / r["examples_per_s"]
+    return examples / seconds
+
+
+def throughput(args) -> None:
+    warm, rates = 3, {"hstu": [], "unified": []}
+    common = [f"data.build.input={args.ml1m}", "data.max_len=200", "train.batch_size=128", f"train.steps={warm + args.steps}",
+              f"train.log_every={warm}", "train.eval_every=0", "train.best_metric=null", "train.checkpoint.every=0", *QUIET]
+    configs = {"hstu": "hstu_ml1m.yaml", "unified": "unified_ml1m.yaml"}
+    for _ in range(args.rounds):
+        for name, file in configs.items():
+            run_dir = os.path.join(args.out, f"throughput-{name}")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            cfg = load_config(os.path.join(ROOT, "configs", "recsys", file), [*common, f"train.run_dir={run_dir}"])
+            with contextlib.redirect_stdout(sys.stderr):
+                train(cfg)
+            rates[name].append(_rate(run_dir, warm, 128))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(json.dumps({"mode": "throughput", "seq_len": 200, "batch_size": 128, "measured_steps": args.steps,
+                      "rounds": args.rounds, "sequences_per_s": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+                      "ratio_unified_over_hstu": round(med["unified"] / med["hstu"], 3), "target": 0.8,
+                      "cpu_count": os.cpu_count()}), flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("--config", default=os.path.join(ROOT, "configs", "recsys", "unified_tiny.yaml"))
+    c.add_argument("--variants", default="unified,ads_only,per_label,two_tower")
+    c.add_argument("--override", action="append", default=[], help="config override for every variant (repeatable)")
+    t = sub.add_parser("throughput")
+    t.add_argument("--steps", type=int, default=20)
+    t.add_argument("--rounds", type=int, default=2)
+    t.add_argument("--ml1m", default=ML1M)
+    for s in (c, t):
+        s.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "unified"))
+    args = p.parse_args(argv)
+    if args.mode == "compare":
+        args.variants = [v for v in args.variants.split(",") if v]
+        compare(args)
+    else:
+        throughput(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
