@@ -13,6 +13,9 @@ A conversion (action ``conversion``) is eligible for the clicks (actions ``click
   first-click the one earlier.
 * The credit lands on the click as the label ``conversions`` (and ``conversion_value``: credit times
   the conversion's value, when it has one). A click can be credited by several conversions.
+  ``conversions_delay`` (seconds, inf: none) says when the click's label became known: the earliest
+  crediting conversion's time minus the click's, so a time split at ``T`` trains a click before ``T`` as
+  converted only if that conversion also happened before ``T``.
 * A conversion with no eligible click is **unattributed** and is kept as an organic action
   (``organic_action``, default ``purchase``). It is counted as ``outside_window`` when the user did
   click that advertiser (item) before, only longer ago than the window, else ``no_prior_click``
@@ -77,12 +80,14 @@ class AttributionConfig:
 class Attribution:
     """Per event: ``credit`` (float32, the conversions credited to a click), ``value`` (float32,
     credited conversion value), ``click`` (int64, for a conversion under last/first-click: the row of
-    the credited click, else -1; under linear the latest eligible click) and ``counts``."""
+    the credited click, else -1; under linear the latest eligible click), ``delay`` (float32, for a
+    credited click: seconds from it to the earliest conversion crediting it, else inf) and ``counts``."""
 
     credit: np.ndarray
     value: np.ndarray
     click: np.ndarray
     counts: dict
+    delay: np.ndarray
 
 
 def attribute(log: EventLog, cfg: AttributionConfig | None = None) -> Attribution:
@@ -94,10 +99,11 @@ def attribute(log: EventLog, cfg: AttributionConfig | None = None) -> Attributio
     credit = np.zeros(n, np.float32)
     value = np.zeros(n, np.float32)
     click_of = np.full(n, -1, np.int64)
+    delay = np.full(n, np.inf, np.float32)
     counts = {"rule": cfg.rule, "by": cfg.by, "window_s": window, "conversions": 0, "attributed": 0,
               "outside_window": 0, "no_prior_click": 0, "credited_clicks": 0}
     if cfg.conversion_action not in log.actions:
-        return Attribution(credit, value, click_of, counts)
+        return Attribution(credit, value, click_of, counts, delay)
     conv_code = log.actions.code(cfg.conversion_action)
     click_codes = [log.actions.code(a) for a in cfg.click_actions if a in log.actions]
     key = {"advertiser": log.advertiser, "item": log.item, "campaign": log.campaign}[cfg.by].astype(np.int64)
@@ -107,7 +113,7 @@ def attribute(log: EventLog, cfg: AttributionConfig | None = None) -> Attributio
     counts["conversions"] = int(len(conv))
     clicks = np.flatnonzero(is_click)
     if len(conv) == 0:
-        return Attribution(credit, value, click_of, counts)
+        return Attribution(credit, value, click_of, counts, delay)
     # group = (user, key) pair; composite sort key = group * (T + 1) + time rank (no overflow for E < 3e9)
     rows = np.concatenate([clicks, conv])
     pair = log.user[rows] * (int(key.max(initial=0)) + 2) + key[rows] + 1  # < 2^63 for any realistic log
@@ -138,6 +144,7 @@ def attribute(log: EventLog, cfg: AttributionConfig | None = None) -> Attributio
         pick = clicks[hi - 1] if cfg.rule == "last_click" else clicks[lo]
         np.add.at(credit, pick, 1.0)
         np.add.at(value, pick, cv)
+        np.minimum.at(delay, pick, (log.timestamp[okc] - log.timestamp[pick]).astype(np.float32))
         click_of[okc] = pick
     else:  # linear: 1/n to every click in [lo, hi) via a difference array over the sorted clicks
         share = 1.0 / (hi - lo)
@@ -147,13 +154,23 @@ def attribute(log: EventLog, cfg: AttributionConfig | None = None) -> Attributio
             np.add.at(diff, hi, -amount)
             target[clicks] += np.cumsum(diff)[:-1].astype(np.float32)
         click_of[okc] = clicks[hi - 1]
+        # a click's earliest crediting conversion: the first conversion of its group at or after it (any such
+        # conversion within the window credits every click in its window)
+        ckeys = np.sort(g_conv[ok] * stride + r_conv[ok])
+        first = np.searchsorted(ckeys, ck, side="left")
+        found = first < len(ckeys)
+        first_key = ckeys[np.minimum(first, len(ckeys) - 1)]
+        found &= first_key // stride == ck // stride
+        gap = times[first_key % stride] - log.timestamp[clicks]
+        found &= gap <= window
+        delay[clicks[found]] = gap[found].astype(np.float32)
     counts["credited_clicks"] = int((credit > 0).sum())
-    return Attribution(credit, value, click_of, counts)
+    return Attribution(credit, value, click_of, counts, delay)
 
 
 def apply_attribution(log: EventLog, cfg: AttributionConfig | None = None) -> tuple[EventLog, dict]:
-    """:func:`attribute`, then write the labels ``conversions`` and ``conversion_value`` onto the
-    log and relabel unattributed conversions as ``cfg.organic_action``; returns the log and counts."""
+    """:func:`attribute`, then write the labels ``conversions``, ``conversion_value`` and ``conversions_delay``
+    onto the log and relabel unattributed conversions as ``cfg.organic_action``; returns the log and counts."""
     cfg = cfg or AttributionConfig()
     result = attribute(log, cfg)
     out = dataclasses.replace(log, labels=dict(log.labels))
@@ -161,6 +178,7 @@ def apply_attribution(log: EventLog, cfg: AttributionConfig | None = None) -> tu
         unattributed = np.flatnonzero((log.action == log.actions.code(cfg.conversion_action)) & (result.click < 0))
         if len(unattributed):
             out = out.with_action(unattributed, cfg.organic_action)
-    out.labels = {**out.labels, "conversions": result.credit, "conversion_value": result.value}
+    out.labels = {**out.labels, "conversions": result.credit, "conversion_value": result.value,
+                  "conversions_delay": result.delay}
     return out, {**result.counts, "organic_from_unattributed": int(result.counts["conversions"]
                                                                   - result.counts["attributed"])}

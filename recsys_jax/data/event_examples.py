@@ -75,13 +75,19 @@ class LabelTables:
             raise KeyError(f"label {name!r} is not one of the trained labels {list(self.names)}")
         return self.names.index(name)
 
-    def target_labels(self, record: dict[str, Any], rows: slice | np.ndarray) -> np.ndarray:
-        """``[len(rows), num_labels]`` bool: which labels the events ``rows`` of ``record`` have."""
+    def target_labels(self, record: dict[str, Any], rows: slice | np.ndarray,
+                      cutoff: int | None = None) -> np.ndarray:
+        """``[len(rows), num_labels]`` bool: which labels the events ``rows`` of ``record`` have; with a time
+        split's ``cutoff``, a field label only if it was known before it (the record's ``<field>_delay``:
+        seconds from the event to when its label happened, e.g. an attributed conversion after the click)."""
         items = np.asarray(record["items"])[rows]
         ok = self.action_ok[:, np.asarray(record["actions"], np.int64)[rows]].T & self.pool[:, items].T
         for l, name in enumerate(self.fields):
             if name is not None:
                 ok[:, l] &= np.asarray(record[name])[rows] > 0
+                if cutoff is not None and f"{name}_delay" in record:
+                    delay = np.asarray(record[f"{name}_delay"], np.float64)[rows]
+                    ok[:, l] &= np.asarray(record["timestamps"], np.float64)[rows] + delay < cutoff
         return ok
 
 
@@ -174,7 +180,7 @@ def event_train_example(record: dict[str, Any], *, max_len: int, labels: LabelTa
     def pad(values, dtype):
         return pad_sequence(values, max_len, padding=padding, dtype=dtype)
 
-    labels_at = labels.target_labels(record, tgt) if n_in else np.zeros((0, len(labels)), bool)
+    labels_at = labels.target_labels(record, tgt, cutoff) if n_in else np.zeros((0, len(labels)), bool)
     return {
         "user": np.int32(record.get("user", -1)),
         "item_ids": pad(np.asarray(record["items"])[inp], np.int32),
@@ -200,7 +206,7 @@ def label_target_counts(records, labels: LabelTables, num_items: int, cutoff: in
         if m < 2:
             continue
         rows = slice(1, m)
-        has = labels.target_labels(rec, rows)
+        has = labels.target_labels(rec, rows, cutoff)
         items = np.asarray(rec["items"])[rows]
         for l in range(len(labels)):
             np.add.at(counts[l], items[has[:, l]], 1)

@@ -131,7 +131,7 @@ def scenario_examples(records, labels: LabelTables, *, num_surfaces: int, num_it
         items, surfaces = np.asarray(rec["items"]), np.asarray(rec["surfaces"], np.int64)
         m = training_prefix(rec, cutoff if protocol == "time" else None)
         if m >= 2:  # training targets: events 1..m-1 (position 0 is never a target)
-            has = labels.target_labels(rec, slice(1, m))
+            has = labels.target_labels(rec, slice(1, m), cutoff if protocol == "time" else None)
             for l in range(len(labels)):
                 np.add.at(counts[l], (surfaces[1:m][has[:, l]], items[1:m][has[:, l]]), 1)
         if protocol == "time":

@@ -61,6 +61,8 @@ def _spec_key(b) -> str:
     elif is_event_build(b):
         spec.update(events=True, rating_behaviours=b.rating_behaviours, attribution=dataclasses.asdict(b.attribution),
                     drop_actions=list(b.drop_actions))
+    if is_event_build(b):  # event datasets with the conversions_delay label (older caches lack it: rebuilt)
+        spec["label_delays"] = True
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -128,6 +128,22 @@ def test_matches_brute_force_on_random_log_and_scales():
                 # (time, row) order
                 best = sorted(ok, key=lambda i: (log.timestamp[i], i))[-1 if rule == "last_click" else 0]
                 assert got[c] == best
+        # conversions_delay: seconds from each credited click to the earliest conversion crediting it
+        key = log.advertiser if by == "advertiser" else log.item
+        for rule in ("last_click", "first_click", "linear"):
+            res = attribute(log, _cfg(by=by, rule=rule, window=5 * DAY))
+            want = np.full(n, np.inf)
+            for c in np.flatnonzero(act == 4):
+                t = log.timestamp[c]
+                if rule == "linear":
+                    credited = np.flatnonzero((act == 3) & (log.user == log.user[c]) & (key == key[c]) &
+                                              (log.timestamp <= t) & (log.timestamp >= t - 5 * DAY))
+                else:
+                    credited = [res.click[c]] if res.click[c] >= 0 else []
+                for k in credited:
+                    want[k] = min(want[k], t - log.timestamp[k])
+            np.testing.assert_array_equal(res.delay, want.astype(np.float32), err_msg=f"{by} {rule}")
+            assert np.array_equal(np.isfinite(res.delay), res.credit > 0)
     big = log.take(rng.integers(0, n, 2_000_000))
     t0 = time.perf_counter()
     attribute(big, _cfg(rule="linear"))

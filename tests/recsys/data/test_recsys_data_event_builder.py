@@ -32,7 +32,7 @@ def test_marketplace_event_dataset(sim_built):
     assert ev["actions"][:6] == ["impression", "click", "save", "ad_click", "conversion", "purchase"]
     assert ev["surfaces"] == ["home", "search", "related"] and len(ev["item_is_ad"]) == ds.num_items + 1
     assert set(ev["fields"]) == {"actions", "surfaces", "is_ad", "advertisers", "campaigns", "values", "intents",
-                                 "conversions", "conversion_value"}
+                                 "conversions", "conversion_value", "conversions_delay"}
     rep = ds.report
     att = rep["attribution"]
     assert att["rule"] == "last_click" and att["conversions"] == rep["actions_read"]["conversion"] > 0
@@ -80,6 +80,7 @@ def test_csv_events_with_attribution_counts(write, tmp_path):
     assert (att["conversions"], att["attributed"], att["no_prior_click"]) == (2, 1, 1)
     u1 = ds.sequence(ds.user_map.to_dense("u1"))
     assert u1["conversions"].tolist() == [0, 1, 0] and u1["conversion_value"][1] == pytest.approx(12.5)
+    assert u1["conversions_delay"].tolist() == [np.inf, 10, np.inf]  # the click at 20 converted at 30
     u2 = ds.sequence(ds.user_map.to_dense("u2"))  # u2's conversion had no click: an organic purchase
     assert [ds.events["actions"][a] for a in u2["actions"]] == ["click", "purchase"]
     assert ds.side_info[ds.item_map.to_dense("a1")] == {"is_ad": True, "category": "shoes", "advertiser": "acme"}

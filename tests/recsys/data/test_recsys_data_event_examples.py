@@ -154,3 +154,19 @@ def test_future_window_targets_are_later_training_events_within_the_window():
     b = event_train_example(rec, max_len=10, labels=tables, padding="right", target_window=None)
     np.testing.assert_array_equal(a["target_ids"], b["target_ids"])
     np.testing.assert_array_equal(a["target_ids"][:6], rec["items"][1:7])
+
+
+def test_a_conversion_after_the_cutoff_is_not_a_training_label():
+    """Time split at T: the ad click at t=130 converted at t=155 (conversions_delay 25); trained before T=150 it is
+    a plain ad click, before T=170 a conversion too; label counts (logQ) follow; a record without the delay field
+    (an older dataset) keeps its label."""
+    tables = compile_labels(LABELS, {**EVENTS, "fields": EVENTS["fields"] + ["conversions_delay"]})
+    conv = tables.code("conversion")
+    rec = {**_record(), "conversions_delay": np.where(_record()["conversions"] > 0, 25.0, np.inf).astype(np.float32)}
+    for cutoff, converted in ((150, False), (170, True)):
+        ex = event_train_example(rec, max_len=10, labels=tables, padding="right", cutoff=cutoff)
+        at = list(ex["target_ids"][ex["mask"]]).index(6)  # the target at row 3: the converted ad click on item 6
+        assert ex["label_mask"][at, tables.code("ad_click")] and ex["label_mask"][at, conv] == converted, cutoff
+        assert label_target_counts([rec], tables, 6, cutoff=cutoff)[conv, 6] == int(converted)
+    old = event_train_example(_record(), max_len=10, labels=tables, padding="right", cutoff=150)
+    assert old["label_mask"][list(old["target_ids"][old["mask"]]).index(6), conv]
