@@ -106,14 +106,12 @@ def build_long_table(encoder: LongTermEncoder, users: Sequence[str], items: Sequ
     """The table at cutoffs ``as_of [U]``: user ``u``'s row encodes only its events with timestamp ``< as_of[u]``
     (the most recent ``encoder.cfg.max_len``): the batch recomputation (e.g. daily, as_of = the day's start)."""
     as_of = np.asarray(as_of, np.int64)
-    rows = []
     order = np.argsort([len(s) for s in items], kind="stable")  # similar lengths share a padded batch
     out = np.zeros((len(users), encoder.cfg.embed_dim), np.float32)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         hists = [history_before(items[u], timestamps[u], int(as_of[u]), encoder.cfg.max_len) for u in idx]
         out[idx] = encode_long(encoder, long_inputs(hists, as_of[idx], encoder.cfg.max_len))
-        rows.extend(idx)
     return LongTable([str(u) for u in users], out, as_of)
 
 

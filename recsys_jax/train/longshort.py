@@ -37,13 +37,7 @@ from tqdm import tqdm
 from core_jax import config as config_lib
 from core_jax.config import ConfigError
 from recsys_jax.data.formats import read_interactions
-from recsys_jax.data.long_history import (
-    history_before,
-    long_inputs,
-    long_train_batch,
-    query_position,
-    short_train_batch,
-)
+from recsys_jax.data.long_history import long_train_batch, query_position, short_train_batch
 from recsys_jax.data.sequences import Sequences, build_sequences, pad_sequence
 from recsys_jax.eval.evaluate import last_real
 from recsys_jax.eval.future_window import evaluate_vectors

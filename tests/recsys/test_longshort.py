@@ -206,3 +206,5 @@ def test_config_errors_name_the_key():
     with pytest.raises(Exception, match="encoder"):
         load_config(None, ["long.encoder=lstm"])
     assert dataclasses.asdict(load_config(None, []).fusion)["fusion"] == "gated"
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "recsys" / "longshort_ml1m.yaml")
+    assert cfg.long.max_len == 4096 and cfg.hstu.max_seq_len > cfg.data.short_len
