@@ -32,10 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from safetensors.numpy import load_file
 from tqdm import tqdm
 
 from core_jax import config as config_lib
 from core_jax.config import ConfigError
+from core_jax.state_dict import load_state_dict
 from recsys_jax.data.formats import read_interactions
 from recsys_jax.data.long_history import long_train_batch, query_position, short_train_batch
 from recsys_jax.data.sequences import Sequences, build_sequences, pad_sequence
@@ -78,6 +80,10 @@ class LongShortRunConfig:
     ks: list[int] = dataclasses.field(default_factory=lambda: [10, 50, 200])
     seed: int = 0
     run_dir: str = "runs/recsys/longshort"
+    # the models to train; the others are loaded from the finished run folder `init_from` (same configs), e.g.
+    # stages=[both] fusion.fusion=prefix init_from=RUN: another fusion on the same long encoder and short baseline
+    stages: list[str] = dataclasses.field(default_factory=lambda: ["long", "short", "both"])
+    init_from: str = ""
 
 
 def load_config(path=None, overrides=()) -> LongShortRunConfig:
@@ -93,6 +99,11 @@ def load_config(path=None, overrides=()) -> LongShortRunConfig:
     if cfg.hstu.max_seq_len < need:
         raise ConfigError(f"config key 'hstu.max_seq_len': {cfg.hstu.max_seq_len} < {need} (data.short_len"
                           f"{' + 1 for the prefix token' if cfg.fusion.fusion == 'prefix' else ''})")
+    if set(cfg.stages) - {"long", "short", "both"}:
+        raise ConfigError(f"config key 'stages': expected a subset of ['long', 'short', 'both'], got {cfg.stages}")
+    if set(cfg.stages) != {"long", "short", "both"} and not cfg.init_from:
+        raise ConfigError(f"config key 'init_from': stages={cfg.stages} leaves models untrained; name the run "
+                          "folder to load them from")
     if cfg.data.window < 1 or cfg.data.short_len < 1:
         raise ConfigError("config keys 'data.window' / 'data.short_len': must be >= 1")
     return cfg
@@ -224,6 +235,10 @@ def run(cfg: LongShortRunConfig, log=print) -> dict:
     models = build_models(_model_dict(cfg), seqs.num_items, nnx.Rngs(cfg.seed, dropout=cfg.seed + 1))
     timings, losses = {}, {}
     for name in ("long", "short", "both"):
+        if name not in cfg.stages:
+            load_state_dict(models[name], load_file(os.path.join(cfg.init_from, name, "model.safetensors")),
+                            what=f"{name} of {cfg.init_from}")
+            continue
         t = time.time()
         if name == "long":
             losses[name] = train_long(models["long"], seqs, train_end, cfg, log)
@@ -242,7 +257,8 @@ def run(cfg: LongShortRunConfig, log=print) -> dict:
     results["meta"] = {"users": len(lengths), "evaluated": len(evaluated), "events": int(lengths.sum()),
                        "max_history": int(lengths.max()), "window": cfg.data.window, "short_len": cfg.data.short_len,
                        "fusion": cfg.fusion.fusion, "long_encoder": cfg.long.encoder,
-                       "final_loss": {k: float(np.mean(v[-50:])) for k, v in losses.items()},
+                       "final_loss": {k: float(np.mean(v[-50:])) for k, v in losses.items() if v},
+                       "stages": list(cfg.stages), "init_from": cfg.init_from or None,
                        **timings, "total_s": round(time.time() - t0, 1)}
     save_run(cfg.run_dir, _model_dict(cfg), models, seqs.item_map, seqs.user_map, table)
     with open(os.path.join(cfg.run_dir, "results.json"), "w") as f:

@@ -148,6 +148,17 @@ def test_long_and_short_models_train_and_lower_the_loss(tiny_run):
         assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.05, (fusion, losses[:8], losses[-8:])
 
 
+def test_stages_reuse_a_finished_run(tiny_run, tmp_path):
+    cfg, results = tiny_run
+    other = load_config(None, [f"data.input={cfg.data.input}", f"run_dir={tmp_path / 'prefix'}", *TINY,
+                               "stages=[both]", "fusion.fusion=prefix", f"init_from={cfg.run_dir}"])
+    again = run(other, log=lambda *_: None)
+    assert again["long"] == results["long"] and again["short"] == results["short"]  # loaded, not retrained
+    assert again["meta"]["fusion"] == "prefix" and again["both"]["count"] == results["both"]["count"]
+    with pytest.raises(Exception, match="init_from"):
+        load_config(None, ["stages=[both]"])
+
+
 def test_fusion_none_is_the_plain_hstu():
     cfg = HSTUConfig(embed_dim=16, attention_dim=16, linear_dim=16, max_seq_len=8, dropout=0.0)
     plain = HSTU(cfg, 30, rngs=nnx.Rngs(0))
