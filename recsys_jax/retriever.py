@@ -433,8 +433,8 @@ class Retriever:
                 values = allocator.values(time.time() if now is None else now)
                 floors, caps = allocator.floors, allocator.caps
         long = self._long_rows(user, len(rows), batch, unknown)
-        ranked = self.rank(self.user_vectors(rows, code, long), rows, int(k), exclude_history=exclude_history, quotas=quotas,
-                           sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask)
+        ranked = self.rank(self.user_vectors(rows, code, long), rows, int(k), exclude_history=exclude_history,
+                           quotas=quotas, sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask)
         out_items = [[self.item_map.to_original(j) for j in ids] for ids, _, _ in ranked]
         out_scores = [scores for _, scores, _ in ranked]
         out_sources = [src for _, _, src in ranked]

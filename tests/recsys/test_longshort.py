@@ -134,7 +134,7 @@ def test_future_window_metric_matches_brute_force_numpy():
 
 def test_long_and_short_models_train_and_lower_the_loss(tiny_run):
     cfg, results = tiny_run
-    for name in ("long", "short", "both"):
+    for name in ("long", "short", "both", "most_popular"):
         assert set(results[name]) >= {"recall@5", "recall@10", "hr@10", "count"}
         assert results[name]["count"] > 0
     assert "relative_gain_recall@50" in json.loads((Path(cfg.run_dir) / "results.json").read_text())
