@@ -7,6 +7,8 @@
     recsys-jax train --config configs/recsys/hstu_ml1m.yaml [key.sub=value ...]
     recsys-jax eval --checkpoint RUN_DIR [--split test|validation] [--which auto|best|latest]
     recsys-jax recommend --checkpoint RUN_DIR --history 1193,661,914 [--timestamps ...] [--k 10]
+    recsys-jax recommend --checkpoint LONGSHORT_RUN_DIR --user 42 --history ... --timestamps ...
+    recsys-jax longshort train --config configs/recsys/longshort_ml1m.yaml [key.sub=value ...]
     recsys-jax convert from-generative-recommenders --checkpoint CKPT --gin CONFIG.gin --out RUN_DIR
     recsys-jax convert to-generative-recommenders --checkpoint RUN_DIR --out CKPT [--gin OUT.gin]
     recsys-jax serve --checkpoint RUN_DIR --port 8080 [--max-batch 32] [--max-wait-ms 2] [--max-queue 256]
@@ -215,6 +217,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--scenario", default=None, help="unified runs: LABEL:SURFACE, e.g. conversion:home")
     r.add_argument("--candidates", choices=("ads", "organic", "all"), default=None,
                    help="candidate pool (default: the scenario label's pool, e.g. ads for ad labels)")
+    r.add_argument("--user", default=None, help="long+short runs: the user id whose stored long-term embedding "
+                                                "conditions the recent history")
     r.set_defaults(func=_cmd_recommend)
 
 
@@ -315,6 +319,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         events["scenario"] = args.scenario
     if args.candidates is not None:
         events["candidates"] = args.candidates
+    if args.user is not None:
+        events["user"] = args.user
     r = Retriever.from_checkpoint(args.checkpoint, which=args.which)
     items, scores = r.recommend(history, timestamps, k=args.k, exclude_history=not args.include_history,
                                 unknown="skip" if args.skip_unknown else "error", **events)
@@ -422,7 +428,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 # Command groups: each adds its subcommands to the top-level subparsers.
-_COMMANDS = [_add_data_commands, _add_run_commands, _add_convert_commands, _add_serve_commands]
+def _add_longshort_commands(sub: argparse._SubParsersAction) -> None:
+    ls = sub.add_parser("longshort", help="long- and short-term interests (recsys_jax.train.longshort)")
+    lsub = ls.add_subparsers(dest="longshort_command", required=True)
+    t = lsub.add_parser("train", help="train the long-term encoder, short-term HSTU with and without it, evaluate",
+                        description="Train the long-term encoder (dense all-action loss), build the per-user "
+                                    "long-term table, train the short-term HSTU alone and conditioned on it, and "
+                                    "write RUN_DIR/results.json (future-window recall@k, next-item hr@k of long "
+                                    "only / short only / both).")
+    t.add_argument("--config", required=True, help="YAML config, e.g. configs/recsys/longshort_ml1m.yaml")
+    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. long.encoder=chunk_hstu")
+    t.set_defaults(func=_cmd_longshort_train)
+
+
+def _cmd_longshort_train(args: argparse.Namespace) -> int:
+    import json
+
+    from recsys_jax.train.longshort import load_config, run
+
+    results = run(load_config(args.config, args.overrides))
+    print(json.dumps(results))
+    return 0
+
+
+_COMMANDS = [_add_data_commands, _add_run_commands, _add_convert_commands, _add_serve_commands,
+             _add_longshort_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

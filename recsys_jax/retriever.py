@@ -14,6 +14,12 @@ A unified (multi-label) run serves scenarios: the history's events and what is a
                                 surfaces=["home", "search", "home"], scenario=("conversion", "home"),
                                 k=100, candidates="ads")   # default candidates: the label's pool
 
+A long+short run (``recsys-jax longshort train``) serves a user id beside the recent events: the user's
+long-term embedding is looked up in the run's stored table (``RUN_DIR/long_table.safetensors``)::
+
+    r = recsys_jax.Retriever.from_checkpoint("runs/recsys/longshort_ml1m")
+    items, scores = r.recommend(recent_items, recent_timestamps, user="42", k=50)
+
 The saved id map is applied both ways (ids may be given as str or int; results are the original id
 strings). Histories longer than the model's window keep their most recent items; every given item is
 excluded from the results with ``exclude_history=True``. An id the training data never had is an
@@ -35,7 +41,7 @@ from flax import nnx
 
 from recsys_jax.data.event_examples import POOLS, compile_labels
 from recsys_jax.data.sequences import IdMap, pad_sequence
-from recsys_jax.eval.evaluate import user_embeddings
+from recsys_jax.eval.evaluate import last_real, user_embeddings
 from recsys_jax.eval.scenarios import parse_scenario, scenario_user_embeddings
 from recsys_jax.serving.candidates import MODEL_SOURCE, combine, model_candidates, parse_quotas
 from recsys_jax.serving.index import ItemIndex
@@ -62,6 +68,7 @@ def _bucket(n: int) -> int:
 
 
 _users = nnx.jit(user_embeddings)
+_long_short_users = nnx.jit(lambda m, ids, ts, long: last_real(m(ids, ts, long, deterministic=True), ids > 0))
 
 
 def _attribute(side: dict, keys: Sequence[str]):
@@ -95,14 +102,16 @@ class Retriever:
     its ``category`` or first ``genres`` / ``tags`` value). ``index_dtype`` / ``mesh``: the
     :class:`~recsys_jax.serving.ItemIndex` storage and mesh. ``events``: the dataset's ``events.json``
     (action / surface vocabularies, ``item_is_ad``) and ``labels``: the run's ``unified.labels``, for
-    a unified run (scenarios, event inputs, candidate pools).
+    a unified run (scenarios, event inputs, candidate pools). ``long_table``: a
+    :class:`~recsys_jax.serving.long_table.LongTable` for a model conditioned on the long-term embedding
+    (:class:`~recsys_jax.models.long_short.LongShortHSTU`); ``recommend`` then takes ``user=``.
     """
 
     def __init__(self, model: nnx.Module, item_map: IdMap, *, max_len: int, padding: str = "left",
                  side_info: list | None = None, uses_timestamps: bool = False,
                  advertiser: Mapping | None = None, category: Mapping | None = None,
                  index_dtype: str = "float32", mesh=None, events: Mapping | None = None,
-                 labels: Sequence | None = None):
+                 labels: Sequence | None = None, long_table=None):
         if padding not in ("left", "right"):
             raise ValueError(f"padding must be 'left' or 'right', got {padding!r}")
         if len(item_map) != model.num_items:
@@ -126,6 +135,9 @@ class Retriever:
         if self.scenario_tower and (self.labels is None or len(self.labels) != model.cfg.num_scenario_labels):
             raise ValueError(f"the model's scenario tower has {model.cfg.num_scenario_labels} labels: pass the run's "
                              "labels (unified.labels)")
+        self.long_table = long_table
+        if (getattr(model, "fusion", "none") != "none") != (long_table is not None):
+            raise ValueError("a model conditioned on the long-term embedding needs long_table (and only it takes one)")
         self._warned_timestamps = False
         self.step: int | None = None  # the checkpoint's step and kind ("best" / "latest"), from_checkpoint only
         self.which: str | None = None
@@ -140,6 +152,8 @@ class Retriever:
         from recsys_jax.train.task import RUN_DATASET_DIR
 
         path = os.fspath(path)
+        if os.path.isfile(os.path.join(path, "longshort.json")):
+            return cls.from_longshort(path, padding=padding, **kwargs)
         run = restore_run(path, which=which, overrides=overrides)
         folder = os.path.join(path, RUN_DATASET_DIR)
         with open(os.path.join(folder, "id_maps.json"), encoding="utf-8") as f:
@@ -158,6 +172,20 @@ class Retriever:
                 side_info=side, uses_timestamps=info.get("has_timestamps", False), **kwargs)
         r.step, r.which = run.step, run.which
         return r
+
+    @classmethod
+    def from_longshort(cls, path: str | os.PathLike, *, model: str = "both", padding: str | None = None,
+                       **kwargs) -> "Retriever":
+        """A long+short run folder: its ``model`` ("both": conditioned on the stored long-term table, or
+        "short": the recent events only)."""
+        from recsys_jax.serving.long_table import load_run
+
+        if model not in ("both", "short"):
+            raise ValueError(f"model must be 'both' or 'short' (the long encoder is served through the table), "
+                             f"got {model!r}")
+        cfg, models, item_map, table = load_run(os.fspath(path))
+        return cls(models[model], item_map, max_len=cfg["short_len"], padding=padding or "left",
+                   uses_timestamps=True, long_table=table if model == "both" else None, **kwargs)
 
     @property
     def num_items(self) -> int:
@@ -271,9 +299,10 @@ class Retriever:
             out.append(dense)
         return np.asarray(out, np.int64)
 
-    def user_vectors(self, rows, scenario: tuple[int, int] | None = None) -> np.ndarray:
+    def user_vectors(self, rows, scenario: tuple[int, int] | None = None, long: np.ndarray | None = None) -> np.ndarray:
         """``[len(rows), D]`` user embeddings of prepared histories (:meth:`prepare`); ``scenario``:
-        ``(label code, surface code)`` for a model with a scenario tower."""
+        ``(label code, surface code)`` for a model with a scenario tower; ``long``: ``[len(rows), Dl]``
+        long-term embeddings for a model conditioned on them."""
         b = _bucket(len(rows))
         fields = ("item_ids", "timestamps") + (("actions", "surfaces", "is_ad") if self.event_features else ())
         batch = {k: np.zeros((b, self.max_len), bool if k == "is_ad" else np.int32) for k in fields}
@@ -283,6 +312,14 @@ class Retriever:
                 batch[k][i] = pad_sequence(values[k], self.max_len, padding=self.padding, dtype=batch[k].dtype)
         for k in fields:
             batch[k][len(rows):] = batch[k][0]  # bucket padding rows: copies of a real row (discarded)
+        if self.long_table is not None:
+            if long is None or len(long) != len(rows):
+                raise ValueError("this model reads the users' long-term embeddings: pass long=[len(rows), D] "
+                                 "(recommend(..., user=...) looks them up in the table)")
+            lv = np.zeros((b, self.long_table.dim), np.float32)
+            lv[:len(rows)] = long
+            return np.asarray(_long_short_users(self.model, jnp.asarray(batch["item_ids"]),
+                                                jnp.asarray(batch["timestamps"]), jnp.asarray(lv)))[:len(rows)]
         if not self.event_features and not self.scenario_tower:
             return np.asarray(_users(self.model, jnp.asarray(batch["item_ids"]),
                                      jnp.asarray(batch["timestamps"])))[:len(rows)]
@@ -338,7 +375,7 @@ class Retriever:
     def recommend(self, history, timestamps=None, k: int = 100, exclude_history: bool = True,
                   unknown: str = "error", quotas: Mapping | None = None, sources: Mapping | None = None,
                   allocator=None, now: float | None = None, pool: int | None = None, actions=None, surfaces=None,
-                  scenario=None, candidates: str | None = None):
+                  scenario=None, candidates: str | None = None, user=None):
         """Top-``k`` items after ``history`` (original ids, oldest first) or a batch of histories.
 
         ``timestamps``: unix seconds per history item (same shape as ``history``), for models with
@@ -361,6 +398,10 @@ class Retriever:
         ``("conversion", "home")``) picks the scenario tower's user embedding, required with a tower;
         ``candidates`` (``"ads"``, ``"organic"``, ``"all"``; default the scenario label's pool) limits the
         items returned (and the sources' items).
+
+        Long+short runs: ``user`` (original user id; for a batch one per history) selects the stored
+        long-term embedding; an id not in the table is an error, or with ``unknown="skip"`` a zero
+        embedding (a user without long-term history).
         """
         if unknown not in UNKNOWN:
             raise ValueError(f"unknown must be one of {UNKNOWN}, got {unknown!r}")
@@ -400,14 +441,29 @@ class Retriever:
 
                 values = allocator.values(time.time() if now is None else now)
                 floors, caps = allocator.floors, allocator.caps
-        ranked = self.rank(self.user_vectors(rows, code), rows, int(k), exclude_history=exclude_history, quotas=quotas,
-                           sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask)
+        long = self._long_rows(user, len(rows), batch, unknown)
+        ranked = self.rank(self.user_vectors(rows, code, long), rows, int(k), exclude_history=exclude_history,
+                           quotas=quotas, sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask)
         out_items = [[self.item_map.to_original(j) for j in ids] for ids, _, _ in ranked]
         out_scores = [scores for _, scores, _ in ranked]
         out_sources = [src for _, _, src in ranked]
         if not batch:
             out_items, out_scores, out_sources = out_items[0], out_scores[0], out_sources[0]
         return (out_items, out_scores) if sources is None else (out_items, out_scores, out_sources)
+
+    def _long_rows(self, user, b: int, batch: bool, unknown: str) -> np.ndarray | None:
+        """The long-term table's rows for ``user`` (None for a model without long-term input)."""
+        if self.long_table is None:
+            if user is not None:
+                raise ValueError("user= is for a model conditioned on a long-term table (a long+short run)")
+            return None
+        if user is None:
+            raise ValueError("this model reads the user's long-term embedding: pass user=<user id>"
+                             + (" (one per history)" if batch else ""))
+        users = list(user) if batch and not isinstance(user, (str, int)) else [user]
+        if len(users) != b:
+            raise ValueError(f"user has {len(users)} ids but there are {b} histories")
+        return self.long_table.lookup(users, unknown)
 
     def scenario_code(self, scenario) -> tuple[int, int] | None:
         """``(label code, surface code)`` of a scenario (checked against the run's labels and surfaces)."""

@@ -221,16 +221,30 @@ class HSTU(nnx.Module):
         """``timestamps`` (seconds, int32 range: differences are taken in int32) may be None only
         when ``use_time_bias`` is off. ``actions`` / ``surfaces`` / ``is_ad`` (``[B, L]``, aligned
         with ``item_ids``): the event features the config turns on (ignored otherwise)."""
+        check_sequence_inputs(item_ids, timestamps, self.cfg.max_seq_len)
+        mask = item_ids > 0
+        x = self.embed(item_ids, deterministic=deterministic, actions=actions, surfaces=surfaces, is_ad=is_ad)
+        return self.encode(x, mask, timestamps, deterministic=deterministic)
+
+    def embed(self, item_ids: jax.Array, *, deterministic: bool, actions: jax.Array | None = None,
+              surfaces: jax.Array | None = None, is_ad: jax.Array | None = None) -> jax.Array:
+        """``[B, L, D]`` input tokens (item, position and event embeddings, dropout; zero at padding)."""
         cfg = self.cfg
-        check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
         mask = item_ids > 0
         x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask)
         if cfg.event_features:
             x = x + self.events(item_ids.shape, actions, surfaces, is_ad)
-        x = self.input_dropout(x, deterministic=deterministic) * mask[..., None]
+        return self.input_dropout(x, deterministic=deterministic) * mask[..., None]
 
+    def encode(self, x: jax.Array, mask: jax.Array, timestamps: jax.Array | None, *,
+               deterministic: bool) -> jax.Array:
+        """The HSTU layers over input tokens ``x [B, L, D]`` (real where ``mask``): ``[B, L, D]`` outputs.
+        (:class:`~recsys_jax.models.long_short.LongShortHSTU` prepends a long-term prefix token here.)"""
+        cfg = self.cfg
+        if x.shape[1] > cfg.max_seq_len:
+            raise ValueError(f"sequence length {x.shape[1]} exceeds config.max_seq_len={cfg.max_seq_len}")
         attn_mask = causal_key_mask(mask)
-        rel_pos = relative_position_index(item_ids.shape[1], cfg.max_seq_len)
+        rel_pos = relative_position_index(x.shape[1], cfg.max_seq_len)
         buckets = None
         if cfg.use_time_bias:
             if timestamps is None:

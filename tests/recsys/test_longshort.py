@@ -1,0 +1,221 @@
+"""Long- and short-term interests: leakage of the long table, the future-window metric, training, serving."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from recsys_jax.cli import main as cli_main
+from recsys_jax.data.long_history import history_before, long_inputs, short_train_batch
+from recsys_jax.eval.future_window import future_window_sums
+from recsys_jax.models.hstu import HSTU, HSTUConfig
+from recsys_jax.models.long_short import LongShortConfig, LongShortHSTU
+from recsys_jax.models.long_term import LongTermConfig, LongTermEncoder
+from recsys_jax.retriever import Retriever
+from recsys_jax.serving.long_table import build_long_table, encode_long, load_run
+from recsys_jax.train.longshort import load_config, load_sequences, run, train_short
+
+TINY = ["data.window=4", "data.short_len=8", "long.embed_dim=16", "long.max_len=64", "long.hidden_dim=32",
+        "long.chunk=8", "hstu.embed_dim=16", "hstu.attention_dim=16", "hstu.linear_dim=16", "hstu.max_seq_len=9",
+        "hstu.dropout=0.0", "long.dropout=0.0", "fusion.long_dim=16", "loss.num_negatives=16",
+        "long_train.steps=40", "short_train.steps=40", "long_train.batch_size=16", "short_train.batch_size=16",
+        "long_train.learning_rate=0.01", "short_train.learning_rate=0.01", "ks=[5,10]"]
+
+
+def _ratings(path, users=24, items=30, seed=0):
+    """Users with a stable taste (a block of items) and 20-70 events, several sharing timestamps."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for u in range(1, users + 1):
+        n = int(rng.integers(20, 70))
+        block = (u % 3) * 10
+        t = 1_000_000 + u
+        for _ in range(n):
+            t += int(rng.choice([0, 60, 3600]))  # equal timestamps happen (0)
+            item = block + int(rng.integers(1, 11)) if rng.random() < 0.8 else int(rng.integers(1, items + 1))
+            lines.append(f"{u}::{item}::5::{t}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("longshort")
+    cfg = load_config(None, [f"data.input={_ratings(tmp / 'ratings.dat')}", f"run_dir={tmp / 'run'}", *TINY])
+    return cfg, run(cfg, log=lambda *_: None)
+
+
+def _encoder(encoder="pooled", num_items=30):
+    return LongTermEncoder(LongTermConfig(encoder=encoder, embed_dim=16, max_len=64, hidden_dim=32, chunk=8,
+                                          dropout=0.0), num_items, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("encoder", ["pooled", "chunk_hstu"])
+def test_long_table_uses_only_events_strictly_before_as_of(encoder):
+    rng = np.random.default_rng(1)
+    enc = _encoder(encoder)
+    items = [rng.integers(1, 31, n).astype(np.int32) for n in (12, 40, 5)]
+    ts = [np.sort(rng.integers(0, 50, len(s))).astype(np.int64) for s in items]
+    as_of = np.asarray([ts[0][6], ts[1][30], 10**6])  # the third: every event
+    table = build_long_table(enc, ["a", "b", "c"], items, ts, as_of, batch_size=2)
+    for u in range(3):
+        hist = history_before(items[u], ts[u], int(as_of[u]), 64)
+        assert np.all(hist[1] < as_of[u])
+        alone = encode_long(enc, long_inputs([hist], as_of[u:u + 1], 64))[0]
+        np.testing.assert_allclose(table.embeddings[u], alone, atol=1e-5)
+    # events at or after as_of (including ones AT as_of) never change the row; an earlier event does
+    changed = [s.copy() for s in items]
+    at_or_after = ts[1] >= as_of[1]
+    changed[1][at_or_after] = (changed[1][at_or_after] % 30) + 1
+    again = build_long_table(enc, ["a", "b", "c"], changed, ts, as_of)
+    np.testing.assert_allclose(again.embeddings, table.embeddings, atol=1e-6)
+    changed[1][0] = changed[1][0] % 30 + 1
+    assert not np.allclose(build_long_table(enc, ["a", "b", "c"], changed, ts, as_of).embeddings[1],
+                           table.embeddings[1], atol=1e-6)
+
+
+def test_short_training_batches_never_show_a_target_to_the_long_input():
+    rng = np.random.default_rng(2)
+    # item id = position + 1, so an id names the event; many equal timestamps
+    items = [np.arange(1, n + 1, dtype=np.int32) for n in rng.integers(3, 60, 30)]
+    ts = [np.sort(rng.integers(0, 30, len(s))).astype(np.int64) for s in items]
+    train_end = np.asarray([len(s) for s in items])
+    b = short_train_batch(items, ts, train_end, np.arange(30), rng, short_len=8, window=3, long_len=64)
+    long = b["long"]
+    for r in range(30):
+        seen = long["items"][r][long["items"][r] > 0]
+        targets = b["targets"][r][b["mask"][r]]
+        targets = targets[targets > 0]
+        assert len(targets) and np.all(targets <= train_end[r])
+        assert np.all(ts[r][seen - 1] < long["as_of"][r])  # strictly before the cutoff
+        assert np.all(ts[r][targets - 1] >= long["as_of"][r])  # every counted target is at or after it
+        assert not set(seen.tolist()) & set(targets.tolist())
+
+
+def _brute_force(users, table, future, exclude, ks):
+    out = {f"{m}@{k}": [] for k in ks for m in ("recall", "hr")}
+    for u in range(len(users)):
+        scores = table @ users[u]
+        scores[0] = -np.inf
+        scores[[e for e in exclude[u] if e > 0]] = -np.inf
+        order = np.argsort(-scores, kind="stable")
+        fut = [f for f in future[u] if f > 0]
+        if not fut:
+            continue
+        for k in ks:
+            top = set(order[:k].tolist())
+            out[f"recall@{k}"].append(len(top & set(fut)) / len(set(fut)))
+            out[f"hr@{k}"].append(float(fut[0] in top))
+    return {k: float(np.mean(v)) for k, v in out.items()}, len(out[f"hr@{ks[0]}"])
+
+
+def test_future_window_metric_matches_brute_force_numpy():
+    rng = np.random.default_rng(3)
+    users = rng.normal(size=(40, 8)).astype(np.float32)
+    table = rng.normal(size=(51, 8)).astype(np.float32)
+    future = rng.integers(0, 51, (40, 6)).astype(np.int32)  # 0: padding; repeats inside a window happen
+    future[5] = 0  # an empty window is not counted
+    future[7, 3:] = 0  # a short window (right-padded)
+    future[9, 0] = 0  # padding first: the next item is the first real entry
+    exclude = rng.integers(0, 51, (40, 7)).astype(np.int32)
+    ks = (1, 5, 20)
+    got = jax.device_get(future_window_sums(jnp.asarray(users), jnp.asarray(table), jnp.asarray(future),
+                                            jnp.asarray(exclude), ks))
+    want, n = _brute_force(users, table, future, exclude, ks)
+    assert int(got["count"]) == n == 39
+    for key, value in want.items():
+        assert float(got[key]) / n == pytest.approx(value, abs=1e-6), key
+
+
+def test_long_and_short_models_train_and_lower_the_loss(tiny_run):
+    cfg, results = tiny_run
+    for name in ("long", "short", "both", "most_popular"):
+        assert set(results[name]) >= {"recall@5", "recall@10", "hr@10", "count"}
+        assert results[name]["count"] > 0
+    assert "relative_gain_recall@50" in json.loads((Path(cfg.run_dir) / "results.json").read_text())
+    # gated and prefix fusion both learn: the loss goes down over a few steps
+    seqs = load_sequences(cfg.data)
+    _, models, _, _ = load_run(cfg.run_dir)
+    train_end = np.asarray([len(s) - cfg.data.window for s in seqs.items])
+    for fusion in ("gated", "prefix"):
+        model = LongShortHSTU(cfg.hstu, LongShortConfig(fusion, 16), seqs.num_items, rngs=nnx.Rngs(0))
+        losses = train_short(model, models["long"], seqs, train_end, cfg, fusion, log=lambda *_: None)
+        assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.05, (fusion, losses[:8], losses[-8:])
+
+
+def test_stages_reuse_a_finished_run(tiny_run, tmp_path):
+    cfg, results = tiny_run
+    other = load_config(None, [f"data.input={cfg.data.input}", f"run_dir={tmp_path / 'prefix'}", *TINY,
+                               "stages=[both]", "fusion.fusion=prefix", f"init_from={cfg.run_dir}"])
+    again = run(other, log=lambda *_: None)
+    assert again["long"] == results["long"] and again["short"] == results["short"]  # loaded, not retrained
+    assert again["meta"]["fusion"] == "prefix" and again["both"]["count"] == results["both"]["count"]
+    with pytest.raises(Exception, match="init_from"):
+        load_config(None, ["stages=[both]"])
+
+
+def test_fusion_none_is_the_plain_hstu():
+    cfg = HSTUConfig(embed_dim=16, attention_dim=16, linear_dim=16, max_seq_len=8, dropout=0.0)
+    plain = HSTU(cfg, 30, rngs=nnx.Rngs(0))
+    short = LongShortHSTU(cfg, LongShortConfig("none", 16), 30, rngs=nnx.Rngs(0))
+    ids = jnp.asarray([[0, 0, 3, 4, 5, 9, 1, 2]], jnp.int32)
+    ts = jnp.arange(8, dtype=jnp.int32)[None] * 100
+    np.testing.assert_array_equal(np.asarray(short(ids, ts, None, deterministic=True)),
+                                  np.asarray(plain(ids, ts, deterministic=True)))
+
+
+def test_prefix_fusion_is_causal_and_uses_the_long_embedding():
+    cfg = HSTUConfig(embed_dim=16, attention_dim=16, linear_dim=16, max_seq_len=9, dropout=0.0)
+    m = LongShortHSTU(cfg, LongShortConfig("prefix", 16), 30, rngs=nnx.Rngs(0))
+    ids = jnp.asarray([[0, 0, 3, 4, 5, 9, 1, 2]], jnp.int32)
+    ts = jnp.arange(8, dtype=jnp.int32)[None] * 100
+    long = jax.random.normal(jax.random.key(0), (1, 16))
+    a = np.asarray(m(ids, ts, long, deterministic=True))
+    b = np.asarray(m(ids.at[0, 7].set(11), ts, long, deterministic=True))
+    np.testing.assert_allclose(a[0, :7], b[0, :7], atol=1e-6)  # a later item does not change earlier outputs
+    assert not np.allclose(a, np.asarray(m(ids, ts, -long, deterministic=True)))
+
+
+def test_retriever_serves_a_user_id_with_the_recent_events(tiny_run, capsys):
+    cfg, _ = tiny_run
+    r = Retriever.from_checkpoint(cfg.run_dir)
+    assert r.long_table is not None and len(r.long_table.users) == 24
+    hist, stamps = ["1", "2", "3"], [1_000_100, 1_000_200, 1_000_300]
+    items, scores = r.recommend(hist, stamps, user="4", k=5)
+    assert len(items) == 5 and not set(items) & set(hist) and np.all(np.diff(scores) <= 0)
+    # the user's row of the stored table is what conditions the model
+    _, models, item_map, table = load_run(cfg.run_dir)
+    ids = jnp.asarray([[0] * 5 + [item_map.to_dense(i) for i in hist]], jnp.int32)
+    u = models["both"](ids, jnp.asarray([[0] * 5 + stamps]), jnp.asarray(table.lookup(["4"])),
+                       deterministic=True)[0, -1]
+    s = np.array(models["both"].item_embeddings() @ u)
+    s[[0] + [item_map.to_dense(i) for i in hist]] = -np.inf
+    assert items == [item_map.to_original(j) for j in np.argsort(-s, kind="stable")[:5]]
+    other, _ = r.recommend([hist, hist], [stamps, stamps], user=["4", "5"], k=5)
+    assert other[0] == items
+    with pytest.raises(ValueError, match="pass user="):
+        r.recommend(hist, stamps, k=5)
+    with pytest.raises(KeyError, match="not in the long-term table"):
+        r.recommend(hist, stamps, user="nobody", k=5)
+    assert len(r.recommend(hist, stamps, user="nobody", k=5, unknown="skip")[0]) == 5
+    short = Retriever.from_longshort(cfg.run_dir, model="short")
+    with pytest.raises(ValueError, match="long-term table"):
+        short.recommend(hist, stamps, user="4", k=5)
+    assert cli_main(["recommend", "--checkpoint", cfg.run_dir, "--user", "4", "--history", "1,2,3",
+                     "--timestamps", "1000100,1000200,1000300", "--k", "5"]) == 0
+    assert [row["item"] for row in json.loads(capsys.readouterr().out)["items"]] == items
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(Exception, match="hstu.max_seq_len"):
+        load_config(None, ["fusion.fusion=prefix", "data.short_len=51", "hstu.max_seq_len=51"])
+    with pytest.raises(Exception, match="encoder"):
+        load_config(None, ["long.encoder=lstm"])
+    assert dataclasses.asdict(load_config(None, []).fusion)["fusion"] == "gated"
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "recsys" / "longshort_ml1m.yaml")
+    assert cfg.long.max_len == 4096 and cfg.hstu.max_seq_len > cfg.data.short_len
