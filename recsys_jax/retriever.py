@@ -441,7 +441,7 @@ class Retriever:
 
                 values = allocator.values(time.time() if now is None else now)
                 floors, caps = allocator.floors, allocator.caps
-        long = self._long_rows(user, len(rows), batch, unknown)
+        long = self.long_rows(user, len(rows), batch, unknown)
         ranked = self.rank(self.user_vectors(rows, code, long), rows, int(k), exclude_history=exclude_history,
                            quotas=quotas, sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask)
         out_items = [[self.item_map.to_original(j) for j in ids] for ids, _, _ in ranked]
@@ -451,7 +451,7 @@ class Retriever:
             out_items, out_scores, out_sources = out_items[0], out_scores[0], out_sources[0]
         return (out_items, out_scores) if sources is None else (out_items, out_scores, out_sources)
 
-    def _long_rows(self, user, b: int, batch: bool, unknown: str) -> np.ndarray | None:
+    def long_rows(self, user, b: int, batch: bool, unknown: str) -> np.ndarray | None:
         """The long-term table's rows for ``user`` (None for a model without long-term input)."""
         if self.long_table is None:
             if user is not None:

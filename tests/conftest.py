@@ -33,6 +33,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 _SHARED_FIXTURES = {  # (a test's fixturenames include the fixtures its fixtures use)
     "t2i_run": "canvas-trained", "clip_run": "canvas-trained", "recsys_run": "recsys-run",
     "unified_run": "recsys-unified", "mobilenet_cache": "mobilenet",
+    "tiny_run": "recsys-longshort",  # module-scoped in tests/recsys/test_longshort.py: its three tiny models
 }
 
 

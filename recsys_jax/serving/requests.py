@@ -9,6 +9,7 @@
      "surfaces": ["home", "search", ...],
      "scenario": "conversion:home",        # unified runs with scenario towers: "<label>:<surface>" (required)
      "candidates": "ads",                  # unified runs: "ads", "organic" or "all" (default: the label's pool)
+     "user": "42",                         # long+short runs: the user id of the stored long-term table
      "quotas": {"per_advertiser": 3, "categories": {"Drama": {"min": 2, "max": 10}}}}  # optional
 """
 
@@ -21,7 +22,7 @@ from recsys_jax.data.event_examples import POOLS
 from recsys_jax.retriever import UNKNOWN
 
 FIELDS = ("history", "timestamps", "k", "exclude_history", "unknown", "actions", "surfaces", "scenario", "candidates",
-          "quotas")
+          "user", "quotas")
 MAX_HISTORY = 100_000
 _INT32 = 2**31 - 1
 
@@ -46,6 +47,7 @@ class RecommendRequest:
     actions: list[str] | None = None
     surfaces: list[str] | None = None
     candidates: str | None = None
+    user: str | int | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -99,7 +101,11 @@ def parse_recommend(body: Any, *, default_k: int, max_k: int, unknown: str = "er
     candidates = body.get("candidates")
     if candidates is not None and candidates not in POOLS:
         raise BadRequest("candidates", f"expected one of {list(POOLS)}, got {candidates!r:.40}")
+    user = body.get("user")
+    if user is not None and not (isinstance(user, str) or _is_int(user)):
+        raise BadRequest("user", f"expected a user id (a string or an integer), got {user!r:.40}")
     quotas = body.get("quotas")
     if quotas is not None and not isinstance(quotas, dict):
         raise BadRequest("quotas", f"expected an object like {{\"per_advertiser\": 3}}, got {quotas!r:.80}")
-    return RecommendRequest(history, ts, k, exclude, policy, scenario, quotas, candidates=candidates, **per_event)
+    return RecommendRequest(history, ts, k, exclude, policy, scenario, quotas, candidates=candidates, user=user,
+                            **per_event)

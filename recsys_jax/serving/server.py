@@ -16,8 +16,8 @@ forward pass of the model and one top-k search for its requests without quotas (
 of the batch, rounded up to a power of two, then cut per request: the top ``k`` of a longer exact
 ranking is the same list). Batches are padded to powers of two, so the programs compile once per
 size (warmed up at start for every size up to ``max_batch``). A unified run's requests carry each event's
-action and surface and a scenario: a batch runs one forward pass per scenario in it, and one search per
-(scenario, candidate pool, exclude_history).
+action and surface and a scenario, a long+short run's the user id of its long-term table: a batch runs one
+forward pass per scenario in it, and one search per (scenario, candidate pool, exclude_history).
 """
 
 from __future__ import annotations
@@ -80,14 +80,16 @@ class RecommendService:
         b = 1
         while True:
             rows = [r.prepare(history, **events)] * b
-            r.rank(r.user_vectors(rows, scenario), rows, k)
+            long = None if r.long_table is None else np.zeros((b, r.long_table.dim), np.float32)
+            r.rank(r.user_vectors(rows, scenario, long), rows, k)
             if b >= self.max_batch:
                 break
             b *= 2
 
     @staticmethod
     def _prepare(r: Retriever, q: RecommendRequest):
-        """``(prepared history, scenario code, candidate mask)`` of one request; a bad field is a BadRequest."""
+        """``(prepared history, scenario code, candidate mask, long-term row or None)`` of one request; a bad field
+        is a BadRequest."""
         if q.k > r.num_items:
             raise BadRequest("k", f"{q.k} is more than the model's {r.num_items} items")
         if q.quotas is not None:
@@ -109,16 +111,20 @@ class RecommendService:
             raise BadRequest(e.field, str(e)) from None
         except (UnknownItemError, ValueError) as e:
             raise BadRequest("history", str(e)) from None
-        return row, code, mask
+        try:
+            long = r.long_rows(q.user, 1, False, q.unknown)
+        except (KeyError, ValueError) as e:
+            raise BadRequest("user", e.args[0]) from None
+        return row, code, mask, long
 
     def run_batch(self, reqs: list[RecommendRequest]) -> list:
         r, version = self._current  # one model for the whole batch
         model = {"step": r.step, "which": r.which, "version": version}
         out: list = [None] * len(reqs)
-        rows, live, codes, masks = [], [], [], []
+        rows, live, codes, masks, longs = [], [], [], [], []
         for i, q in enumerate(reqs):
             try:
-                row, code, mask = self._prepare(r, q)
+                row, code, mask, long = self._prepare(r, q)
             except BadRequest as e:
                 out[i] = e
                 continue
@@ -126,12 +132,14 @@ class RecommendService:
             live.append(i)
             codes.append(code)
             masks.append(mask)
+            longs.append(long)
         if not live:
             return out
         users = [None] * len(live)  # one forward pass per scenario in the batch
         for code in set(codes):
             js = [j for j, c in enumerate(codes) if c == code]
-            for j, u in zip(js, r.user_vectors([rows[j] for j in js], code)):
+            long = None if r.long_table is None else np.concatenate([longs[j] for j in js])
+            for j, u in zip(js, r.user_vectors([rows[j] for j in js], code, long)):
                 users[j] = u
         users = np.stack(users)
         groups: dict = {}  # requests without quotas share one search per (exclude_history, scenario, candidates)

@@ -211,6 +211,43 @@ def test_retriever_serves_a_user_id_with_the_recent_events(tiny_run, capsys):
     assert [row["item"] for row in json.loads(capsys.readouterr().out)["items"]] == items
 
 
+def test_server_serves_a_user_id(tiny_run):
+    """`recsys-jax serve` on a long+short run: a request's user id picks its long-term row (the Python API's
+    answers); a missing or unknown user is a 400 naming the field, unless unknown ids are skipped."""
+    import asyncio
+
+    import aiohttp
+
+    from recsys_jax.serving.server import BackgroundServer, RecommendService
+
+    r = Retriever.from_checkpoint(tiny_run[0].run_dir)
+    hist, stamps = ["1", "2", "3"], [1_000_100, 1_000_200, 1_000_300]
+    bodies = [{"history": hist, "timestamps": stamps, "user": u, "k": 5} for u in ("4", "5", 6)]
+    bodies += [{"history": hist, "timestamps": stamps, "k": 5}, {"history": hist, "user": "nobody"},
+               {"history": hist, "timestamps": stamps, "user": "nobody", "unknown": "skip", "k": 5},
+               {"history": hist, "user": 1.5}]
+
+    async def post_all(url):
+        async with aiohttp.ClientSession() as session:
+            async def one(body):
+                async with session.post(url + "/recommend", json=body) as resp:
+                    return resp.status, await resp.json()
+            return await asyncio.gather(*(one(b) for b in bodies))
+
+    srv = BackgroundServer(RecommendService(r, max_batch=8, max_wait_ms=50))
+    try:
+        answers = asyncio.run(post_all(srv.url))
+    finally:
+        srv.stop()
+    for body, (status, got) in zip(bodies[:3] + bodies[5:6], answers[:3] + answers[5:6]):
+        assert status == 200, got
+        want, _ = r.recommend(hist, stamps, user=body["user"], k=5, unknown=body.get("unknown", "error"))
+        assert got["items"] == want
+    assert answers[0][1]["items"] != answers[1][1]["items"] or answers[0][1]["scores"] != answers[1][1]["scores"]
+    for status, got in (answers[3], answers[4], answers[6]):
+        assert status == 400 and got["field"] == "user", got
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(Exception, match="hstu.max_seq_len"):
         load_config(None, ["fusion.fusion=prefix", "data.short_len=51", "hstu.max_seq_len=51"])
