@@ -27,20 +27,3 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
-
-# With `pytest -n 2 --dist loadgroup` (make test), every test that uses one of these session fixtures (a model
-# trained once for the session) runs on the same worker, so each is built once, not once per worker.
-_SHARED_FIXTURES = {  # (a test's fixturenames include the fixtures its fixtures use)
-    "t2i_run": "canvas-trained", "clip_run": "canvas-trained", "recsys_run": "recsys-run",
-    "unified_run": "recsys-unified", "mobilenet_cache": "mobilenet",
-    "tiny_run": "recsys-longshort",  # module-scoped in tests/recsys/test_longshort.py: its three tiny models
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    import pytest
-
-    for item in items:
-        groups = sorted({_SHARED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in _SHARED_FIXTURES})
-        if groups:
-            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
