@@ -1,6 +1,7 @@
 """Long- and short-term interests: leakage of the long table, the future-window metric, training, serving."""
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -157,6 +158,23 @@ def test_stages_reuse_a_finished_run(tiny_run, tmp_path):
     assert again["meta"]["fusion"] == "prefix" and again["both"]["count"] == results["both"]["count"]
     with pytest.raises(Exception, match="init_from"):
         load_config(None, ["stages=[both]"])
+
+
+def test_bucket_benchmark_agrees_with_the_run_and_partitions_the_users(tiny_run, capsys):
+    cfg, results = tiny_run
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "longshort_buckets.py"
+    spec = importlib.util.spec_from_file_location("_bench_longshort_buckets", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--run", cfg.run_dir, "--input", cfg.data.input, "--window", str(cfg.data.window),
+                "--edges", "30", "50", "--ks", "5", "10"])
+    out = json.loads(capsys.readouterr().out)["buckets"]
+    for name in ("long", "short", "both"):  # the same protocol as the run's own evaluation
+        for m in ("recall@5", "recall@10", "hr@10"):
+            assert out["all"][name][m] == pytest.approx(results[name][m], abs=1e-4)
+    parts = [v for k, v in out.items() if k != "all"]
+    assert len(parts) >= 2 and sum(v["users"] for v in parts) == out["all"]["users"] == results["both"]["count"]
+    assert {"score_sum", "both_gain_recall@10", "score_sum_gain_recall@10"} <= set(out["all"])
 
 
 def test_fusion_none_is_the_plain_hstu():
