@@ -21,6 +21,7 @@ import json
 import os
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -95,10 +96,9 @@ class LongTable:
 _encode = nnx.jit(lambda m, items, ts, as_of: m(items, ts, as_of, deterministic=True))
 
 
-def encode_long(encoder: LongTermEncoder, batch: dict) -> np.ndarray:
-    """``[B, D]`` long-term embeddings of :func:`~recsys_jax.data.long_history.long_inputs` batch."""
-    return np.asarray(_encode(encoder, jnp.asarray(batch["items"]), jnp.asarray(batch["timestamps"]),
-                              jnp.asarray(batch["as_of"])))
+def encode_long(encoder: LongTermEncoder, batch: dict) -> jax.Array:
+    """``[B, D]`` long-term embeddings (on device) of :func:`~recsys_jax.data.long_history.long_inputs` batch."""
+    return _encode(encoder, jnp.asarray(batch["items"]), jnp.asarray(batch["timestamps"]), jnp.asarray(batch["as_of"]))
 
 
 def build_long_table(encoder: LongTermEncoder, users: Sequence[str], items: Sequence[np.ndarray],

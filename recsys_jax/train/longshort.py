@@ -159,11 +159,11 @@ def train_long(encoder, seqs: Sequences, train_end: np.ndarray, cfg: LongShortRu
         b = long_train_batch(seqs.items, seqs.timestamps, train_end, rng.choice(users, st.batch_size), rng,
                              max_len=cfg.long.max_len, window=cfg.data.window)
         key, sub = jax.random.split(key)
-        losses.append(float(_long_step_jit(encoder, opt, {k: jnp.asarray(v) for k, v in b.items()}, sub,
-                                           cfg.long_loss)))
+        # the loss stays on device: no host sync per step, the next batch is built while this one runs
+        losses.append(_long_step_jit(encoder, opt, {k: jnp.asarray(v) for k, v in b.items()}, sub, cfg.long_loss))
         if (step + 1) % max(1, st.steps // 5) == 0:
-            log(f"long step {step + 1}: loss {np.mean(losses[-50:]):.4f}")
-    return losses
+            log(f"long step {step + 1}: loss {np.mean(jax.device_get(losses[-50:])):.4f}")
+    return [float(x) for x in jax.device_get(losses)]
 
 
 def train_short(model, encoder, seqs: Sequences, train_end: np.ndarray, cfg: LongShortRunConfig, name: str,
@@ -177,13 +177,12 @@ def train_short(model, encoder, seqs: Sequences, train_end: np.ndarray, cfg: Lon
         b = short_train_batch(seqs.items, seqs.timestamps, train_end, rng.choice(users, st.batch_size), rng,
                               short_len=cfg.data.short_len, window=cfg.data.window,
                               long_len=cfg.long.max_len if fused else 0)
-        long = jnp.asarray(encode_long(encoder, b.pop("long"))) if fused else None
+        long = encode_long(encoder, b.pop("long")) if fused else None  # stays on device
         key, sub = jax.random.split(key)
-        losses.append(float(_short_step_jit(model, opt, {k: jnp.asarray(v) for k, v in b.items()}, long, sub,
-                                            cfg.loss)))
+        losses.append(_short_step_jit(model, opt, {k: jnp.asarray(v) for k, v in b.items()}, long, sub, cfg.loss))
         if (step + 1) % max(1, st.steps // 5) == 0:
-            log(f"{name} step {step + 1}: loss {np.mean(losses[-50:]):.4f}")
-    return losses
+            log(f"{name} step {step + 1}: loss {np.mean(jax.device_get(losses[-50:])):.4f}")
+    return [float(x) for x in jax.device_get(losses)]
 
 
 _short_users = nnx.jit(lambda m, ids, ts, long: last_real(m(ids, ts, long, deterministic=True), ids > 0))
