@@ -34,7 +34,12 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True
+                max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True,
+                # A run's two managers (checkpoints/ and best/) may save the same step at once; Orbax names
+                # its cross-process barriers by step, so without a per-folder prefix they collide (a
+                # "barrier already ongoing" error, then a hang) when more than one process takes part.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=os.path.basename(self.directory)),
             ),
         )
 

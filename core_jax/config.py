@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Sequence
@@ -209,7 +210,8 @@ def save(cfg: Any, path: str | os.PathLike) -> None:
 
 def exit_on_error(fn):
     """Decorator for CLI entry points: a ConfigError prints one line and exits with code 2; a run stopped by
-    SIGTERM/SIGINT (:class:`~core_jax.stopping.Stopped`, after its checkpoint) exits with 143/130."""
+    SIGTERM/SIGINT (:class:`~core_jax.stopping.Stopped`, after its checkpoint) exits with 143/130; any other
+    error in a process of a multi-process cluster prints its traceback and exits with 1 at once."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -221,5 +223,16 @@ def exit_on_error(fn):
         except Stopped as e:
             print(str(e), file=sys.stderr)
             sys.exit(e.exit_code)
+        except Exception:
+            jax = sys.modules.get("jax")
+            if jax is None or not jax.distributed.is_initialized():
+                raise
+            # One process of a cluster failed alone: a normal exit would wait in JAX's shutdown barrier for
+            # processes that are themselves waiting for this one (a hang). Exit now, so that the launcher
+            # (launch/local.sh, SLURM, Kubernetes) sees the failure and stops the others.
+            traceback.print_exc()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
     return wrapper

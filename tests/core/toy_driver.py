@@ -6,6 +6,8 @@ usage: python tests/core/toy_driver.py MODE [overrides...]
                   print the per-step losses of each as JSON
   MODE restore:   restore the run's latest checkpoint into the mesh in the overrides and print the
                   eval metrics and a parameter fingerprint as JSON
+  MODE two_checkpointers RUN_DIR: a run's periodic and best Checkpointer save the same steps at once
+  MODE fail RUN_DIR: (a console entry, under exit_on_error) process 0 raises while process 1 waits for it
 """
 
 import json
@@ -18,6 +20,7 @@ import numpy as np
 
 from core_jax import config as config_lib
 from core_jax import distributed
+from core_jax.checkpoint import CheckpointConfig, Checkpointer
 from core_jax.loop import Hook, Trainer
 from core_jax.mesh import make_mesh
 from core_jax.metrics import read_jsonl
@@ -29,9 +32,35 @@ def fingerprint(state):
     return [float(np.asarray(x, np.float64).sum()) for x in leaves] + [float(np.abs(np.asarray(x)).max()) for x in leaves]
 
 
+def two_checkpointers(run_dir):
+    periodic = Checkpointer(os.path.join(run_dir, "checkpoints"), CheckpointConfig(keep=2))
+    best = Checkpointer(os.path.join(run_dir, "best"), CheckpointConfig(keep=1))
+    for step in range(1, 7):
+        state = {"w": np.full((128, 128), step, np.float32), "step": np.int32(step)}
+        best.save(step, state, force=True)
+        periodic.save(step, state, force=True)
+    periodic.wait()
+    best.wait()
+    print("RESULT " + json.dumps({"periodic": periodic.latest_step(), "best": best.latest_step()}))
+
+
+@config_lib.exit_on_error
+def fail(run_dir):
+    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"))
+    if jax.process_index() == 0:  # the coordinator: its service stays up while it waits in JAX's shutdown
+        raise RuntimeError("process 0 fails alone")
+    # process 1 saves asynchronously: the save's thread waits in a barrier for process 0 (20 min timeout)
+    checkpointer.save(1, {"w": np.zeros(4, np.float32)})
+    checkpointer.wait()
+
+
 def main():
     mode, overrides = sys.argv[1], sys.argv[2:]
     distributed.initialize()
+    if mode == "two_checkpointers":
+        return two_checkpointers(overrides[0])
+    if mode == "fail":
+        return fail(overrides[0])
     cfg = config_lib.load(ToyConfig, "configs/toy.yaml", ["train.progress=false", "train.tensorboard=false", *overrides])
     if mode == "train":
         delay = float(os.environ.get("TOY_STEP_SLEEP", "0"))
