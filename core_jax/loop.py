@@ -154,6 +154,8 @@ class Trainer:
             if tc.best_metric else None
         self._last_eval, self._last_eval_step = {}, None
         self._eval_fn = None
+        self._programs: dict = {}  # batch shapes -> (compiled train step, flops); see _compile
+        self.compile_times: dict = {}  # batch shapes -> compile seconds
         self._stop_signal: int | None = None  # set by the SIGTERM/SIGINT handler
         self._stop_requested = False  # set by request_stop (a time limit)
 
@@ -250,12 +252,22 @@ class Trainer:
         return self.task.eval_step(model, _cast_floats(batch, self.compute_dtype))
 
     def _compile(self, state, batch):
-        batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-        replicated = NamedSharding(self.mesh, P())
-        step = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_shardings),
-                       out_shardings=(self.state_shardings, replicated), donate_argnums=0)
-        compiled = step.lower(state, batch).compile()
-        return compiled, _flops(compiled)
+        """(compiled train step, its FLOPs) for ``batch``'s shapes: compiled ahead of time once per distinct
+        batch shape (length-bucketed data gives a few) and cached; each compile is logged with its time
+        (``self.compile_times``: shape -> seconds)."""
+        key = _batch_key(batch)
+        if key not in self._programs:
+            t0 = time.perf_counter()
+            batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
+            replicated = NamedSharding(self.mesh, P())
+            step = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_shardings),
+                           out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+            compiled = step.lower(state, batch).compile()
+            self._programs[key] = compiled, _flops(compiled)
+            self.compile_times[key] = seconds = time.perf_counter() - t0
+            log.info("compiled train step program %d (%s) in %.1f s", len(self._programs), _shapes_text(batch),
+                     seconds)
+        return self._programs[key]
 
     # ----------------------------------------------------------------- run
     def _data_context(self, seed_offset: int = 0) -> DataContext:
@@ -300,7 +312,7 @@ class Trainer:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         start = int(jax.device_get(state["step"]))
         bar = tqdm(total=tc.steps, initial=start, disable=not (self.is_main and tc.progress), desc="train")
-        step_fn = flops = None
+        flops_sum = 0.0  # the steps' FLOPs since the last log (batch shapes may differ per step)
         last, t0, n0, metrics = {}, time.perf_counter(), start, {}
         try:
             observe = getattr(data, "observe", None)  # on-policy data (RL rollouts) samples from the current state
@@ -308,14 +320,20 @@ class Trainer:
                 if observe is not None:
                     observe(self, state)
                 batch = mesh_lib.global_batch(next(data), self.mesh)
-                if step_fn is None:
-                    step_fn, flops = self._compile(state, batch)
-                    t0 = time.perf_counter()
+                compiles = len(self._programs)
+                c0 = time.perf_counter()
+                step_fn, flops = self._compile(state, batch)
+                if len(self._programs) > compiles:  # compile time does not count as training time
+                    t0 += time.perf_counter() - c0 if compiles else time.perf_counter() - t0
+                    if self.is_main and writer.console is not None:
+                        writer.console(f"[compile {step}] train step program {len(self._programs)} "
+                                       f"({_shapes_text(batch)}): {self.compile_times[_batch_key(batch)]:.1f} s")
+                flops_sum += flops or 0.0
                 state, metrics = step_fn(state, batch)
                 bar.update(1)
                 if step % tc.log_every == 0 or step == tc.steps:
-                    last = self._log(writer, step, metrics, state, t0, step - n0, flops)
-                    t0, n0 = time.perf_counter(), step
+                    last = self._log(writer, step, metrics, state, t0, step - n0, flops_sum)
+                    t0, n0, flops_sum = time.perf_counter(), step, 0.0
                 if tc.eval_every and step % tc.eval_every == 0 and step != tc.steps:
                     if self._eval_and_track(writer, step, state, cfg_dict):
                         log.warning("early stopping at step %d: no new best %s for %d evals",
@@ -355,13 +373,13 @@ class Trainer:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
 
-    def _log(self, writer, step, metrics, state, t0, n_steps, flops) -> dict:
+    def _log(self, writer, step, metrics, state, t0, n_steps, flops_sum) -> dict:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         skips = int(jax.device_get(state["nan_skips"]))
         dt = max(time.perf_counter() - t0, 1e-9)
         m.update(nan_skips=skips, examples_per_s=self.tc.batch_size * n_steps / dt, lr=float(self.lr(step - 1)))
-        if flops:
-            m["flops_per_s"] = flops * n_steps / dt
+        if flops_sum:
+            m["flops_per_s"] = flops_sum / dt
         m.pop("nonfinite", None)
         writer.write(step, m)
         if skips and self.tc.nan_policy == "stop":
@@ -434,6 +452,15 @@ class Trainer:
             count = float(sums.pop("count"))
             return {k: float(v) / max(count, 1.0) for k, v in sums.items()}
         return {k: float(v) / n for k, v in sums.items()}
+
+
+def _batch_key(batch) -> tuple:
+    return (jax.tree.structure(batch), tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch)))
+
+
+def _shapes_text(batch) -> str:
+    """The batch's distinct array shapes, e.g. ``batch shapes [128, 40], [128]``."""
+    return "batch shapes " + ", ".join(dict.fromkeys(str(list(x.shape)) for x in jax.tree.leaves(batch)))
 
 
 def _global_norm(tree) -> jax.Array:

@@ -1,7 +1,7 @@
 """One process of the two-process end-to-end test (run under ``launch/local.sh 2 --``).
 
 usage: python tests/multiprocess_driver.py OUT_DIR SD_PIPELINE_DIR
-Trains a tiny recsys model with evaluation, best_metric, early stopping and checkpoints; evaluates its best
+Trains a tiny recsys model (length-grouped batches) with evaluation, best_metric, early stopping and checkpoints; evaluates its best
 checkpoint on the 2-process mesh (``recsys-jax eval``); samples a tiny random canvas Pipeline on the
 2-process mesh. Process 0 prints one ``RESULT {json}`` line.
 """
@@ -39,6 +39,8 @@ def main():
         "eval.batch_size=32", "train.steps=40", "train.batch_size=16", "train.log_every=2", "train.eval_every=2",
         "train.best_metric=ndcg@10", "train.early_stop_patience=2", "train.checkpoint.every=2",
         "train.checkpoint.keep=2", "train.progress=false", "train.tensorboard=false", f"train.run_dir={run_dir}",
+        # length-grouped batches cut to 4 or 8 positions: both processes must cut each step to the same length
+        "data.length_grouping=2", "data.length_bucket=4",
         "optim.learning_rate=0.0"]  # no learning: the first eval stays best, so early stopping fires
     state, metrics = train(load_config(None, overrides))
     result["stopped_at"] = int(jax.device_get(state["step"]))

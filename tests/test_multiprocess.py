@@ -1,6 +1,7 @@
-"""Two processes (launch/local.sh 2, 2 CPU devices each) as one JAX cluster, end to end: recsys training with
-evaluation, best_metric, early stopping and checkpoints; the best checkpoint restored and evaluated on the
-2-process mesh; a tiny random canvas Pipeline sampled on the 2-process mesh (driver: multiprocess_driver.py)."""
+"""Two processes (launch/local.sh 2, 2 CPU devices each) as one JAX cluster, end to end: recsys training
+(length-grouped batches) with evaluation, best_metric, early stopping and checkpoints; the best checkpoint
+restored and evaluated on the 2-process mesh; a tiny random canvas Pipeline sampled on the 2-process mesh
+(driver: multiprocess_driver.py)."""
 
 import importlib.util
 import json
@@ -40,6 +41,8 @@ def test_train_evaluate_and_sample_on_two_processes(tmp_path, tiny_sd):
     [line] = [l for l in proc.stdout.splitlines() if l.startswith("[0] RESULT ")]
     result = json.loads(line.split("RESULT ", 1)[1])
     assert result["processes"] == 2 and result["devices"] == 4
+    # length-grouped training batches: two batch lengths, so two compiled train steps, on both processes
+    assert "train step program 2 (batch shapes [16, " in proc.stdout, proc.stdout[-3000:]
 
     # early stopping on a run that cannot improve (learning rate 0): best at the first eval, stop 2 evals later
     run_dir = os.path.join(tmp_path, "recsys_run")

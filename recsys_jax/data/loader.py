@@ -120,12 +120,19 @@ class RecsysDataset:
 
     def train_iterator(self, *, batch_size: int, max_len: int, seed: int = 0, random_windows: bool = True,
                        padding: str = "left", num_epochs: int | None = None, shard_index: int | None = None,
-                       shard_count: int | None = None, worker_count: int = 0, example_fn=None, **example_kw):
+                       shard_count: int | None = None, worker_count: int = 0, length_grouping: int = 0,
+                       length_bucket: int = 0, example_fn=None, **example_kw):
         """Shuffled, repeating, checkpointable Grain iterator of autoregressive training batches
         (:func:`splits.train_example` fields, ``[batch_size, max_len]``); ``random_windows`` takes a
         random window of long sequences, else the most recent one. ``example_fn``: another example
         function with ``train_example``'s signature (e.g. the per-label event examples of
-        :mod:`recsys_jax.data.event_examples`), called with ``example_kw`` too."""
+        :mod:`recsys_jax.data.event_examples`), called with ``example_kw`` too.
+
+        ``length_grouping`` > 0: users of similar training length share a batch (sorted within windows of
+        that many global batches of the shuffled order, the batch order then shuffled), and each batch is
+        cut to ``[batch_size, L]`` with ``L`` its longest row rounded up to a multiple of ``length_bucket``
+        (0: no cut), at most ``max_len``; see :class:`core_jax.data.LengthGrouping`. The order is global
+        (every process the same), so all processes cut a step to the same ``L``."""
         source = self.split_source("train")
         if len(source) == 0:
             raise ValueError(f"no training examples in {self.path}: training needs users with 2 or at least 4 "
@@ -136,9 +143,19 @@ class RecsysDataset:
             fns = dict(random_transforms=[functools.partial(_random_example, fn=fn, **kw)])
         else:
             fns = dict(transforms=[functools.partial(fn, **kw)])
+        grouping = None
+        if length_grouping:
+            grouping = data_lib.LengthGrouping(self.train_lengths(max_len)[source.indices], window=length_grouping,
+                                               bucket=length_bucket, max_len=max_len, padding=padding)
         return data_lib.make_iterator(source, batch_size=batch_size, seed=seed, shuffle=True,
                                       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
-                                      worker_count=worker_count, **fns)
+                                      worker_count=worker_count, length_grouping=grouping, **fns)
+
+    def train_lengths(self, max_len: int) -> np.ndarray:
+        """Per record, the number of input/target pairs of its training example (at most ``max_len``), from
+        the stored lengths (``index.json``: no record is read)."""
+        n = self.lengths
+        return np.clip(np.where(n >= 3, n - 2, n) - 1, 0, max_len)  # splits.train_length, vectorised
 
     def eval_iterator(self, split: str, *, batch_size: int, max_len: int, padding: str = "left",
                       shard_index: int | None = None, shard_count: int | None = None):

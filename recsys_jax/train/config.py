@@ -65,6 +65,11 @@ class DataConfig:
     padding: Literal["left", "right"] = "left"
     random_windows: bool = True  # train on a random window of long sequences (else the most recent one)
     worker_count: int = 0  # Grain worker processes for the training data
+    # training batches of users of similar length (less padding): sorted within windows of this many batches of
+    # the shuffled order, batch order shuffled (0: off; hstu / sasrec); each batch cut to its longest row rounded
+    # up to a multiple of length_bucket (0: no cut; a few buckets = a few compiled programs)
+    length_grouping: int = 0
+    length_bucket: int = 0
     # cold-item evaluation (recsys_jax.eval.coldstart): this fraction of the items (seeded) is held out of training
     # entirely (no training input, target or negative); eval reports cold and warm targets apart. 0: off
     cold_item_fraction: float = 0.0
@@ -93,6 +98,10 @@ class LossConfig(SampledSoftmaxConfig):
     """:class:`SampledSoftmaxConfig` plus which item counts give logQ (in-batch negatives only)."""
 
     logq_counts: Literal["train", "all"] = "train"  # training part of the splits, or whole sequences
+    # true: a batch's loss is the sum over its positions divided by the expected positions per batch (the training
+    # data's mean x batch rows), not by its own count, so every position weighs the same whichever batch holds it
+    # (with data.length_grouping a batch of short users would otherwise weigh as much as one of long users)
+    token_normalized: bool = False
 
 
 @dataclasses.dataclass
@@ -171,6 +180,14 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
     if m.max_seq_len < d.max_len:
         raise ConfigError(f"config key 'model.{cfg.model.name}.max_seq_len': {m.max_seq_len} is shorter than "
                           f"data.max_len={d.max_len}; set it to at least data.max_len")
+    if d.length_grouping < 0 or d.length_bucket < 0:
+        raise ConfigError(f"config keys 'data.length_grouping' / 'data.length_bucket': must be >= 0, got "
+                          f"{d.length_grouping} / {d.length_bucket}")
+    if d.length_grouping and (cfg.model.name not in ("hstu", "sasrec") or cfg.unified.enabled):
+        raise ConfigError(f"config key 'data.length_grouping': length-grouped, trimmed batches are supported for "
+                          f"model.name hstu / sasrec without unified (their outputs at real positions do not depend "
+                          f"on the padding); got model.name={cfg.model.name!r}, unified.enabled="
+                          f"{cfg.unified.enabled}; set data.length_grouping=0")
     if not 0.0 <= d.cold_item_fraction < 1.0:
         raise ConfigError(f"config key 'data.cold_item_fraction': must be in [0, 1), got {d.cold_item_fraction}")
     if d.cold_item_fraction and cfg.unified.enabled:

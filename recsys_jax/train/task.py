@@ -119,8 +119,17 @@ class RecsysTask:
         nnx.reseed(model, default=rng_dropout)  # dropout draws from the step's rng
         user = model(batch["item_ids"], batch["timestamps"], deterministic=False)
         items = model.item_embeddings(deterministic=False)  # item_text.id_dropout acts in training only
-        return sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
-                                    self.log_q, negative_pool=self.warm_items)
+        loss, metrics = sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
+                                             self.log_q, negative_pool=self.warm_items)
+        if self.cfg.loss.token_normalized:  # sum over positions / expected positions (the logged loss stays the mean)
+            loss = loss * metrics["num_targets"] / (self.mean_train_positions * batch["mask"].shape[0])
+        return loss, metrics
+
+    @functools.cached_property
+    def mean_train_positions(self) -> float:
+        """Mean input/target pairs of a training example (``loss.token_normalized``)."""
+        d = self.cfg.data
+        return float(np.mean(self.dataset.train_lengths(d.max_len)[self.dataset.split_source("train").indices]))
 
     def eval_step(self, model, batch):
         e = self.cfg.eval
@@ -130,13 +139,14 @@ class RecsysTask:
         d = self.cfg.data
         if ctx.process_index == 0:
             save_run_dataset(self.dataset, self.cfg.train.run_dir)
-        _ = self.log_q  # resolve before tracing
+        _ = self.log_q, self.cfg.loss.token_normalized and self.mean_train_positions  # resolve before tracing
         cold = {} if self.cold_items is None else {
             "example_fn": functools.partial(cold_train_example, fn=train_example, cold=self.cold_items)}
         return self.dataset.train_iterator(batch_size=ctx.batch_size, max_len=d.max_len, seed=ctx.seed,
                                            random_windows=d.random_windows, padding=d.padding,
                                            shard_index=ctx.process_index, shard_count=ctx.process_count,
-                                           worker_count=d.worker_count, **cold)
+                                           worker_count=d.worker_count, length_grouping=d.length_grouping,
+                                           length_bucket=d.length_bucket, **cold)
 
     def eval_data(self, ctx: DataContext):
         e, d = self.cfg.eval, self.cfg.data

@@ -36,6 +36,18 @@ def test_dry_run_times_our_train_step_and_skips_the_reference_without_a_checkout
     assert "--gr-path" in ref["skipped"]
 
 
+def test_harness_uses_length_grouping_when_the_config_sets_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GR_PATH", raising=False)
+    harness = _load("hstu_train_step")
+    assert harness.main(["--dry-run", "--steps", "6", "--warmup", "1", "--work-dir", str(tmp_path), "--override",
+                         "data.length_grouping=2", "--override", "data.length_bucket=4"]) == 0
+    ours = _lines(capsys.readouterr().out)[0]
+    assert ours["length_grouping"] == 2 and ours["measured_steps"] == 6
+    # batches cut to multiples of 4 (of L=16): fewer padded positions, one compiled program per width
+    assert ours["padded_positions_per_batch"] < 8 * 16
+    assert len(ours["compile_s"]) > 1 and all(k.startswith("[8, ") for k in ours["compile_s"])
+
+
 def test_reference_rows_hold_the_same_training_pairs_as_our_batch():
     pytest.importorskip("torch")
     side = _load("reference_side")
