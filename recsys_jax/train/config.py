@@ -98,10 +98,6 @@ class LossConfig(SampledSoftmaxConfig):
     """:class:`SampledSoftmaxConfig` plus which item counts give logQ (in-batch negatives only)."""
 
     logq_counts: Literal["train", "all"] = "train"  # training part of the splits, or whole sequences
-    # true: a batch's loss is the sum over its positions divided by the expected positions per batch (the training
-    # data's mean x batch rows), not by its own count, so every position weighs the same whichever batch holds it
-    # (with data.length_grouping a batch of short users would otherwise weigh as much as one of long users)
-    token_normalized: bool = False
 
 
 @dataclasses.dataclass

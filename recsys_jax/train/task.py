@@ -119,17 +119,8 @@ class RecsysTask:
         nnx.reseed(model, default=rng_dropout)  # dropout draws from the step's rng
         user = model(batch["item_ids"], batch["timestamps"], deterministic=False)
         items = model.item_embeddings(deterministic=False)  # item_text.id_dropout acts in training only
-        loss, metrics = sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
-                                             self.log_q, negative_pool=self.warm_items)
-        if self.cfg.loss.token_normalized:  # sum over positions / expected positions (the logged loss stays the mean)
-            loss = loss * metrics["num_targets"] / (self.mean_train_positions * batch["mask"].shape[0])
-        return loss, metrics
-
-    @functools.cached_property
-    def mean_train_positions(self) -> float:
-        """Mean input/target pairs of a training example (``loss.token_normalized``)."""
-        d = self.cfg.data
-        return float(np.mean(self.dataset.train_lengths(d.max_len)[self.dataset.split_source("train").indices]))
+        return sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
+                                    self.log_q, negative_pool=self.warm_items)
 
     def eval_step(self, model, batch):
         e = self.cfg.eval
@@ -139,7 +130,7 @@ class RecsysTask:
         d = self.cfg.data
         if ctx.process_index == 0:
             save_run_dataset(self.dataset, self.cfg.train.run_dir)
-        _ = self.log_q, self.cfg.loss.token_normalized and self.mean_train_positions  # resolve before tracing
+        _ = self.log_q  # resolve before tracing
         cold = {} if self.cold_items is None else {
             "example_fn": functools.partial(cold_train_example, fn=train_example, cold=self.cold_items)}
         return self.dataset.train_iterator(batch_size=ctx.batch_size, max_len=d.max_len, seed=ctx.seed,
