@@ -324,7 +324,7 @@ class Trainer:
                 c0 = time.perf_counter()
                 step_fn, flops = self._compile(state, batch)
                 if len(self._programs) > compiles:  # compile time does not count as training time
-                    t0 += time.perf_counter() - c0 if compiles else time.perf_counter() - t0
+                    t0 = t0 + (time.perf_counter() - c0) if compiles else time.perf_counter()
                     if self.is_main and writer.console is not None:
                         writer.console(f"[compile {step}] train step program {len(self._programs)} "
                                        f"({_shapes_text(batch)}): {self.compile_times[_batch_key(batch)]:.1f} s")
