@@ -90,6 +90,8 @@ class LongShortRunConfig:
     # stages=[both] fusion.fusion=prefix init_from=RUN: another fusion on the same long encoder and short baseline
     stages: list[str] = dataclasses.field(default_factory=lambda: ["long", "short", "both"])
     init_from: str = ""
+    # start both's HSTU from the trained short model (then fine-tuned through the fusion) instead of random init
+    both_from_short: bool = False
 
 
 def load_config(path=None, overrides=()) -> LongShortRunConfig:
@@ -265,6 +267,8 @@ def run(cfg: LongShortRunConfig, log=print) -> dict:
         if name == "long":
             losses[name] = train_long(models["long"], seqs, train_end, cfg, log)
         else:
+            if name == "both" and cfg.both_from_short:
+                nnx.update(models["both"].hstu, nnx.state(models["short"].hstu, nnx.Param))
             losses[name] = train_short(models[name], models["long"], seqs, train_end, cfg, name, log)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
     t = time.time()
@@ -281,6 +285,7 @@ def run(cfg: LongShortRunConfig, log=print) -> dict:
                        "fusion": cfg.fusion.fusion, "long_encoder": cfg.long.encoder,
                        "final_loss": {k: float(np.mean(v[-50:])) for k, v in losses.items() if v},
                        "stages": list(cfg.stages), "init_from": cfg.init_from or None,
+                       "both_from_short": cfg.both_from_short,
                        **({"score_weight": float(models["both"].long_weight[0])} if cfg.fusion.fusion == "score"
                           else {}),
                        **timings, "total_s": round(time.time() - t0, 1)}

@@ -370,3 +370,26 @@ def test_score_fusion_run_serves_the_eval_paths_scores(score_run, capsys):
     assert cli_main(["recommend", "--checkpoint", cfg.run_dir, "--user", user_id, "--history", ",".join(hist),
                      "--timestamps", ",".join(str(int(t)) for t in stamps), "--k", "5"]) == 0
     assert [row["item"] for row in json.loads(capsys.readouterr().out)["items"]] == items
+
+
+def test_score_fusion_from_the_short_model_untrained_is_the_score_sum(tiny_run, tmp_path, capsys):
+    """both_from_short with 0 fine-tuning steps and w = 1: both's HSTU is the short model's, so both ranks as the
+    bucket benchmark's score_sum diagnostic (short scores + long scores)."""
+    cfg, results = tiny_run
+    other = load_config(None, [f"data.input={cfg.data.input}", f"run_dir={tmp_path / 'warm'}", *TINY, "stages=[both]",
+                               "fusion.fusion=score", "both_from_short=true", "short_train.steps=0",
+                               f"init_from={cfg.run_dir}"])
+    got = run(other, log=lambda *_: None)
+    _, models, _, _ = load_run(other.run_dir)
+    short, both = nnx.state(models["short"].hstu, nnx.Param), nnx.state(models["both"].hstu, nnx.Param)
+    for a, b in zip(jax.tree.leaves(short), jax.tree.leaves(both)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "longshort_buckets.py"
+    spec = importlib.util.spec_from_file_location("_bench_longshort_buckets2", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--run", other.run_dir, "--input", cfg.data.input, "--window", str(cfg.data.window), "--edges", "30", "--ks", "5", "10"])
+    out = json.loads(capsys.readouterr().out)["buckets"]["all"]
+    for m in ("recall@5", "recall@10", "hr@10"):
+        assert got["both"][m] == pytest.approx(out["score_sum"][m], abs=1e-4)
+    assert got["both"] != results["short"]
