@@ -92,6 +92,7 @@ class LongShortRunConfig:
     init_from: str = ""
     # start both's HSTU from the trained short model (then fine-tuned through the fusion) instead of random init
     both_from_short: bool = False
+    both_steps: int = -1  # training steps of both (-1: short_train.steps); 0 with both_from_short: no fine-tuning
 
 
 def load_config(path=None, overrides=()) -> LongShortRunConfig:
@@ -181,6 +182,8 @@ def train_short(model, encoder, seqs: Sequences, train_end: np.ndarray, cfg: Lon
                 log=print) -> list[float]:
     """Train ``model`` (short or both); ``encoder`` (frozen) gives the long input when the model fuses one."""
     st, rng = cfg.short_train, np.random.default_rng(cfg.seed + 1)
+    if name == "both" and cfg.both_steps >= 0:
+        st = dataclasses.replace(st, steps=cfg.both_steps)
     opt, key, losses = _optimizer(model, st), jax.random.key(cfg.seed + 1), []
     fused = model.fusion != "none"
     if model.fusion == "score":  # the long model's item scores: its item table, frozen

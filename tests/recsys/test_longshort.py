@@ -377,7 +377,7 @@ def test_score_fusion_from_the_short_model_untrained_is_the_score_sum(tiny_run, 
     bucket benchmark's score_sum diagnostic (short scores + long scores)."""
     cfg, results = tiny_run
     other = load_config(None, [f"data.input={cfg.data.input}", f"run_dir={tmp_path / 'warm'}", *TINY, "stages=[both]",
-                               "fusion.fusion=score", "both_from_short=true", "short_train.steps=0",
+                               "fusion.fusion=score", "both_from_short=true", "both_steps=0",
                                f"init_from={cfg.run_dir}"])
     got = run(other, log=lambda *_: None)
     _, models, _, _ = load_run(other.run_dir)
@@ -388,8 +388,10 @@ def test_score_fusion_from_the_short_model_untrained_is_the_score_sum(tiny_run, 
     spec = importlib.util.spec_from_file_location("_bench_longshort_buckets2", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--run", other.run_dir, "--input", cfg.data.input, "--window", str(cfg.data.window), "--edges", "30", "--ks", "5", "10"])
+    bench.main(["--run", other.run_dir, "--input", cfg.data.input, "--window", str(cfg.data.window), "--edges", "30", "--ks", "5", "10",
+                "--weights", "1", "0"])
     out = json.loads(capsys.readouterr().out)["buckets"]["all"]
     for m in ("recall@5", "recall@10", "hr@10"):
         assert got["both"][m] == pytest.approx(out["score_sum"][m], abs=1e-4)
+        assert out["score_sum_w0"][m] == pytest.approx(results["short"][m], abs=1e-4)  # w = 0: the short model
     assert got["both"] != results["short"]
