@@ -8,7 +8,8 @@ earlier events excluded), and prints JSON: recall@k / hr@k of long only, short o
 and for users bucketed by the number of events before the query (``--edges``). Also a diagnostic,
 ``score_sum``: the sum of the short and long models' scores (both are cosines at the same temperature,
 so this is their log-linear pool with a fixed weight 1, nothing tuned on the test): it says whether the
-long vector carries information the short model lacks, whatever the fusion makes of it.
+long vector carries information the short model lacks, whatever the fusion makes of it. ``--weights``: the
+same with the long scores weighted (to pick ``fusion.score_weight`` on a validation run).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main(argv=None):
     p.add_argument("--edges", type=int, nargs="+", default=[50, 100, 200, 400],
                    help="bucket edges on the events before the query (a bucket is (lo, hi])")
     p.add_argument("--ks", type=int, nargs="+", default=[10, 50, 200])
+    p.add_argument("--weights", type=float, nargs="+", default=[1.0],
+                   help="weights w of the long scores in score_sum (short + w x long; 'score_sum' is w = 1, the "
+                        "others 'score_sum_w<w>'): pick w on a validation run, never on the test window")
     a = p.parse_args(argv)
     cfg, models, _, table = load_run(a.run)
     seqs = load_sequences(LongShortData(input=a.input, format=a.format, window=a.window))
@@ -47,8 +51,10 @@ def main(argv=None):
             "both": short_user_vectors(models["both"], seqs, users, query, short_len, long_rows)}
     tables = {k: np.asarray(models[k].item_embeddings()) for k in vecs}
     # score_sum: [s; l] . [e_short; e_long] = s . e_short + l . e_long (each side unit-norm, as trained)
-    vecs["score_sum"] = np.concatenate([np.asarray(l2_normalize(vecs["short"])), long_rows], axis=1)
-    tables["score_sum"] = np.concatenate([tables["short"], tables["long"]], axis=1)
+    for w in a.weights:
+        key = "score_sum" if w == 1 else f"score_sum_w{w:g}"
+        vecs[key] = np.concatenate([np.asarray(l2_normalize(vecs["short"])), w * long_rows], axis=1)
+        tables[key] = np.concatenate([tables["short"], tables["long"]], axis=1)
     hist = query[users]
     edges = [0, *a.edges, int(hist.max())]
     buckets = {"all": np.ones(len(users), bool)}
@@ -63,7 +69,8 @@ def main(argv=None):
         out["buckets"][b] = {"users": int(sel.sum()), **{k: {m: round(x, 4) for m, x in r.items() if m != "count"}
                                                          for k, r in res.items()},
                              f"both_gain_{gain}": round(res["both"][gain] / best - 1, 4),
-                             f"score_sum_gain_{gain}": round(res["score_sum"][gain] / best - 1, 4)}
+                             **{f"{k}_gain_{gain}": round(res[k][gain] / best - 1, 4)
+                                for k in res if k.startswith("score_sum")}}
     print(json.dumps(out, indent=1))
 
 

@@ -12,7 +12,9 @@ Steps of :func:`run` (protocol in :mod:`recsys_jax.data.long_history`):
 4. ``short``: the HSTU over the last ``short_len`` events; ``both``: the same HSTU conditioned on the
    frozen long encoder's embedding (``fusion``), trained on the same data, loss and schedule (dense
    all-action targets at every position); in training the long embedding is computed at a random
-   cutoff inside the window and only the positions whose targets all come after it count;
+   cutoff inside the window and only the positions whose targets all come after it count; with
+   ``fusion=score`` the long encoder's item table is copied into ``both`` (frozen) and the HSTU is
+   trained through the summed logits (short + w x long);
 5. future-window recall@k and next-item hr@k of the three, written to ``RUN_DIR/results.json``.
 
 This is its own small loop (optax, ``nnx.jit``), not ``core_jax.loop.Trainer``: the three stages share
@@ -88,6 +90,9 @@ class LongShortRunConfig:
     # stages=[both] fusion.fusion=prefix init_from=RUN: another fusion on the same long encoder and short baseline
     stages: list[str] = dataclasses.field(default_factory=lambda: ["long", "short", "both"])
     init_from: str = ""
+    # start both's HSTU from the trained short model (then fine-tuned through the fusion) instead of random init
+    both_from_short: bool = False
+    both_steps: int = -1  # training steps of both (-1: short_train.steps); 0 with both_from_short: no fine-tuning
 
 
 def load_config(path=None, overrides=()) -> LongShortRunConfig:
@@ -136,13 +141,20 @@ def _long_step(model, opt, batch, rng, loss_cfg):
     return loss
 
 
+def short_loss(model, batch, long, rng, loss_cfg: SampledSoftmaxConfig, *, deterministic: bool = False):
+    """``(loss, metrics)`` of a short / fused model on a :func:`short_train_batch` (dense targets per position).
+    ``fusion=score``: the logits are ``(s . e + w * l . e_long) / temperature`` as the model gives them (each part
+    is a unit vector; L2-normalising the concatenation would undo ``w``)."""
+    if model.fusion == "score":
+        loss_cfg = dataclasses.replace(loss_cfg, l2_normalize=False)
+    u = model(batch["item_ids"], batch["timestamps"], long, deterministic=deterministic)  # [B, L, D]
+    user = jnp.broadcast_to(u[:, :, None, :], batch["targets"].shape + u.shape[-1:])
+    mask = batch["mask"][..., None] & (batch["targets"] > 0)
+    return sampled_softmax_loss(user, batch["targets"], mask, model.item_embeddings(deterministic), rng, loss_cfg)
+
+
 def _short_step(model, opt, batch, long, rng, loss_cfg):
-    def loss_fn(m):
-        u = m(batch["item_ids"], batch["timestamps"], long, deterministic=False)  # [B, L, D]
-        user = jnp.broadcast_to(u[:, :, None, :], batch["targets"].shape + u.shape[-1:])
-        mask = batch["mask"][..., None] & (batch["targets"] > 0)
-        return sampled_softmax_loss(user, batch["targets"], mask, m.item_embeddings(False), rng, loss_cfg)
-    (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, _), grads = nnx.value_and_grad(lambda m: short_loss(m, batch, long, rng, loss_cfg), has_aux=True)(model)
     opt.update(model, grads)
     return loss
 
@@ -170,8 +182,12 @@ def train_short(model, encoder, seqs: Sequences, train_end: np.ndarray, cfg: Lon
                 log=print) -> list[float]:
     """Train ``model`` (short or both); ``encoder`` (frozen) gives the long input when the model fuses one."""
     st, rng = cfg.short_train, np.random.default_rng(cfg.seed + 1)
+    if name == "both" and cfg.both_steps >= 0:
+        st = dataclasses.replace(st, steps=cfg.both_steps)
     opt, key, losses = _optimizer(model, st), jax.random.key(cfg.seed + 1), []
     fused = model.fusion != "none"
+    if model.fusion == "score":  # the long model's item scores: its item table, frozen
+        model.set_long_items(encoder.item_embeddings())
     users = np.flatnonzero(train_end >= 2)
     for step in tqdm(range(st.steps), desc=name, leave=False):
         b = short_train_batch(seqs.items, seqs.timestamps, train_end, rng.choice(users, st.batch_size), rng,
@@ -254,6 +270,8 @@ def run(cfg: LongShortRunConfig, log=print) -> dict:
         if name == "long":
             losses[name] = train_long(models["long"], seqs, train_end, cfg, log)
         else:
+            if name == "both" and cfg.both_from_short:
+                nnx.update(models["both"].hstu, nnx.state(models["short"].hstu, nnx.Param))
             losses[name] = train_short(models[name], models["long"], seqs, train_end, cfg, name, log)
         timings[f"train_{name}_s"] = round(time.time() - t, 1)
     t = time.time()
@@ -270,6 +288,9 @@ def run(cfg: LongShortRunConfig, log=print) -> dict:
                        "fusion": cfg.fusion.fusion, "long_encoder": cfg.long.encoder,
                        "final_loss": {k: float(np.mean(v[-50:])) for k, v in losses.items() if v},
                        "stages": list(cfg.stages), "init_from": cfg.init_from or None,
+                       "both_from_short": cfg.both_from_short,
+                       **({"score_weight": float(models["both"].long_weight[0])} if cfg.fusion.fusion == "score"
+                          else {}),
                        **timings, "total_s": round(time.time() - t0, 1)}
     save_run(cfg.run_dir, _model_dict(cfg), models, seqs.item_map, seqs.user_map, table)
     with open(os.path.join(cfg.run_dir, "results.json"), "w") as f:

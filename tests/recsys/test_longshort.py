@@ -274,3 +274,124 @@ def test_config_errors_name_the_key():
     assert dataclasses.asdict(load_config(None, []).fusion)["fusion"] == "gated"
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "recsys" / "longshort_ml1m.yaml")
     assert cfg.long.max_len == 4096 and cfg.hstu.max_seq_len > cfg.data.short_len
+
+
+def _score_model(num_items=30, weight=0.7, long_dim=12):
+    cfg = HSTUConfig(embed_dim=16, attention_dim=16, linear_dim=16, max_seq_len=8, dropout=0.0)
+    m = LongShortHSTU(cfg, LongShortConfig("score", long_dim, score_weight=weight), num_items, rngs=nnx.Rngs(0))
+    return cfg, m
+
+
+def test_score_fusion_loss_is_the_short_plus_weighted_long_logits():
+    """fusion=score: <u, item> = s . e + w * l . e_long, s / e the plain HSTU's (unit) output and item table, and
+    the training loss is the full-softmax cross-entropy of those logits at the temperature (hand-computed)."""
+    from recsys_jax.train.longshort import short_loss
+    from recsys_jax.train.losses import SampledSoftmaxConfig
+
+    cfg, m = _score_model()
+    plain = HSTU(cfg, 30, rngs=nnx.Rngs(0))  # same init order: the score model's inner HSTU
+    long_items = np.asarray(jax.random.normal(jax.random.key(1), (31, 12)))
+    m.set_long_items(jnp.asarray(long_items))
+    ids = jnp.asarray([[0, 0, 3, 4, 5, 9, 1, 2], [7, 8, 9, 10, 11, 12, 13, 14]], jnp.int32)
+    ts = jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32) * 100, ids.shape)
+    long = np.asarray(jax.random.normal(jax.random.key(2), (2, 12)))
+    s = np.asarray(plain(ids, ts, deterministic=True))  # [B, L, D], unit rows
+    e = np.asarray(plain.item_embeddings())
+    want = np.einsum("bld,nd->bln", s, e) + 0.7 * (long @ long_items.T)[:, None, :]
+    got = np.einsum("bld,nd->bln", np.asarray(m(ids, ts, jnp.asarray(long), deterministic=True)),
+                    np.asarray(m.item_embeddings()))
+    np.testing.assert_allclose(got[0, 2:], want[0, 2:], atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+    assert np.all(got[0, :2] == 0)  # padding positions score nothing
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 31, (2, 8, 3)).astype(np.int32)
+    mask = np.ones((2, 8), bool)
+    mask[0, :3] = False
+    batch = {"item_ids": ids, "timestamps": ts, "targets": jnp.asarray(targets), "mask": jnp.asarray(mask)}
+    loss_cfg = SampledSoftmaxConfig(temperature=0.05, full_softmax=True, l2_normalize=True)
+    loss, _ = short_loss(m, batch, jnp.asarray(long), jax.random.key(0), loss_cfg, deterministic=True)
+    logits = want[:, :, 1:] / 0.05  # items 1..N
+    logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    terms = [-logp[b, p, t - 1] for b in range(2) for p in range(8) for t in targets[b, p] if mask[b, p] and t > 0]
+    assert float(loss) == pytest.approx(float(np.mean(terms)), rel=1e-4)
+
+
+def test_score_fusion_learns_w_and_keeps_the_long_item_table(tiny_run):
+    cfg, _ = tiny_run
+    seqs = load_sequences(cfg.data)
+    _, models, _, _ = load_run(cfg.run_dir)
+    train_end = np.asarray([len(s) - cfg.data.window for s in seqs.items])
+    model = LongShortHSTU(cfg.hstu, LongShortConfig("score", 16), seqs.num_items, rngs=nnx.Rngs(0))
+    losses = train_short(model, models["long"], seqs, train_end, cfg, "score", log=lambda *_: None)
+    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.05, (losses[:8], losses[-8:])
+    assert float(model.long_weight[0]) != pytest.approx(1.0, abs=1e-3)  # w is learned
+    long_items = np.asarray(models["long"].item_embeddings())
+    np.testing.assert_array_equal(np.asarray(model.item_embeddings())[:, 16:], long_items)  # frozen copy
+    with pytest.raises(ValueError, match="score"):
+        models["both"].set_long_items(long_items)  # the tiny run's both is gated
+
+
+@pytest.fixture(scope="module")
+def score_run(tiny_run, tmp_path_factory):
+    cfg, results = tiny_run
+    other = load_config(None, [f"data.input={cfg.data.input}", f"run_dir={tmp_path_factory.mktemp('score')}",
+                               *TINY, "stages=[both]", "fusion.fusion=score", f"init_from={cfg.run_dir}"])
+    return other, run(other, log=lambda *_: None)
+
+
+def test_score_fusion_run_serves_the_eval_paths_scores(score_run, capsys):
+    """A fusion=score run: the stored model keeps the long encoder's item table; `Retriever(user=...)` and
+    `recommend --user` give the eval path's top items and scores (its user vector . its item table)."""
+    from recsys_jax.train.longshort import eval_inputs, short_user_vectors
+
+    cfg, results = score_run
+    assert results["meta"]["fusion"] == "score" and "score_weight" in results["meta"]
+    _, models, item_map, table = load_run(cfg.run_dir)
+    both = models["both"]
+    assert both.fusion == "score" and float(both.long_weight[0]) == pytest.approx(results["meta"]["score_weight"])
+    np.testing.assert_array_equal(np.asarray(both.item_embeddings())[:, 16:], np.asarray(models["long"].item_embeddings()))
+    seqs = load_sequences(cfg.data)
+    users, query, _, _ = eval_inputs(seqs, cfg.data.window)
+    r = Retriever.from_checkpoint(cfg.run_dir)
+    for u in users[:3]:
+        ids = seqs.items[u][:query[u]][-cfg.data.short_len:]
+        stamps = seqs.timestamps[u][:query[u]][-cfg.data.short_len:]
+        user_id = seqs.user_map.to_original(u)
+        vec = short_user_vectors(both, seqs, np.asarray([u]), query, cfg.data.short_len,
+                                 table.lookup([user_id]))[0]
+        s = np.asarray(both.item_embeddings()) @ vec
+        s[[0, *ids]] = -np.inf
+        want = np.argsort(-s, kind="stable")[:5]
+        hist = [item_map.to_original(int(i)) for i in ids]
+        items, scores = r.recommend(hist, [int(t) for t in stamps], user=user_id, k=5)
+        assert items == [item_map.to_original(int(j)) for j in want]
+        np.testing.assert_allclose(scores, s[want], atol=1e-4)
+    assert cli_main(["recommend", "--checkpoint", cfg.run_dir, "--user", user_id, "--history", ",".join(hist),
+                     "--timestamps", ",".join(str(int(t)) for t in stamps), "--k", "5"]) == 0
+    assert [row["item"] for row in json.loads(capsys.readouterr().out)["items"]] == items
+
+
+def test_score_fusion_from_the_short_model_untrained_is_the_score_sum(tiny_run, tmp_path, capsys):
+    """both_from_short with 0 fine-tuning steps and w = 1: both's HSTU is the short model's, so both ranks as the
+    bucket benchmark's score_sum diagnostic (short scores + long scores)."""
+    cfg, results = tiny_run
+    other = load_config(None, [f"data.input={cfg.data.input}", f"run_dir={tmp_path / 'warm'}", *TINY, "stages=[both]",
+                               "fusion.fusion=score", "both_from_short=true", "both_steps=0",
+                               f"init_from={cfg.run_dir}"])
+    got = run(other, log=lambda *_: None)
+    _, models, _, _ = load_run(other.run_dir)
+    short, both = nnx.state(models["short"].hstu, nnx.Param), nnx.state(models["both"].hstu, nnx.Param)
+    for a, b in zip(jax.tree.leaves(short), jax.tree.leaves(both)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "longshort_buckets.py"
+    spec = importlib.util.spec_from_file_location("_bench_longshort_buckets2", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--run", other.run_dir, "--input", cfg.data.input, "--window", str(cfg.data.window), "--edges", "30", "--ks", "5", "10",
+                "--weights", "1", "0"])
+    out = json.loads(capsys.readouterr().out)["buckets"]["all"]
+    for m in ("recall@5", "recall@10", "hr@10"):
+        assert got["both"][m] == pytest.approx(out["score_sum"][m], abs=1e-4)
+        assert out["score_sum_w0"][m] == pytest.approx(results["short"][m], abs=1e-4)  # w = 0: the short model
+    assert got["both"] != results["short"]
