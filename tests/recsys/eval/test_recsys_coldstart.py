@@ -237,3 +237,26 @@ def test_text_knn_baseline_equals_bruteforce(dataset):
             assert got[g][f"hr@{k}"] == pytest.approx(want, abs=1e-6)
     with pytest.raises(ValueError, match="num_items \\+ 1"):
         mod.text_knn(dataset, text[:-1], cold, "test", last=3)
+
+
+def test_late_fusion_diagnostic_is_the_model_at_zero_weight(dataset):
+    """coldstart_text_knn --fuse: weight 0 is the model's own cold/warm ranking; a weight moves it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "coldstart_text_knn.py"
+    spec = importlib.util.spec_from_file_location("coldstart_text_knn_fuse", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = build_model("hstu", {"embed_dim": 16, "num_layers": 1, "num_heads": 1, "attention_dim": 8,
+                                 "linear_dim": 8, "max_seq_len": 12}, dataset.num_items, nnx.Rngs(0))
+    cold = cold_item_mask(dataset.num_items, 0.2, seed=1)
+    text = np.random.default_rng(0).normal(size=(dataset.num_items + 1, 6)).astype(np.float32)
+    want = coldstart_metrics(model, dataset, cold, "test", batch_size=64, max_len=12, ks=KS, truncate=())
+    got = mod.text_knn(dataset, text, cold, "test", last=3, ks=KS, max_len=12, model=model, weight=0.0)
+    heavy = mod.text_knn(dataset, text, cold, "test", last=3, ks=KS, max_len=12, model=model, weight=100.0)
+    alone = mod.text_knn(dataset, text, cold, "test", last=3, ks=KS, max_len=12)
+    for g in ("cold", "warm"):
+        for k in KS:
+            assert got[g][f"hr@{k}"] == pytest.approx(want[g][f"hr@{k}"], abs=1e-6)
+            assert heavy[g][f"hr@{k}"] == pytest.approx(alone[g][f"hr@{k}"], abs=0.05)  # the profile dominates
