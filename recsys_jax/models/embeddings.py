@@ -78,13 +78,17 @@ class ItemTextConfig:
     ``item_text.npy``, computed on first use); ``fields``: the side-info fields of the texts (null: title,
     genres, category, ...); ``id_dropout``: in training, the probability that an item's id embedding is left
     out (zeroed) in a step (sum / gated / concat_mlp), so the model learns to place items by their text alone
-    as it must for cold items (DropoutNet, Volkovs et al. 2017); 0: off."""
+    as it must for cold items (DropoutNet, Volkovs et al. 2017); 0: off. ``text_loss_weight``: w > 0 adds
+    ``w x`` the same next-item loss scored against the *text-only* table (every item as a cold item would be:
+    the fused representation with its id left out, :meth:`ItemEmbedding.table` ``text_only=True``), so the
+    user embedding also retrieves items by their text alone (fused modes only); 0: off."""
 
     mode: Literal["id", "sum", "gated", "concat_mlp", "text_only"] = "id"
     dim: int = 384
     path: str | None = None
     fields: tuple[str, ...] | None = None
     id_dropout: float = 0.0
+    text_loss_weight: float = 0.0
 
     def __post_init__(self):
         if self.mode not in TEXT_MODES:
@@ -95,6 +99,10 @@ class ItemTextConfig:
             raise ValueError(f"item_text.id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.id_dropout and self.mode in ("id", "text_only"):
             raise ValueError(f"item_text.id_dropout applies to the modes that fuse id and text, not {self.mode!r}")
+        if self.text_loss_weight < 0.0:
+            raise ValueError(f"item_text.text_loss_weight must be >= 0, got {self.text_loss_weight}")
+        if self.text_loss_weight and self.mode in ("id", "text_only"):
+            raise ValueError(f"item_text.text_loss_weight applies to the modes that fuse id and text, not {self.mode!r}")
         if self.fields is not None and not isinstance(self.fields, tuple):
             object.__setattr__(self, "fields", tuple(self.fields))
 
@@ -187,20 +195,26 @@ class ItemEmbedding(nnx.Module):
             return g * ids_emb + (1.0 - g) * t
         return t  # text_only
 
-    def _fused_rows(self, rows, deterministic: bool) -> jax.Array:
-        """The fused representation of ``rows`` (an id array, or a slice of the table)."""
+    def _fused_rows(self, rows, deterministic: bool, text_only: bool = False) -> jax.Array:
+        """The fused representation of ``rows`` (an id array, or a slice of the table); ``text_only``: with every
+        id left out (how a cold item is represented)."""
         take = (lambda v: v[rows]) if isinstance(rows, slice) else (lambda v: jnp.take(v, rows, axis=0))  # noqa: E731
         ids = take(self.embedding[...]) if self.mode != "text_only" else None
-        if hasattr(self, "id_dropout") and not deterministic:  # whole id rows left out (no rescaling)
+        if text_only and ids is not None:
+            ids = jnp.zeros_like(ids)
+        elif hasattr(self, "id_dropout") and not deterministic:  # whole id rows left out (no rescaling)
             keep = self.id_dropout(jnp.ones((*ids.shape[:-1], 1), ids.dtype), deterministic=False) > 0
             ids = jnp.where(keep, ids, 0.0)
         return self._fused(ids, take(self.text[...]))
 
-    def table(self, normalize: bool, deterministic: bool = True) -> jax.Array:
+    def table(self, normalize: bool, deterministic: bool = True, text_only: bool = False) -> jax.Array:
         """The ``[N + 1, D]`` table with row 0 zeroed, L2-normalised per row when ``normalize``
-        (``deterministic=False``: training, with ``item_text.id_dropout``)."""
+        (``deterministic=False``: training, with ``item_text.id_dropout``; ``text_only``: every item placed by
+        its text alone, as a cold item is: needs a mode with text)."""
         n = self.num_items + 1
-        t = self.embedding[...][:n] if self.mode == "id" else self._fused_rows(slice(0, n), deterministic)
+        if text_only and self.mode == "id":
+            raise ValueError("a text-only item table needs item text (item_text.mode is 'id')")
+        t = self.embedding[...][:n] if self.mode == "id" else self._fused_rows(slice(0, n), deterministic, text_only)
         not_pad = (jnp.arange(t.shape[0]) > 0)[:, None]
         t = jnp.where(not_pad, t, 0.0)
         return l2_normalize(t) if normalize else t

@@ -119,8 +119,17 @@ class RecsysTask:
         nnx.reseed(model, default=rng_dropout)  # dropout draws from the step's rng
         user = model(batch["item_ids"], batch["timestamps"], deterministic=False)
         items = model.item_embeddings(deterministic=False)  # item_text.id_dropout acts in training only
-        return sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
-                                    self.log_q, negative_pool=self.warm_items)
+        loss, metrics = sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
+                                             self.log_q, negative_pool=self.warm_items)
+        w = self.cfg.model.item_text.text_loss_weight
+        if w:  # the same targets against every item placed by its text alone (as cold items are)
+            text_items = model.items.table(model.cfg.l2_normalize, deterministic=False, text_only=True)
+            text_loss, _ = sampled_softmax_loss(user, batch["target_ids"], batch["mask"], text_items,
+                                                jax.random.fold_in(rng_loss, 1), self.cfg.loss, self.log_q,
+                                                negative_pool=self.warm_items)
+            loss = loss + w * text_loss
+            metrics = {**metrics, "loss": loss, "text_only_loss": text_loss}
+        return loss, metrics
 
     def eval_step(self, model, batch):
         e = self.cfg.eval

@@ -175,3 +175,88 @@ def test_train_and_eval_with_text_and_cold_items(recsys_run, recsys_cli, tmp_pat
     assert "cold" not in res
     rc, out, err = recsys_cli(["eval", "--checkpoint", recsys_run.run_dir, "--no-baseline"])
     assert json.loads(out.strip().splitlines()[-1])["metrics"] == res["metrics"]
+
+
+def test_text_loss_weight_adds_the_text_only_loss(dataset, tmp_path):
+    """model.item_text.text_loss_weight w: loss = fused loss + w x the same targets scored against the text-only
+    table (cold items' representation); w = 0 is the loss of before."""
+    text = np.random.default_rng(0).normal(size=(dataset.num_items + 1, 8)).astype(np.float32)
+    np.save(tmp_path / "text.npy", text)
+    base = ["data.cold_item_fraction=0.2", "data.max_len=8", "model.hstu.max_seq_len=8", f"train.run_dir={tmp_path}",
+            "model.item_text.mode=sum", "model.item_text.dim=8", f"model.item_text.path={tmp_path / 'text.npy'}",
+            "model.hstu.dropout=0.0"]
+    tasks = {w: RecsysTask(load_config(None, [*base, f"model.item_text.text_loss_weight={w}"]), dataset)
+             for w in (0.0, 2.0)}
+    batch = next(tasks[0.0].train_data(DataContext(seed=0, batch_size=16, process_index=0, process_count=1)))
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    model = tasks[0.0].create_model(nnx.Rngs(0))
+    emb = model.items.embedding
+    emb[...] = jax.random.normal(jax.random.key(3), emb.shape)  # ids that differ from the text alone
+    rng = jax.random.key(5)
+    plain, m0 = tasks[0.0].loss(model, batch, rng)
+    both, m2 = tasks[2.0].loss(model, batch, rng)
+    assert "text_only_loss" not in m0
+    rng_loss, _ = jax.random.split(rng)
+    user = model(batch["item_ids"], batch["timestamps"], deterministic=True)
+    want, _ = sampled_softmax_loss(user, batch["target_ids"], batch["mask"], model.items.table(True, text_only=True),
+                                   jax.random.fold_in(rng_loss, 1), tasks[2.0].cfg.loss,
+                                   negative_pool=tasks[2.0].warm_items)
+    np.testing.assert_allclose(float(m2["text_only_loss"]), float(want), rtol=1e-5)
+    np.testing.assert_allclose(float(both), float(plain) + 2.0 * float(want), rtol=1e-5)
+    assert float(m2["loss"]) == pytest.approx(float(both))
+
+
+def test_text_knn_baseline_equals_bruteforce(dataset):
+    """benchmarks/coldstart_text_knn.py: the no-training text-profile ranking, against numpy."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "coldstart_text_knn.py"
+    spec = importlib.util.spec_from_file_location("coldstart_text_knn", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = np.random.default_rng(0).normal(size=(dataset.num_items + 1, 6)).astype(np.float32)
+    cold = cold_item_mask(dataset.num_items, 0.2, 0)
+    got = mod.text_knn(dataset, text, cold, "test", last=3, ks=KS, max_len=20)
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+    hits = {"cold": [], "warm": []}
+    for u in range(dataset.num_users):
+        items = np.asarray(dataset.sequence(u)["items"])
+        if len(items) < 3:
+            continue
+        hist, target = items[:-1], int(items[-1])
+        s = unit @ unit[hist[-3:]].sum(0)
+        ok = np.ones(len(s), bool)
+        ok[0] = False
+        ok[hist] = False
+        rank = np.sum(ok & (s >= s[target]))
+        hits["cold" if cold[target] else "warm"].append([rank <= k for k in KS])
+    for g in ("cold", "warm"):
+        assert got[g]["count"] == len(hits[g]) > 0
+        for k, want in zip(KS, np.mean(hits[g], axis=0)):
+            assert got[g][f"hr@{k}"] == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="num_items \\+ 1"):
+        mod.text_knn(dataset, text[:-1], cold, "test", last=3)
+
+
+def test_late_fusion_diagnostic_is_the_model_at_zero_weight(dataset):
+    """coldstart_text_knn --fuse: weight 0 is the model's own cold/warm ranking; a weight moves it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "coldstart_text_knn.py"
+    spec = importlib.util.spec_from_file_location("coldstart_text_knn_fuse", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = build_model("hstu", {"embed_dim": 16, "num_layers": 1, "num_heads": 1, "attention_dim": 8,
+                                 "linear_dim": 8, "max_seq_len": 12}, dataset.num_items, nnx.Rngs(0))
+    cold = cold_item_mask(dataset.num_items, 0.2, seed=1)
+    text = np.random.default_rng(0).normal(size=(dataset.num_items + 1, 6)).astype(np.float32)
+    want = coldstart_metrics(model, dataset, cold, "test", batch_size=64, max_len=12, ks=KS, truncate=())
+    got = mod.text_knn(dataset, text, cold, "test", last=3, ks=KS, max_len=12, model=model, weight=0.0)
+    heavy = mod.text_knn(dataset, text, cold, "test", last=3, ks=KS, max_len=12, model=model, weight=100.0)
+    alone = mod.text_knn(dataset, text, cold, "test", last=3, ks=KS, max_len=12)
+    for g in ("cold", "warm"):
+        for k in KS:
+            assert got[g][f"hr@{k}"] == pytest.approx(want[g][f"hr@{k}"], abs=1e-6)
+            assert heavy[g][f"hr@{k}"] == pytest.approx(alone[g][f"hr@{k}"], abs=0.05)  # the profile dominates

@@ -94,3 +94,23 @@ def test_id_dropout_leaves_whole_id_rows_out_in_training_only():
     assert np.all(dropped ^ kept) and 0 < dropped.sum() < N  # each row: all of its id, or none of it
     with pytest.raises(ValueError, match="id_dropout applies"):
         ItemTextConfig(mode="text_only", id_dropout=0.2)
+
+
+@pytest.mark.parametrize("mode", ["sum", "gated", "concat_mlp"])
+def test_text_only_table_is_how_a_cold_item_is_placed(mode):
+    """table(text_only=True): every row as an untrained (zero-id) item would be, whatever the ids learned."""
+    cfg = ItemTextConfig(mode=mode, dim=T, id_dropout=0.3, text_loss_weight=1.0)
+    emb = ItemEmbedding(N, D, rngs=nnx.Rngs(0), text=cfg, text_table=_text())
+    cold_view = np.asarray(emb.table(normalize=True))  # ids at zero: the text alone
+    emb.embedding[...] = jax.random.normal(jax.random.key(1), emb.embedding.shape)  # as if trained
+    for deterministic in (True, False):  # id_dropout has nothing left to drop
+        np.testing.assert_allclose(np.asarray(emb.table(normalize=True, deterministic=deterministic, text_only=True)),
+                                   cold_view, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(emb.table(normalize=True)), cold_view)
+    plain = ItemEmbedding(N, D, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="text-only item table needs item text"):
+        plain.table(normalize=True, text_only=True)
+    for bad, match in (({"mode": "text_only", "text_loss_weight": 1.0}, "text_loss_weight applies"),
+                       ({"mode": "sum", "text_loss_weight": -1.0}, "text_loss_weight must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            ItemTextConfig(**bad)
