@@ -81,7 +81,11 @@ class ItemTextConfig:
     as it must for cold items (DropoutNet, Volkovs et al. 2017); 0: off. ``text_loss_weight``: w > 0 adds
     ``w x`` the same next-item loss scored against the *text-only* table (every item as a cold item would be:
     the fused representation with its id left out, :meth:`ItemEmbedding.table` ``text_only=True``), so the
-    user embedding also retrieves items by their text alone (fused modes only); 0: off."""
+    user embedding also retrieves items by their text alone (fused modes only); 0: off. ``profile_weight``:
+    w > 0 adds, at inference only (``deterministic=True``: evaluation, serving), ``w x`` the cosine between the
+    user's *text profile* (the sum of the unit text embeddings of its last ``profile_len`` items) and an
+    item's unit text embedding to the model's score (late fusion, no training: how a cold item with no
+    interactions still ranks by what the user watched); choose w on the validation split."""
 
     mode: Literal["id", "sum", "gated", "concat_mlp", "text_only"] = "id"
     dim: int = 384
@@ -89,6 +93,8 @@ class ItemTextConfig:
     fields: tuple[str, ...] | None = None
     id_dropout: float = 0.0
     text_loss_weight: float = 0.0
+    profile_weight: float = 0.0
+    profile_len: int = 5
 
     def __post_init__(self):
         if self.mode not in TEXT_MODES:
@@ -103,6 +109,11 @@ class ItemTextConfig:
             raise ValueError(f"item_text.text_loss_weight must be >= 0, got {self.text_loss_weight}")
         if self.text_loss_weight and self.mode in ("id", "text_only"):
             raise ValueError(f"item_text.text_loss_weight applies to the modes that fuse id and text, not {self.mode!r}")
+        if self.profile_weight < 0.0 or self.profile_len < 1:
+            raise ValueError(f"item_text.profile_weight must be >= 0 and profile_len >= 1, got "
+                             f"{self.profile_weight} and {self.profile_len}")
+        if self.profile_weight and self.mode == "id":
+            raise ValueError("item_text.profile_weight needs item text (item_text.mode is 'id')")
         if self.fields is not None and not isinstance(self.fields, tuple):
             object.__setattr__(self, "fields", tuple(self.fields))
 
@@ -218,6 +229,20 @@ class ItemEmbedding(nnx.Module):
         not_pad = (jnp.arange(t.shape[0]) > 0)[:, None]
         t = jnp.where(not_pad, t, 0.0)
         return l2_normalize(t) if normalize else t
+
+    def unit_text(self) -> jax.Array:
+        """``[N + 1, T]`` the item text embeddings, L2-normalised per row, row 0 zero."""
+        t = l2_normalize(self.text[...][: self.num_items + 1])
+        return t.at[0].set(0.0)
+
+    def text_profile(self, item_ids: jax.Array, length: int) -> jax.Array:
+        """``[B, L, T]``: at each position, the unit sum of the unit text embeddings of the last ``length`` items
+        up to it (padding counts as nothing; zero where there is none)."""
+        rows = jnp.take(self.unit_text(), item_ids, axis=0)
+        profile = rows
+        for shift in range(1, min(length, item_ids.shape[1])):
+            profile = profile + jnp.pad(rows, ((0, 0), (shift, 0), (0, 0)))[:, : item_ids.shape[1]]
+        return l2_normalize(profile)
 
     def __call__(self, item_ids: jax.Array, deterministic: bool = True) -> jax.Array:
         """Raw embeddings of ``item_ids`` (any shape), zero at padding (id 0). With text, the fused rows: of the

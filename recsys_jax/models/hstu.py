@@ -171,7 +171,8 @@ class HSTULayer(nnx.Module):
 
 
 class HSTU(nnx.Module):
-    """``model(item_ids, timestamps, *, deterministic) -> [B, L, D]`` causal user embeddings."""
+    """``model(item_ids, timestamps, *, deterministic) -> [B, L, D]`` causal user embeddings (``[B, L, D + T]``
+    at inference with ``item_text.profile_weight``)."""
 
     def __init__(self, cfg: HSTUConfig, num_items: int, *, rngs: nnx.Rngs, item_text: ItemTextConfig | None = None,
                  text_table=None):
@@ -187,6 +188,11 @@ class HSTU(nnx.Module):
                              f"must be >= 0 (0: off), got {cfg}")
         self.cfg = cfg
         self.num_items = num_items
+        self.profile = (item_text.profile_weight, item_text.profile_len) \
+            if item_text is not None and item_text.profile_weight else None
+        if self.profile and cfg.num_scenario_labels:
+            raise ValueError("item_text.profile_weight (a text-profile score at inference) is for the item-sequence "
+                             "HSTU, not with a scenario tower (num_scenario_labels > 0)")
         self.items = ItemEmbedding(num_items, cfg.embed_dim, rngs=rngs, text=item_text, text_table=text_table)
         self.positions = PositionalEmbedding(cfg.max_seq_len, cfg.embed_dim, rngs=rngs)
         self.input_dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
@@ -200,8 +206,13 @@ class HSTU(nnx.Module):
                                                 normalize=cfg.l2_normalize, rngs=rngs)
 
     def item_embeddings(self, deterministic: bool = True) -> jax.Array:
-        """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
-        return self.items.table(self.cfg.l2_normalize, deterministic)
+        """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users. With
+        ``item_text.profile_weight`` at inference: ``[N + 1, D + T]``, the unit text embeddings appended (the
+        users get ``w x`` their text profile appended: see :meth:`__call__`)."""
+        table = self.items.table(self.cfg.l2_normalize, deterministic)
+        if self.profile and deterministic:
+            return jnp.concatenate([table, self.items.unit_text()], axis=-1)
+        return table
 
     def scenario(self, user: jax.Array, label: jax.Array, surface: jax.Array | None = None) -> jax.Array:
         """The scenario's user embedding from the trunk output ``user [..., D]`` (label / surface codes
@@ -224,7 +235,11 @@ class HSTU(nnx.Module):
         check_sequence_inputs(item_ids, timestamps, self.cfg.max_seq_len)
         mask = item_ids > 0
         x = self.embed(item_ids, deterministic=deterministic, actions=actions, surfaces=surfaces, is_ad=is_ad)
-        return self.encode(x, mask, timestamps, deterministic=deterministic)
+        out = self.encode(x, mask, timestamps, deterministic=deterministic)
+        if self.profile and deterministic:  # late fusion with the text profile: [u; w p] . [e; t] = u.e + w p.t
+            weight, length = self.profile
+            out = jnp.concatenate([out, weight * self.items.text_profile(item_ids, length)], axis=-1)
+        return out
 
     def embed(self, item_ids: jax.Array, *, deterministic: bool, actions: jax.Array | None = None,
               surfaces: jax.Array | None = None, is_ad: jax.Array | None = None) -> jax.Array:

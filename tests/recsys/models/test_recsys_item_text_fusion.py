@@ -114,3 +114,32 @@ def test_text_only_table_is_how_a_cold_item_is_placed(mode):
                        ({"mode": "sum", "text_loss_weight": -1.0}, "text_loss_weight must be >= 0")):
         with pytest.raises(ValueError, match=match):
             ItemTextConfig(**bad)
+
+
+def test_text_profile_late_fusion_at_inference_only():
+    """profile_weight w: at inference each score gains w x cos(unit sum of the last profile_len items' unit texts,
+    the item's unit text), against numpy; training outputs and tables are the model without it."""
+    w, n = 0.75, 2
+    base_cfg = ItemTextConfig(mode="sum", dim=T)
+    base = build_model("hstu", HSTU, N, nnx.Rngs(0), item_text=base_cfg, text_table=_text())
+    fused = build_model("hstu", HSTU, N, nnx.Rngs(0), item_text=ItemTextConfig(mode="sum", dim=T, profile_weight=w,
+                                                                            profile_len=n), text_table=_text())
+    ids = jnp.array([[0, 0, 2, 5, 9], [4, 1, 3, 8, 6]])
+    ts = jnp.tile(jnp.arange(5, dtype=jnp.int32) * 1000, (2, 1))
+    users, table = fused(ids, ts, deterministic=True), fused.item_embeddings()
+    plain_users, plain_table = base(ids, ts, deterministic=True), base.item_embeddings()
+    unit = _text() / np.linalg.norm(_text(), axis=1, keepdims=True)
+    unit[0] = 0
+    for b, row in enumerate(np.asarray(ids)):
+        profile = unit[row[-n:]].sum(0)
+        profile /= np.linalg.norm(profile)
+        want = np.asarray(plain_table) @ np.asarray(plain_users[b, -1]) + w * unit @ profile
+        np.testing.assert_allclose(np.asarray(table @ users[b, -1]), want, rtol=1e-5, atol=1e-5)
+    # training (deterministic=False) sees the model without the profile
+    np.testing.assert_allclose(np.asarray(fused(ids, ts, deterministic=False)), np.asarray(base(ids, ts, deterministic=False)),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(fused.item_embeddings(False)), np.asarray(base.item_embeddings(False)))
+    with pytest.raises(ValueError, match="profile_weight needs item text"):
+        ItemTextConfig(profile_weight=0.5)
+    with pytest.raises(ValueError, match="profile_len"):
+        ItemTextConfig(mode="sum", profile_weight=0.5, profile_len=0)
