@@ -14,7 +14,7 @@ import numpy as np
 from core_jax import data as data_lib
 from recsys_jax.data.builder import SPLIT
 from recsys_jax.data.sequences import IdMap
-from recsys_jax.data.splits import SPLITS, RecordSubset, eval_example, split_indices, train_example
+from recsys_jax.data.splits import SPLITS, RecordSubset, eval_example, split_indices, train_example, train_length
 
 
 IN_MEMORY_MAX_USERS = 500_000
@@ -154,8 +154,7 @@ class RecsysDataset:
     def train_lengths(self, max_len: int) -> np.ndarray:
         """Per record, the number of input/target pairs of its training example (at most ``max_len``), from
         the stored lengths (``index.json``: no record is read)."""
-        n = self.lengths
-        return np.clip(np.where(n >= 3, n - 2, n) - 1, 0, max_len)  # splits.train_length, vectorised
+        return np.clip(train_length(np.asarray(self.lengths)) - 1, 0, max_len)
 
     def eval_iterator(self, split: str, *, batch_size: int, max_len: int, padding: str = "left",
                       shard_index: int | None = None, shard_count: int | None = None):

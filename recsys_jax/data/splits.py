@@ -25,9 +25,9 @@ from recsys_jax.data.sequences import pad_sequence
 SPLITS = ("train", "validation", "test")
 
 
-def train_length(n: int) -> int:
-    """Length of the training prefix of a sequence of ``n`` items."""
-    return n - 2 if n >= 3 else n
+def train_length(n):
+    """Length of the training prefix of a sequence of ``n`` items (an int, or elementwise for an array)."""
+    return n - 2 * (n >= 3)
 
 
 def in_split(n: int, split: str) -> bool:
