@@ -52,17 +52,26 @@ def dense_targets(items: np.ndarray, positions: np.ndarray, end: int, window: in
 
 
 def long_train_batch(items: list[np.ndarray], timestamps: list[np.ndarray], train_end: np.ndarray, users: np.ndarray,
-                     rng: np.random.Generator, *, max_len: int, window: int) -> dict:
+                     rng: np.random.Generator, *, max_len: int, window: int, short_len: int = 0) -> dict:
     """Dense all-action examples: a random cutoff ``c`` in each user's training prefix, the history strictly
-    before ``ts[c]`` and the (up to ``window``) events from ``c`` on as targets (``targets [B, window]``)."""
-    hists, as_of, targets = [], [], []
+    before ``ts[c]`` and the (up to ``window``) events from ``c`` on as targets (``targets [B, window]``).
+    ``short_len > 0`` adds the short model's input at the same cutoff: ``short_ids`` / ``short_ts``
+    ``[B, short_len]``, the last ``short_len`` events before ``c`` (as the evaluation queries it)."""
+    hists, as_of, targets, short_ids, short_ts = [], [], [], [], []
     for u in users:
         m = int(train_end[u])
         c = int(rng.integers(1, m))
         hists.append(history_before(items[u], timestamps[u], timestamps[u][c], max_len))
         as_of.append(timestamps[u][c])
         targets.append(future_window(items[u], c, m, window))
-    return {**long_inputs(hists, np.asarray(as_of), max_len), "targets": np.stack(targets)}
+        if short_len:
+            s = max(0, c - short_len)
+            short_ids.append(pad_sequence(items[u][s:c], short_len))
+            short_ts.append(pad_sequence(timestamps[u][s:c], short_len, dtype=np.int32))
+    batch = {**long_inputs(hists, np.asarray(as_of), max_len), "targets": np.stack(targets)}
+    if short_len:
+        batch.update(short_ids=np.stack(short_ids), short_ts=np.stack(short_ts))
+    return batch
 
 
 def short_train_batch(items: list[np.ndarray], timestamps: list[np.ndarray], train_end: np.ndarray, users: np.ndarray,

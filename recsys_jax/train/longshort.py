@@ -7,7 +7,9 @@ Steps of :func:`run` (protocol in :mod:`recsys_jax.data.long_history`):
    future window, the rest is the training prefix;
 2. ``long``: the :class:`~recsys_jax.models.long_term.LongTermEncoder` trained with the dense all-action
    loss (at a random cutoff, the embedding of the history strictly before it must retrieve each of the
-   next ``window`` events: sampled softmax per future event);
+   next ``window`` events: sampled softmax per future event); with ``long_residual`` (``fusion=score``) it is
+   trained through the frozen short model's scores at the same cutoff instead (the short stage runs first), so
+   the long scores add what the short model misses;
 3. the long-term table, recomputed in batch for every user as of its query time (strictly before it);
 4. ``short``: the HSTU over the last ``short_len`` events; ``both``: the same HSTU conditioned on the
    frozen long encoder's embedding (``fusion``), trained on the same data, loss and schedule (dense
@@ -47,6 +49,7 @@ from recsys_jax.eval.evaluate import last_real
 from recsys_jax.eval.future_window import evaluate_vectors
 from recsys_jax.models.hstu import HSTUConfig
 from recsys_jax.models.long_short import FUSIONS, LongShortConfig
+from recsys_jax.models.embeddings import l2_normalize
 from recsys_jax.models.long_term import LongTermConfig
 from recsys_jax.serving.long_table import LongTable, build_long_table, build_models, encode_long, save_run
 from recsys_jax.train.losses import SampledSoftmaxConfig, sampled_softmax_loss
@@ -93,6 +96,9 @@ class LongShortRunConfig:
     # start both's HSTU from the trained short model (then fine-tuned through the fusion) instead of random init
     both_from_short: bool = False
     both_steps: int = -1  # training steps of both (-1: short_train.steps); 0 with both_from_short: no fine-tuning
+    # fusion=score: train the long encoder *through the frozen short model's scores* (at each cutoff the logits are
+    # short + fusion.score_weight x long), so it learns what the short model misses; the short stage runs first
+    long_residual: bool = False
 
 
 def load_config(path=None, overrides=()) -> LongShortRunConfig:
@@ -114,6 +120,9 @@ def load_config(path=None, overrides=()) -> LongShortRunConfig:
     if set(cfg.stages) != {"long", "short", "both"} and not cfg.init_from:
         raise ConfigError(f"config key 'init_from': stages={cfg.stages} leaves models untrained; name the run "
                           "folder to load them from")
+    if cfg.long_residual and cfg.fusion.fusion != "score":
+        raise ConfigError(f"config key 'long_residual': needs fusion.fusion=score (the long encoder is trained "
+                          f"through the short model's scores), got fusion.fusion={cfg.fusion.fusion!r}")
     if cfg.data.window < 1 or cfg.data.short_len < 1:
         raise ConfigError("config keys 'data.window' / 'data.short_len': must be >= 1")
     return cfg
@@ -141,6 +150,26 @@ def _long_step(model, opt, batch, rng, loss_cfg):
     return loss
 
 
+def _long_residual_step(model, opt, batch, short, rng, loss_cfg, weight):
+    """The long encoder's step through the frozen short model: logits ``(s . e + weight * l . e_long) / T`` over the
+    targets after the cutoff, ``s`` / ``e`` the short model's unit vector at the cutoff and item table (constants)."""
+    ids = batch["short_ids"]
+    s = l2_normalize(last_real(short(ids, batch["short_ts"], None, deterministic=True), ids > 0))
+    e = l2_normalize(short.item_embeddings())
+    s, e = jax.lax.stop_gradient(s), jax.lax.stop_gradient(e)
+    loss_cfg = dataclasses.replace(loss_cfg, l2_normalize=False)  # each part is unit; the concatenation is not
+
+    def loss_fn(m):
+        u = jnp.concatenate([s, weight * m(batch["items"], batch["timestamps"], batch["as_of"], deterministic=False)],
+                            axis=-1)
+        user = jnp.broadcast_to(u[:, None, :], batch["targets"].shape + u.shape[-1:])
+        table = jnp.concatenate([e, m.item_embeddings(False)], axis=-1)
+        return sampled_softmax_loss(user, batch["targets"], batch["targets"] > 0, table, rng, loss_cfg)
+    (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    opt.update(model, grads)
+    return loss
+
+
 def short_loss(model, batch, long, rng, loss_cfg: SampledSoftmaxConfig, *, deterministic: bool = False):
     """``(loss, metrics)`` of a short / fused model on a :func:`short_train_batch` (dense targets per position).
     ``fusion=score``: the logits are ``(s . e + w * l . e_long) / temperature`` as the model gives them (each part
@@ -161,18 +190,27 @@ def _short_step(model, opt, batch, long, rng, loss_cfg):
 
 _long_step_jit = nnx.jit(_long_step, static_argnames=("loss_cfg",))
 _short_step_jit = nnx.jit(_short_step, static_argnames=("loss_cfg",))
+_long_residual_step_jit = nnx.jit(_long_residual_step, static_argnames=("loss_cfg", "weight"))
 
 
-def train_long(encoder, seqs: Sequences, train_end: np.ndarray, cfg: LongShortRunConfig, log=print) -> list[float]:
+def train_long(encoder, seqs: Sequences, train_end: np.ndarray, cfg: LongShortRunConfig, log=print,
+               short=None) -> list[float]:
+    """Train the long encoder (dense all-action loss); with ``short`` (``long_residual``), through that frozen
+    short model's scores."""
     st, rng = cfg.long_train, np.random.default_rng(cfg.seed)
     opt, key, losses = _optimizer(encoder, st), jax.random.key(cfg.seed), []
     users = np.flatnonzero(train_end >= 2)
     for step in tqdm(range(st.steps), desc="long", leave=False):
         b = long_train_batch(seqs.items, seqs.timestamps, train_end, rng.choice(users, st.batch_size), rng,
-                             max_len=cfg.long.max_len, window=cfg.data.window)
+                             max_len=cfg.long.max_len, window=cfg.data.window,
+                             short_len=cfg.data.short_len if short is not None else 0)
+        b = {k: jnp.asarray(v) for k, v in b.items()}
         key, sub = jax.random.split(key)
         # the loss stays on device: no host sync per step, the next batch is built while this one runs
-        losses.append(_long_step_jit(encoder, opt, {k: jnp.asarray(v) for k, v in b.items()}, sub, cfg.long_loss))
+        if short is None:
+            losses.append(_long_step_jit(encoder, opt, b, sub, cfg.long_loss))
+        else:
+            losses.append(_long_residual_step_jit(encoder, opt, b, short, sub, cfg.long_loss, cfg.fusion.score_weight))
         if (step + 1) % max(1, st.steps // 5) == 0:
             log(f"long step {step + 1}: loss {np.mean(jax.device_get(losses[-50:])):.4f}")
     return [float(x) for x in jax.device_get(losses)]
@@ -261,14 +299,15 @@ def run(cfg: LongShortRunConfig, log=print) -> dict:
         f"max {lengths.max()}; {int((query >= 0).sum())} evaluated")
     models = build_models(_model_dict(cfg), seqs.num_items, nnx.Rngs(cfg.seed, dropout=cfg.seed + 1))
     timings, losses = {}, {}
-    for name in ("long", "short", "both"):
+    for name in ("short", "long", "both") if cfg.long_residual else ("long", "short", "both"):
         if name not in cfg.stages:
             load_state_dict(models[name], load_file(os.path.join(cfg.init_from, name, "model.safetensors")),
                             what=f"{name} of {cfg.init_from}")
             continue
         t = time.time()
         if name == "long":
-            losses[name] = train_long(models["long"], seqs, train_end, cfg, log)
+            losses[name] = train_long(models["long"], seqs, train_end, cfg, log,
+                                      short=models["short"] if cfg.long_residual else None)
         else:
             if name == "both" and cfg.both_from_short:
                 nnx.update(models["both"].hstu, nnx.state(models["short"].hstu, nnx.Param))
@@ -288,7 +327,7 @@ def run(cfg: LongShortRunConfig, log=print) -> dict:
                        "fusion": cfg.fusion.fusion, "long_encoder": cfg.long.encoder,
                        "final_loss": {k: float(np.mean(v[-50:])) for k, v in losses.items() if v},
                        "stages": list(cfg.stages), "init_from": cfg.init_from or None,
-                       "both_from_short": cfg.both_from_short,
+                       "both_from_short": cfg.both_from_short, "long_residual": cfg.long_residual,
                        **({"score_weight": float(models["both"].long_weight[0])} if cfg.fusion.fusion == "score"
                           else {}),
                        **timings, "total_s": round(time.time() - t0, 1)}

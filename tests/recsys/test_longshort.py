@@ -395,3 +395,58 @@ def test_score_fusion_from_the_short_model_untrained_is_the_score_sum(tiny_run, 
         assert got["both"][m] == pytest.approx(out["score_sum"][m], abs=1e-4)
         assert out["score_sum_w0"][m] == pytest.approx(results["short"][m], abs=1e-4)  # w = 0: the short model
     assert got["both"] != results["short"]
+
+
+def test_residual_long_encoder_trains_through_the_frozen_short_scores(tiny_run, tmp_path):
+    """long_residual: the long step's loss is the full-softmax loss of short + w x long scores, the short model's
+    unit vector at the cutoff (its last ``short_len`` events before it) and item table held constant; at w = 0 it is
+    the short model's own loss (numpy); a run trains only the long encoder and leaves the short model as loaded."""
+    import optax
+    from recsys_jax.data.long_history import long_train_batch
+    from recsys_jax.eval.evaluate import last_real
+    from recsys_jax.train.longshort import _long_residual_step
+    from recsys_jax.train.losses import SampledSoftmaxConfig
+
+    cfg, _ = tiny_run
+    seqs = load_sequences(cfg.data)
+    _, models, _, _ = load_run(cfg.run_dir)
+    short, long = models["short"], models["long"]
+    train_end = np.asarray([len(s) - cfg.data.window for s in seqs.items])
+    b = long_train_batch(seqs.items, seqs.timestamps, train_end, np.arange(6), np.random.default_rng(0),
+                         max_len=cfg.long.max_len, window=cfg.data.window, short_len=cfg.data.short_len)
+    assert b["short_ids"].shape == (6, cfg.data.short_len)
+    rng = np.random.default_rng(0)  # the same draws: one cutoff per user
+    for u in range(6):  # the short input: the last short_len events before the cutoff, the first target's
+        c = int(rng.integers(1, train_end[u]))
+        want_ids = seqs.items[u][max(0, c - cfg.data.short_len):c]
+        np.testing.assert_array_equal(b["short_ids"][u][-len(want_ids):], want_ids)
+        assert b["targets"][u, 0] == seqs.items[u][c] and not b["short_ids"][u][:-len(want_ids)].any()
+    b = {k: jnp.asarray(v) for k, v in b.items()}
+    s = np.array(last_real(short(b["short_ids"], b["short_ts"], None, deterministic=True), b["short_ids"] > 0))
+    s /= np.linalg.norm(s, axis=1, keepdims=True)
+    e = np.asarray(short.item_embeddings())
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-6)
+    logits = (s @ e.T)[:, 1:] / 0.05
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    t = np.asarray(b["targets"])
+    want = np.mean([-logp[i, j - 1] for i in range(6) for j in t[i] if j > 0])
+    opt = nnx.Optimizer(long, optax.sgd(0.0), wrt=nnx.Param)
+    loss_cfg = SampledSoftmaxConfig(temperature=0.05, full_softmax=True)
+    got = _long_residual_step(long, opt, b, short, jax.random.key(0), loss_cfg, 0.0)
+    assert float(got) == pytest.approx(float(want), rel=1e-4)
+    assert float(_long_residual_step(long, opt, b, short, jax.random.key(0), loss_cfg, 1.0)) != pytest.approx(
+        float(want), rel=1e-3)  # w = 1: the long scores count
+
+    other = load_config(None, [f"data.input={cfg.data.input}", f"run_dir={tmp_path / 'res'}", *TINY,
+                               "stages=[long,both]", f"init_from={cfg.run_dir}", "fusion.fusion=score",
+                               "long_residual=true", "both_from_short=true", "both_steps=0"])
+    got = run(other, log=lambda *_: None)
+    assert got["meta"]["long_residual"] and got["meta"]["final_loss"]["long"] > 0
+    _, res, _, _ = load_run(other.run_dir)
+    for a, c in zip(jax.tree.leaves(nnx.state(short, nnx.Param)), jax.tree.leaves(nnx.state(res["short"], nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    assert not np.allclose(np.asarray(res["long"].item_embeddings()), np.asarray(long.item_embeddings()))
+    np.testing.assert_array_equal(np.asarray(res["both"].item_embeddings())[:, 16:], np.asarray(res["long"].item_embeddings()))
+    with pytest.raises(Exception, match="long_residual"):
+        load_config(None, [f"data.input={cfg.data.input}", *TINY, "long_residual=true"])
