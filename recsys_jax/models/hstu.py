@@ -137,6 +137,12 @@ class HSTULayer(nnx.Module):
 
     def attention_bias(self, rel_pos: np.ndarray, buckets: jax.Array | None) -> jax.Array:
         """``[B or 1, L, L]`` additive bias from relative positions and time buckets."""
+        if self.cfg.use_position_bias and self.cfg.use_time_bias and buckets is not None:
+            # one lookup into the [positions x buckets] table of sums: its gradient is one segment_sum, where two
+            # lookups cost two gathers, a scatter and a [B, L, L] -> [L, L] batch reduction (XLA:CPU's is slow)
+            pos, tb = self.pos_bias[...], self.time_bias[...]
+            index = jnp.asarray(rel_pos, jnp.int32)[None] * tb.shape[0] + buckets
+            return take_rows((pos[:, None] + tb[None, :]).reshape(-1), index)
         bias = jnp.zeros((1,) + rel_pos.shape, jnp.float32)
         if self.cfg.use_position_bias:
             bias = bias + take_rows(self.pos_bias[...], jnp.asarray(rel_pos))[None]

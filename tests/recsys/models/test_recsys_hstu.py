@@ -140,3 +140,28 @@ def test_time_bias_from_next_item_matches_naive_loop(padding):
     assert np.abs(np.asarray(_apply(own, jnp.asarray(ids), jnp.asarray(ts)))[0] - got).max() > 1e-3
     with pytest.raises(ValueError, match="time_bias_from"):
         HSTU(dataclasses.replace(cfg, time_bias_from="previous"), num_items=20, rngs=nnx.Rngs(0))
+
+
+def test_attention_bias_is_position_plus_time_bias_with_their_gradients():
+    """With both biases the layer looks up one [positions x buckets] table of sums: the bias equals
+    pos_bias[rel] + time_bias[bucket] exactly, and the gradients are numpy's scatter-adds of the upstream grad."""
+    from recsys_jax.models.hstu import HSTULayer
+
+    cfg = HSTUConfig(embed_dim=8, attention_dim=8, linear_dim=8, max_seq_len=6, num_time_buckets=5, dropout=0.0)
+    layer = HSTULayer(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    layer.pos_bias[...] = jnp.asarray(rng.normal(size=layer.pos_bias.shape), jnp.float32)
+    layer.time_bias[...] = jnp.asarray(rng.normal(size=layer.time_bias.shape), jnp.float32)
+    rel = relative_position_index(6, 6)
+    buckets = jnp.asarray(rng.integers(0, 6, (3, 6, 6)), jnp.int32)
+    pos, tb = np.asarray(layer.pos_bias[...]), np.asarray(layer.time_bias[...])
+    np.testing.assert_array_equal(np.asarray(layer.attention_bias(rel, buckets)), pos[rel][None] + tb[np.asarray(buckets)])
+    up = rng.normal(size=(3, 6, 6)).astype(np.float32)
+
+    grads = nnx.grad(lambda m: jnp.sum(m.attention_bias(rel, buckets) * up))(layer)
+    gp, gt = grads["pos_bias"][...], grads["time_bias"][...]
+    want_p, want_t = np.zeros_like(pos), np.zeros_like(tb)
+    np.add.at(want_p, np.broadcast_to(rel, up.shape), up)
+    np.add.at(want_t, np.asarray(buckets), up)
+    np.testing.assert_allclose(np.asarray(gp), want_p, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gt), want_t, atol=1e-5)
