@@ -47,9 +47,9 @@ from recsys_jax.data.long_history import long_train_batch, query_position, short
 from recsys_jax.data.sequences import Sequences, build_sequences, pad_sequence
 from recsys_jax.eval.evaluate import last_real
 from recsys_jax.eval.future_window import evaluate_vectors
+from recsys_jax.models.embeddings import l2_normalize
 from recsys_jax.models.hstu import HSTUConfig
 from recsys_jax.models.long_short import FUSIONS, LongShortConfig
-from recsys_jax.models.embeddings import l2_normalize
 from recsys_jax.models.long_term import LongTermConfig
 from recsys_jax.serving.long_table import LongTable, build_long_table, build_models, encode_long, save_run
 from recsys_jax.train.losses import SampledSoftmaxConfig, sampled_softmax_loss
