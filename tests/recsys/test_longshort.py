@@ -426,17 +426,20 @@ def test_residual_long_encoder_trains_through_the_frozen_short_scores(tiny_run, 
     s /= np.linalg.norm(s, axis=1, keepdims=True)
     e = np.asarray(short.item_embeddings())
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-6)
-    logits = (s @ e.T)[:, 1:] / 0.05
-    logp = logits - logits.max(1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    lv = np.asarray(long(b["items"], b["timestamps"], b["as_of"], deterministic=True))  # unit rows (dropout 0)
     t = np.asarray(b["targets"])
-    want = np.mean([-logp[i, j - 1] for i in range(6) for j in t[i] if j > 0])
-    opt = nnx.Optimizer(long, optax.sgd(0.0), wrt=nnx.Param)
+
+    def want(w):  # full-softmax cross-entropy of (s . e + w l . e_long) / T over items 1..N, per target
+        logits = ((s @ e.T) + w * (lv @ np.asarray(long.item_embeddings()).T))[:, 1:] / 0.05
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        return np.mean([-logp[i, j - 1] for i in range(6) for j in t[i] if j > 0])
+    opt = nnx.Optimizer(long, optax.sgd(0.0), wrt=nnx.Param)  # lr 0: the step leaves the encoder as it is
     loss_cfg = SampledSoftmaxConfig(temperature=0.05, full_softmax=True)
-    got = _long_residual_step(long, opt, b, short, jax.random.key(0), loss_cfg, 0.0)
-    assert float(got) == pytest.approx(float(want), rel=1e-4)
-    assert float(_long_residual_step(long, opt, b, short, jax.random.key(0), loss_cfg, 1.0)) != pytest.approx(
-        float(want), rel=1e-3)  # w = 1: the long scores count
+    for w in (0.0, 1.0):  # w = 0: the short model's own loss
+        got = _long_residual_step(long, opt, b, short, jax.random.key(0), loss_cfg, w)
+        assert float(got) == pytest.approx(float(want(w)), rel=1e-4)
+    assert abs(want(1.0) - want(0.0)) > 1e-3
 
     other = load_config(None, [f"data.input={cfg.data.input}", f"run_dir={tmp_path / 'res'}", *TINY,
                                "stages=[long,both]", f"init_from={cfg.run_dir}", "fusion.fusion=score",
