@@ -27,7 +27,7 @@ from typing import Callable
 
 import jax
 
-_SKIP = ("$", "ThunkExecutor", "PjRt", "Thunk")  # Python frames and the executor's own spans
+_SKIP = ("$", "Thunk", "PjRt")  # Python frames and the executor's own spans
 
 
 def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
