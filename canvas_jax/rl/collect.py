@@ -81,7 +81,8 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
-def _pairs(scores: np.ndarray, how: str, min_gap: float) -> list[tuple[int, int]]:
+def pair_indices(scores: np.ndarray, how: str = "all", min_gap: float = 0.0) -> list[tuple[int, int]]:
+    """(chosen, rejected) candidate indices of one prompt's ``scores`` (see the module docstring)."""
     if how == "best_worst":
         best, worst = int(np.argmax(scores)), int(np.argmin(scores))
         return [(best, worst)] if scores[best] - scores[worst] > min_gap else []
@@ -130,7 +131,7 @@ def collect(pipe, prompts: Sequence[str], reward: WeightedRewards, out_dir: str 
         for i, prompt in enumerate(prompts):
             rows = list(range(i * cfg.per_prompt, (i + 1) * cfg.per_prompt))
             _sheet([images[r] for r in rows], total[rows], prompt).save(out / "sheets" / f"{i:05d}.png")
-            for a, b in _pairs(total[rows], cfg.pairs, cfg.min_gap):
+            for a, b in pair_indices(total[rows], cfg.pairs, cfg.min_gap):
                 ca, cb = rows[a], rows[b]
                 pairs.write(json.dumps({"prompt": prompt, "chosen": files[ca], "rejected": files[cb],
                                         "chosen_score": float(total[ca]), "rejected_score": float(total[cb]),
