@@ -247,8 +247,31 @@ def evaluate(args) -> None:
         row["seconds"] = round(time.time() - t0, 1)
         emit(row)
     _grid(grid_rows, work / "grid.png", sets["heldout"][0][::args.eval_per_prompt][:9])
+    for arm in [a for a in ARMS if a in models]:
+        training_curves(work / arm, arm, args.curve_points + 2)
     if not args.no_curves:
         curves(args, work, scfg, [a for a in ARMS if a in models])
+
+
+CURVE_KEYS = ("reward_total", "reward_checker", "reward_diversity", "kl", "implicit_acc", "reward_margin",
+              "dpo_loss", "loss")
+
+
+def training_curves(run: Path, arm: str, bins: int) -> None:
+    """Each logged training metric of ``CURVE_KEYS`` (PG: every reward; DPO: implicit accuracy, margin) averaged
+    over ``bins`` equal step ranges, and PG's own held-out evaluations (its sampler) as they were logged."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    if train_rows:
+        edges = np.linspace(train_rows[0]["step"], train_rows[-1]["step"] + 1, bins + 1)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            part = [r for r in train_rows if lo <= r["step"] < hi]
+            if part:
+                emit({"training_curve": arm, "steps": [int(lo), int(hi) - 1], **{
+                    k: float(np.mean([r[k] for r in part])) for k in CURVE_KEYS if k in part[0]}})
+    for r in rows:
+        if r.get("split") == "heldout":
+            emit({"pg_heldout_eval": arm, **{k: v for k, v in r.items() if k != "split"}})
 
 
 def curves(args, work: Path, scfg, arms: list[str]) -> None:
