@@ -230,7 +230,7 @@ def evaluate(args) -> None:
             images = _generate(pipe, prompts, seeds, sampler="dpmpp_2m", num_steps=20)
             row[split] = score(images, prompts)
             if split == "heldout":
-                grid_rows.append((name, images[::args.eval_per_prompt][:9]))
+                grid_rows.append((name, images[::args.eval_per_prompt][::2]))  # 9 of the 18, small and large
         prompts, seeds = sets["heldout"]
         row["heldout_ddim_eta1_10"] = score(_generate(pipe, prompts, seeds, sampler="ddim", num_steps=10, eta=1.0),
                                             prompts)
@@ -246,7 +246,7 @@ def evaluate(args) -> None:
                 row["arm"].update(info["learned_pairs"], reward_model=info["reward_model"])
         row["seconds"] = round(time.time() - t0, 1)
         emit(row)
-    _grid(grid_rows, work / "grid.png", sets["heldout"][0][::args.eval_per_prompt][:9])
+    _grid(grid_rows, work / "grid.png", sets["heldout"][0][::args.eval_per_prompt][::2])
     for arm in [a for a in ARMS if a in models]:
         training_curves(work / arm, arm, args.curve_points + 2)
     if not args.no_curves:
