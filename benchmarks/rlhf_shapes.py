@@ -49,9 +49,8 @@ from PIL import Image  # noqa: E402
 
 from canvas_jax import Pipeline  # noqa: E402
 from canvas_jax.config import CanvasTrainConfig  # noqa: E402
-from canvas_jax.data import shapes  # noqa: E402
-from canvas_jax.eval.sampling import SamplingOptions, to_uint8  # noqa: E402
-from canvas_jax.eval.shapes_eval import evaluate_shapes, shapes_config_for, shapes_prompts  # noqa: E402
+from canvas_jax.eval.sampling import to_uint8  # noqa: E402
+from canvas_jax.eval.shapes_eval import shapes_config_for, shapes_prompts  # noqa: E402
 from canvas_jax.rl.rewards import CheckerReward, DiversityReward  # noqa: E402
 from canvas_jax.runs import pipeline_components, restore_run  # noqa: E402
 from canvas_jax.train.run import train  # noqa: E402
@@ -81,6 +80,25 @@ def _config(name: str, overrides: list[str]) -> CanvasTrainConfig:
     return config_lib.load(CanvasTrainConfig, os.path.join(ROOT, "configs", "canvas", CONFIGS[name]), overrides)
 
 
+def prompt_sets(base: str, n_train: int) -> dict[str, list[str]]:
+    """Scene prompts (one to three shapes, like the training captions): ``heldout`` and ``seen`` for the eval (64
+    each, those of ``canvas-jax eval shapes``), ``train`` for collection and PG (``n_train`` seen scenes, none of
+    them an eval prompt, none holding the held-out pair)."""
+    scfg = shapes_config_for(base, 32)
+    held = shapes_prompts(64, scfg, heldout=True, seed=0)
+    seen = shapes_prompts(64, scfg, seed=0)
+    train = [p for p in dict.fromkeys(shapes_prompts(n_train + 128, scfg, seed=1)) if p not in set(seen)][:n_train]
+    return {"heldout": held, "seen": seen, "train": train}
+
+
+def _prompt_file(work: Path, name: str, prompts: list[str]) -> str:
+    path = work / f"prompts_{name}.txt"
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text("\n".join(prompts) + "\n")
+    os.replace(tmp, path)
+    return str(path)
+
+
 def run_arm(args) -> dict:
     work, start = Path(args.work_dir), time.time()
     work.mkdir(parents=True, exist_ok=True)
@@ -98,13 +116,13 @@ def run_arm(args) -> dict:
         from canvas_jax.rl.collect import CollectConfig, collect
         from canvas_jax.rl.rewards import parse_rewards
 
-        scfg = shapes_config_for(args.base, 32)
-        prompts = shapes.seen_prompts(scfg)[:args.collect_prompts or None]
+        prompts = prompt_sets(args.base, args.train_prompts)["train"]
         pipe = Pipeline.from_pretrained(args.base)
         ccfg = CollectConfig(per_prompt=args.per_prompt, test_fraction=0.1, seed=1000)
         record["collect"] = collect(pipe, prompts, parse_rewards("checker"), work / "dpo_pairs", ccfg,
                                     model=args.base)
         record["collect_seconds"] = round(time.time() - start, 1)
+        (work / "dpo.json").write_text(json.dumps(record))  # the dpo_learned arm waits for this
         del pipe
         cfg = _config("dpo", [f"init_from={args.base}", f"data.dataset={record['collect']['dataset']}",
                               f"train.run_dir={run_dir}", "train.steps=100000",
@@ -114,7 +132,10 @@ def run_arm(args) -> dict:
         cfg = _config("dpo", [f"init_from={args.base}", f"data.dataset={dataset}", f"train.run_dir={run_dir}",
                               "train.steps=100000", f"train.checkpoint.every={args.dpo_every}", *keep])
     else:
+        sets = prompt_sets(args.base, args.train_prompts)
         cfg = _config("pg", [f"init_from={args.base}", f"data.dir={args.data_dir}", f"train.run_dir={run_dir}",
+                             f"rl.train_prompts={_prompt_file(work, 'train', sets['train'])}",
+                             f"rl.eval_prompts={_prompt_file(work, 'heldout', sets['heldout'])}",
                              "train.steps=100000", f"train.checkpoint.every={args.pg_every}",
                              f"train.eval_every={args.pg_every}", *keep])
     record.update(_train(cfg, start, args.minutes * 60))
@@ -191,11 +212,6 @@ def _generate(pipe, prompts: list[str], seeds: list[int], *, sampler: str, num_s
     return np.concatenate(out)
 
 
-def _prompt_set(scfg, per_prompt: int, n_seen: int) -> dict[str, tuple[list[str], list[int]]]:
-    held = shapes.heldout_prompts(scfg)
-    seen = shapes_prompts(n_seen, scfg, kind="single", seed=0)
-    rows = lambda ps: ([p for p in ps for _ in range(per_prompt)], list(range(len(ps) * per_prompt)))  # noqa: E731
-    return {"heldout": rows(held), "seen": rows(seen)}
 
 
 def score(images: np.ndarray, prompts: list[str]) -> dict:
@@ -218,9 +234,10 @@ def _steps(run: Path) -> list[tuple[int, float]]:
 
 def evaluate(args) -> None:
     work = Path(args.work_dir)
-    scfg = shapes_config_for(args.base, 32)
     models = {"base": args.base, **{a: str(work / a) for a in ARMS if (work / a / "checkpoints").is_dir()}}
-    sets = _prompt_set(scfg, args.eval_per_prompt, args.eval_seen)
+    k = args.eval_per_prompt
+    sets = {name: ([p for p in ps for _ in range(k)], list(range(len(ps) * k)))
+            for name, ps in prompt_sets(args.base, 0).items() if name != "train"}
     grid_rows = []
     for name, run in models.items():
         t0 = time.time()
@@ -230,13 +247,10 @@ def evaluate(args) -> None:
             images = _generate(pipe, prompts, seeds, sampler="dpmpp_2m", num_steps=20)
             row[split] = score(images, prompts)
             if split == "heldout":
-                grid_rows.append((name, images[::args.eval_per_prompt][::2]))  # 9 of the 18, small and large
+                grid_rows.append((name, images[::k][:8]))
         prompts, seeds = sets["heldout"]
         row["heldout_ddim_eta1_10"] = score(_generate(pipe, prompts, seeds, sampler="ddim", num_steps=10, eta=1.0),
                                             prompts)
-        opts = SamplingOptions(sampler="dpmpp_2m", num_steps=20, guidance_scale=3.0, seed=0, batch_size=64)
-        scenes = evaluate_shapes(pipe, scfg, num_prompts=64, opts=opts)
-        row["scenes"] = {k: scenes[k] for k in ("adherence_seen", "adherence_heldout")}
         if name in ARMS:
             info = json.loads((work / f"{name}.json").read_text())
             row["arm"] = {k: info.get(k) for k in ("minutes", "wall_seconds", "train_steps", "collect_seconds")}
@@ -246,11 +260,11 @@ def evaluate(args) -> None:
                 row["arm"].update(info["learned_pairs"], reward_model=info["reward_model"])
         row["seconds"] = round(time.time() - t0, 1)
         emit(row)
-    _grid(grid_rows, work / "grid.png", sets["heldout"][0][::args.eval_per_prompt][::2])
+    _grid(grid_rows, work / "grid.png", sets["heldout"][0][::k][:8])
     for arm in [a for a in ARMS if a in models]:
         training_curves(work / arm, arm, args.curve_points + 2)
     if not args.no_curves:
-        curves(args, work, scfg, [a for a in ARMS if a in models])
+        curves(args, work, prompt_sets(args.base, 0)["heldout"], [a for a in ARMS if a in models])
 
 
 CURVE_KEYS = ("reward_total", "reward_checker", "reward_diversity", "kl", "implicit_acc", "reward_margin",
@@ -274,10 +288,9 @@ def training_curves(run: Path, arm: str, bins: int) -> None:
             emit({"pg_heldout_eval": arm, **{k: v for k, v in r.items() if k != "split"}})
 
 
-def curves(args, work: Path, scfg, arms: list[str]) -> None:
-    """Held-out adherence (18 prompts x 4 seeds) of each arm's checkpoints, against minutes from its start."""
-    held = shapes.heldout_prompts(scfg)
-    prompts = [p for p in held for _ in range(4)]
+def curves(args, work: Path, held: list[str], arms: list[str]) -> None:
+    """Held-out adherence (64 prompts x 2 seeds) of each arm's checkpoints, against minutes from its start."""
+    prompts = [p for p in held for _ in range(2)]
     seeds = list(range(len(prompts)))
     for arm in arms:
         start = json.loads((work / f"{arm}.json").read_text())["start"]
@@ -307,12 +320,11 @@ def main(argv=None) -> int:
     p.add_argument("--arm", choices=ARMS)
     p.add_argument("--minutes", type=float, default=60.0, help="wall time of an arm (DPO: collection included)")
     p.add_argument("--eval", action="store_true", help="evaluate the base and every arm in --work-dir")
-    p.add_argument("--eval-per-prompt", type=int, default=8, help="samples per eval prompt (seeds)")
-    p.add_argument("--eval-seen", type=int, default=32, help="seen single-shape eval prompts")
+    p.add_argument("--eval-per-prompt", type=int, default=4, help="samples per eval prompt (seeds)")
     p.add_argument("--no-curves", action="store_true")
     p.add_argument("--curve-points", type=int, default=4)
-    p.add_argument("--per-prompt", type=int, default=6, help="DPO: candidates per collected prompt")
-    p.add_argument("--collect-prompts", type=int, default=0, help="DPO: collect on the first N prompts (0: all)")
+    p.add_argument("--per-prompt", type=int, default=4, help="DPO: candidates per collected prompt")
+    p.add_argument("--train-prompts", type=int, default=600, help="seen scene prompts for collection and PG")
     p.add_argument("--rm-minutes", type=float, default=8.0, help="dpo_learned: reward-model training time")
     p.add_argument("--data-dir", default="out/canvas_data", help="PG: the Shapes data folder (data.dir)")
     p.add_argument("--control-every", type=int, default=200)
