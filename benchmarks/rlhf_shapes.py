@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-per-prompt", type=int, default=4, help="samples per eval prompt (seeds)")
     p.add_argument("--no-curves", action="store_true")
     p.add_argument("--curve-points", type=int, default=4)
-    p.add_argument("--per-prompt", type=int, default=4, help="DPO: candidates per collected prompt")
+    p.add_argument("--per-prompt", type=int, default=5, help="DPO: candidates per collected prompt")
     p.add_argument("--train-prompts", type=int, default=600, help="seen scene prompts for collection and PG")
     p.add_argument("--rm-minutes", type=float, default=8.0, help="dpo_learned: reward-model training time")
     p.add_argument("--data-dir", default="out/canvas_data", help="PG: the Shapes data folder (data.dir)")
