@@ -13,7 +13,8 @@ Arms (each writes ``W/<arm>.json``: start time, settings, the training summary):
 * ``control``: the base run folder copied to ``W/control`` and resumed (same schedule, optimizer state, data
   order), so it is the base trained on for the same wall time;
 * ``dpo``: ``canvas-jax rl collect`` of the base on the train prompts (``--per-prompt`` candidates each, checker
-  partial credit, all pairs with a score gap, 10% of the prompts as the pairs' test split), then ``configs/canvas/dpo_shapes.yaml`` on those pairs for the rest of the time;
+  partial credit, all pairs with a score gap, 10% of the prompts as the pairs' test split), then
+  ``configs/canvas/dpo_shapes.yaml`` on those pairs for the rest of the time;
 * ``pg``: ``configs/canvas/rl_shapes.yaml`` (checker + 0.1 x diversity) for the whole time;
 * ``dpo_learned``: the human-label path, simulated: waits for the ``dpo`` arm's candidates and checker pairs (its
   clock runs meanwhile, as if it had collected them), trains ``configs/canvas/reward_model_shapes.yaml`` on the
