@@ -50,7 +50,7 @@ from PIL import Image  # noqa: E402
 
 from canvas_jax import Pipeline  # noqa: E402
 from canvas_jax.config import CanvasTrainConfig  # noqa: E402
-from canvas_jax.eval.sampling import to_uint8  # noqa: E402
+from canvas_jax.eval.sampling import SamplingOptions, generate  # noqa: E402
 from canvas_jax.eval.shapes_eval import shapes_config_for, shapes_prompts  # noqa: E402
 from canvas_jax.rl.rewards import CheckerReward, DiversityReward  # noqa: E402
 from canvas_jax.runs import pipeline_components, restore_run  # noqa: E402
@@ -165,8 +165,8 @@ def learned_pairs(args, work: Path, record: dict) -> str:
     images = np.stack([np.asarray(Image.open(pairs_dir / c["file"]).convert("RGB")) for c in cands])
     learned = np.concatenate([reward(images[i:i + 256], [c["prompt"] for c in cands[i:i + 256]])
                               for i in range(0, len(cands), 256)])
-    test = {json.loads(line)["prompt"] for line in (pairs_dir / "pairs.jsonl").read_text().splitlines()
-            if json.loads(line).get("split") == "test"}
+    checker_pairs = [json.loads(line) for line in (pairs_dir / "pairs.jsonl").read_text().splitlines()]
+    test = {pair["prompt"] for pair in checker_pairs if pair.get("split") == "test"}
     by_prompt: dict[str, list[int]] = {}
     for i, c in enumerate(cands):
         by_prompt.setdefault(c["prompt"], []).append(i)
@@ -196,23 +196,10 @@ def learned_pairs(args, work: Path, record: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def _generate(pipe, prompts: list[str], seeds: list[int], *, sampler: str, num_steps: int, eta: float = 0.0,
-              batch: int = 72) -> np.ndarray:
-    """uint8 images of ``prompts[i]`` from the unit noise of ``seeds[i]`` (the same for every model)."""
-    side = 32 // pipe.vae_scale_factor
-    shape = (pipe.unet.config["out_channels"], side, side)
-    out = []
-    for i in range(0, len(prompts), batch):
-        p, s = prompts[i:i + batch], seeds[i:i + batch]
-        pad = batch - len(p)
-        lat = np.stack([np.random.default_rng([int(x), 13]).standard_normal(shape, np.float32) for x in s])
-        got = pipe(p + [p[-1]] * pad, latents=np.concatenate([lat, np.repeat(lat[-1:], pad, 0)]),
-                   num_steps=num_steps, guidance_scale=3.0, sampler=sampler, eta=eta, seed=0, height=32, width=32,
-                   output_type="np").images
-        out.append(to_uint8(got[:len(p)]))
-    return np.concatenate(out)
-
-
+def _generate(pipe, prompts: list[str], *, sampler: str, num_steps: int, eta: float = 0.0) -> np.ndarray:
+    """uint8 32 px images, image ``i`` from the starting noise of index ``i`` (the same for every model)."""
+    opts = SamplingOptions(sampler=sampler, num_steps=num_steps, guidance_scale=3.0, seed=13, batch_size=64, eta=eta)
+    return generate(pipe, prompts, opts, size=32)
 
 
 def score(images: np.ndarray, prompts: list[str]) -> dict:
@@ -237,21 +224,20 @@ def evaluate(args) -> None:
     work = Path(args.work_dir)
     models = {"base": args.base, **{a: str(work / a) for a in ARMS if (work / a / "checkpoints").is_dir()}}
     k = args.eval_per_prompt
-    sets = {name: ([p for p in ps for _ in range(k)], list(range(len(ps) * k)))
-            for name, ps in prompt_sets(args.base, 0).items() if name != "train"}
+    sets = {name: [p for p in ps for _ in range(k)] for name, ps in prompt_sets(args.base, 0).items()
+            if name != "train"}
     grid_rows = []
     for name, run in models.items():
         t0 = time.time()
         pipe = _pipe(run)
         row = {"eval": "rlhf_shapes", "model": name, "run": run}
-        for split, (prompts, seeds) in sets.items():
-            images = _generate(pipe, prompts, seeds, sampler="dpmpp_2m", num_steps=20)
+        for split, prompts in sets.items():
+            images = _generate(pipe, prompts, sampler="dpmpp_2m", num_steps=20)
             row[split] = score(images, prompts)
             if split == "heldout":
                 grid_rows.append((name, images[::k][:8]))
-        prompts, seeds = sets["heldout"]
-        row["heldout_ddim_eta1_10"] = score(_generate(pipe, prompts, seeds, sampler="ddim", num_steps=10, eta=1.0),
-                                            prompts)
+        prompts = sets["heldout"]
+        row["heldout_ddim_eta1_10"] = score(_generate(pipe, prompts, sampler="ddim", num_steps=10, eta=1.0), prompts)
         if name in ARMS:
             info = json.loads((work / f"{name}.json").read_text())
             row["arm"] = {k: info.get(k) for k in ("minutes", "wall_seconds", "train_steps", "collect_seconds")}
@@ -261,7 +247,7 @@ def evaluate(args) -> None:
                 row["arm"].update(info["learned_pairs"], reward_model=info["reward_model"])
         row["seconds"] = round(time.time() - t0, 1)
         emit(row)
-    _grid(grid_rows, work / "grid.png", sets["heldout"][0][::k][:8])
+    _grid(grid_rows, work / "grid.png", sets["heldout"][::k][:8])
     for arm in [a for a in ARMS if a in models]:
         training_curves(work / arm, arm, args.curve_points + 2)
     if not args.no_curves:
@@ -292,13 +278,12 @@ def training_curves(run: Path, arm: str, bins: int) -> None:
 def curves(args, work: Path, held: list[str], arms: list[str]) -> None:
     """Held-out adherence (64 prompts x 2 seeds) of each arm's checkpoints, against minutes from its start."""
     prompts = [p for p in held for _ in range(2)]
-    seeds = list(range(len(prompts)))
     for arm in arms:
         start = json.loads((work / f"{arm}.json").read_text())["start"]
         points = [(s, t) for s, t in _steps(work / arm) if t >= start]
         picks = sorted({int(i) for i in np.linspace(0, len(points) - 1, min(args.curve_points, len(points)))})
         for step, mtime in [points[i] for i in picks]:
-            images = _generate(_pipe(str(work / arm), step), prompts, seeds, sampler="dpmpp_2m", num_steps=20)
+            images = _generate(_pipe(str(work / arm), step), prompts, sampler="dpmpp_2m", num_steps=20)
             emit({"curve": arm, "step": step, "minutes": round((mtime - start) / 60, 1),
                   "heldout_adherence": float(CheckerReward(strict=True)(images, prompts).mean())})
 

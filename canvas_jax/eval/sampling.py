@@ -26,6 +26,7 @@ class SamplingOptions:
     seed: int = 0
     batch_size: int = 32
     progress: bool = False  # tqdm bar over batches
+    eta: float = 0.0  # DDIM's noise scale (eta > 0: a stochastic sampler, its noise drawn from ``seed``)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -34,11 +35,13 @@ class SamplingOptions:
             raise InputError(f"steps must be >= 1, got {self.num_steps}")
         if self.batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.eta < 0:
+            raise InputError(f"eta must be >= 0, got {self.eta}")
 
     def describe(self) -> dict:
         """The settings a report should carry."""
         return {"sampler": self.sampler, "steps": self.num_steps, "guidance_scale": self.guidance_scale,
-                "seed": self.seed}
+                "seed": self.seed, **({"eta": self.eta} if self.eta else {})}
 
 
 def to_uint8(images) -> np.ndarray:
@@ -79,8 +82,8 @@ def generate(pipe, prompts: Sequence[str], opts: SamplingOptions = SamplingOptio
 
     def call(rows, latents):
         return pipe([prompts[i] for i in rows], height=size, width=size, num_steps=opts.num_steps,
-                    guidance_scale=opts.guidance_scale, sampler=opts.sampler, seed=opts.seed, latents=latents,
-                    output_type="np").images
+                    guidance_scale=opts.guidance_scale, sampler=opts.sampler, seed=opts.seed, eta=opts.eta,
+                    latents=latents, output_type="np").images
 
     return _run_batched(pipe, len(prompts), size, opts, call, "generate")
 
@@ -101,7 +104,7 @@ def inpaint(pipe, images, masks, prompts: Sequence[str], opts: SamplingOptions =
 
     def call(rows, latents):
         return pipe.inpaint(images[rows], masks[rows], [prompts[i] for i in rows], num_steps=opts.num_steps,
-                            guidance_scale=opts.guidance_scale, sampler=opts.sampler, seed=opts.seed,
+                            guidance_scale=opts.guidance_scale, sampler=opts.sampler, seed=opts.seed, eta=opts.eta,
                             latents=latents, output_type="np", keep_unmasked=keep_unmasked).images
 
     return _run_batched(pipe, len(images), images.shape[1], opts, call, "inpaint")

@@ -60,6 +60,23 @@ def test_inpaint(pipe):
     assert json.loads(json.dumps(report)) == report  # plain JSON values (no inf / nan)
 
 
+def test_generate_with_eta(pipe):
+    """SamplingOptions.eta reaches the sampler: DDIM with eta 1 differs from eta 0 and repeats from its seed."""
+    from canvas_jax.eval.sampling import generate
+
+    prompts = ["a small red circle at the center"] * 2
+
+    def run(**kw):
+        return generate(pipe, prompts, SamplingOptions(sampler="ddim", num_steps=3, batch_size=2, **kw))
+
+    eta1 = run(eta=1.0, seed=3)
+    assert np.array_equal(eta1, run(eta=1.0, seed=3))
+    assert not np.array_equal(eta1, run(eta=0.0, seed=3))
+    assert SamplingOptions(eta=0.5).describe()["eta"] == 0.5 and "eta" not in SamplingOptions().describe()
+    with pytest.raises(InputError, match="eta"):
+        SamplingOptions(eta=-1.0)
+
+
 def _class_folders(root, classes=("red", "blue_sky"), per_class=6, size=16):
     g = np.random.default_rng(0)
     for split in ("train", "test"):
