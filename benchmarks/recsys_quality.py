@@ -106,7 +106,8 @@ def quality(args) -> None:
             run_dir = os.path.join(args.out, f"{dataset}-{model}")
             if not args.resume:
                 shutil.rmtree(run_dir, ignore_errors=True)
-            overrides = [*base, f"train.run_dir={run_dir}", f"model.name={model}", *args.override]
+            overrides = [*base, f"train.run_dir={run_dir}", f"model.name={model}",
+                         *(["data.pack_rows=0"] if model == "two_tower" else []), *args.override]  # no packed rows
             if args.max_steps:
                 overrides.append(f"train.steps={args.max_steps}")
             cfg = load_config(_config_path(model, dataset), overrides)

@@ -7,7 +7,7 @@ popularity baseline. Variants (the README's baselines, as config overrides):
 * ``unified``: the config as shipped;
 * ``ads_only``: ``unified.label_weights.<organic label>=0`` (the labels whose pool is not ``ads``);
 * ``per_label``: one run per label, the other labels' weights 0 (``per_label:<label>`` rows);
-* ``two_tower``: ``model.name=two_tower unified.scenario_tower=false``.
+* ``two_tower``: ``model.name=two_tower unified.scenario_tower=false data.pack_rows=0``.
 
     python benchmarks/unified_targets.py compare --config configs/recsys/unified_tiny.yaml \\
         --variants unified,ads_only,per_label,two_tower [--override train.steps=400 ...]
@@ -55,7 +55,7 @@ def _variants(cfg, names: list[str]) -> list[tuple[str, list[str]]]:
         elif name == "per_label":
             out += [(f"per_label:{n}", [f"unified.label_weights.{o}=0" for o, _ in labels if o != n]) for n, _ in labels]
         elif name == "two_tower":
-            out.append((name, ["model.name=two_tower", "unified.scenario_tower=false"]))
+            out.append((name, ["model.name=two_tower", "unified.scenario_tower=false", "data.pack_rows=0"]))
         else:
             raise SystemExit(f"unknown variant {name!r}: expected unified, ads_only, per_label, two_tower")
     return out

@@ -4,7 +4,8 @@
 ``open_split`` gives a random-access source for it; ``make_iterator`` shards it per process, shuffles
 with a seed (a new order every epoch), applies transforms, batches, and returns a Grain iterator whose
 state the checkpoint captures. With a :class:`LengthGrouping` it batches examples of similar length
-together and trims each batch's sequence axis to a length bucket (:class:`LengthGroupedOrder`).
+together and trims each batch's sequence axis to a length bucket, or packs each batch's examples into fewer
+rows (:class:`LengthGroupedOrder`, :mod:`core_jax.packing`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+
+from core_jax import packing
 
 Example = dict[str, Any]
 
@@ -100,9 +103,9 @@ def make_iterator(
 
     ``batch_size`` is this process's share of the global batch. The shard defaults to this JAX process.
     ``random_transforms`` get a numpy Generator seeded per element (deterministic across resumes).
-    ``length_grouping``: batches of similar-length examples, each trimmed to a length bucket; the order is
-    then global (every process draws the same shuffled order and takes its slice of each global batch, so
-    all processes trim a step's batch to the same length without communicating; see
+    ``length_grouping``: batches of similar-length examples, each trimmed to a length bucket or packed
+    (``pack_rows``); the order is then global (every process draws the same shuffled order and takes its slice of
+    each global batch, so all processes trim or pack a step's batch to the same shape without communicating; see
     :class:`LengthGroupedOrder`).
     """
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -128,7 +131,7 @@ def make_iterator(
             ds = ds.random_map(fn)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if length_grouping is not None:
-        ds = ds.map_with_index(order.trim_batch)
+        ds = ds.map_with_index(order.pack_batch if length_grouping.pack_rows else order.trim_batch)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
     if worker_count > 0:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
@@ -146,6 +149,11 @@ class LengthGrouping:
     rounded up to a multiple of ``bucket`` (at most ``max_len``; 0: ``max_len``, no cut). ``padding``
     "left" keeps the last columns (the padding is in front), "right" the first. Every array of a batch whose
     axis 1 has ``max_len`` entries is cut; the cut part must be all zeros (padding), else the batch raises.
+
+    ``pack_rows`` > 0 packs each batch instead of trimming it (``bucket`` must be 0; ``window`` 1 keeps the plain
+    shuffled batches): its examples share rows of ``max_len`` (:func:`core_jax.packing.pack_sequences`, real
+    positions where ``length_key`` is nonzero), the row count rounded up to a multiple of ``pack_rows`` (a few
+    row counts = a few compiled programs), the same on every process.
     """
 
     lengths: np.ndarray
@@ -153,6 +161,8 @@ class LengthGrouping:
     bucket: int
     max_len: int
     padding: str = "left"
+    pack_rows: int = 0
+    length_key: str = "mask"
 
     def __post_init__(self):
         if self.window < 1:
@@ -161,6 +171,9 @@ class LengthGrouping:
             raise ValueError(f"length bucket must be >= 0, got {self.bucket}")
         if self.padding not in ("left", "right"):
             raise ValueError(f"padding must be 'left' or 'right', got {self.padding!r}")
+        if self.pack_rows < 0 or (self.pack_rows and self.bucket):
+            raise ValueError(f"pack_rows must be >= 0 and needs bucket 0 (packed rows are max_len long), got "
+                             f"pack_rows={self.pack_rows}, bucket={self.bucket}")
 
     def bucket_length(self, longest: int) -> int:
         """The padded length of a batch whose longest example has ``longest`` real positions."""
@@ -189,7 +202,7 @@ class LengthGroupedOrder:
         self.grouping = grouping
         self.lengths = np.minimum(lengths.astype(np.int64), grouping.max_len)
         self.n, self.local, self.seed = num_records, batch_size, seed
-        self.shard_index, self.global_batch = shard_index, batch_size * shard_count
+        self.shard_index, self.shard_count, self.global_batch = shard_index, shard_count, batch_size * shard_count
         total = sys.maxsize if num_epochs is None else num_records * num_epochs
         self.num_batches = total // self.global_batch
         if num_epochs is not None and self.num_batches == 0:
@@ -238,6 +251,21 @@ class LengthGroupedOrder:
     def trim_batch(self, g: int, batch: Example) -> Example:
         """Batch ``g`` with its sequence axis cut to :meth:`batch_length` (``map_with_index`` signature)."""
         return trim_sequences(batch, self.batch_length(g), self.grouping.max_len, self.grouping.padding)
+
+    def pack_plan(self, g: int) -> packing.PackPlan:
+        """This process's plan for batch ``g``: first fit decreasing over its records' lengths, with the row count
+        of the process that needs the most (every process plans every slice, so all agree)."""
+        records, _ = self._window(int(g) // self.grouping.window)
+        lengths = self.lengths[records[int(g) % self.grouping.window]].reshape(self.shard_count, self.local)
+        plans = [packing.first_fit_decreasing(x, self.grouping.max_len, row_multiple=self.grouping.pack_rows)
+                 for x in lengths]
+        return dataclasses.replace(plans[self.shard_index], num_rows=max(p.num_rows for p in plans))
+
+    def pack_batch(self, g: int, batch: Example) -> Example:
+        """Batch ``g`` packed by :meth:`pack_plan` (``map_with_index`` signature)."""
+        gr = self.grouping
+        return packing.pack_sequences(batch, self.pack_plan(g), max_len=gr.max_len, padding=gr.padding,
+                                      length_key=gr.length_key)
 
 
 def trim_sequences(batch: Example, length: int, max_len: int, padding: str = "left") -> Example:

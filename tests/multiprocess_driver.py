@@ -39,8 +39,9 @@ def main():
         "eval.batch_size=32", "train.steps=40", "train.batch_size=16", "train.log_every=2", "train.eval_every=2",
         "train.best_metric=ndcg@10", "train.early_stop_patience=2", "train.checkpoint.every=2",
         "train.checkpoint.keep=2", "train.progress=false", "train.tensorboard=false", f"train.run_dir={run_dir}",
-        # length-grouped batches cut to 4 or 8 positions: both processes must cut each step to the same length
-        "data.length_grouping=2", "data.length_bucket=4",
+        # length-grouped, packed batches (several users a row): both processes must pack each step into the same
+        # number of rows
+        "data.length_grouping=2", "data.pack_rows=2",
         "optim.learning_rate=0.0"]  # no learning: the first eval stays best, so early stopping fires
     state, metrics = train(load_config(None, overrides))
     result["stopped_at"] = int(jax.device_get(state["step"]))

@@ -11,7 +11,8 @@ One run times both on the SAME batches, one after the other on the same machine:
 
 Both get the config's sizes (D, blocks, heads, dqk = dv = D, max length L, dropout, negatives,
 temperature, learning rate, weight decay, batch). The batches are ours (``dataset.train_iterator``:
-up to L input/target pairs per user); the reference gets each row as its own data format (history of up
+up to L input/target pairs per user; with ``data.pack_rows`` ours are packed, several users a row, and the
+reference gets them one a row again); the reference gets each row as its own data format (history of up
 to L items, the next item as target, right-padded), so each side trains the same pairs. Known difference:
 the reference draws its negatives per position (``[positions, R]`` embeddings gathered), ours one draw
 of R shared by the batch (``[R, D]``); both score R negatives at every position.
@@ -44,6 +45,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core_jax import mesh as mesh_lib  # noqa: E402
+from core_jax import packing  # noqa: E402
 from core_jax.loop import Trainer  # noqa: E402
 from recsys_jax.data.loader import load_dataset  # noqa: E402
 from recsys_jax.train.config import load_config  # noqa: E402
@@ -85,12 +87,20 @@ def load_run_config(args):
 
 
 def make_batches(dataset, cfg, count: int) -> list[dict]:
-    """``count`` training batches of the run's iterator, as numpy."""
+    """``count`` training batches of the run's iterator, as numpy (packed with ``data.pack_rows``)."""
     d = cfg.data
     it = dataset.train_iterator(batch_size=cfg.train.batch_size, max_len=d.max_len, seed=cfg.train.seed,
                                 random_windows=d.random_windows, padding=d.padding,
-                                length_grouping=d.length_grouping, length_bucket=d.length_bucket)
+                                length_grouping=d.length_grouping, length_bucket=d.length_bucket,
+                                pack_rows=d.pack_rows)
     return [{k: np.asarray(v) for k, v in next(it).items()} for _ in range(count)]
+
+
+def padded(batch: dict, cfg) -> dict:
+    """A packed batch's users one a row again (the reference's input); other batches as they are."""
+    if packing.SEGMENT_IDS not in batch:
+        return batch
+    return packing.unpack_sequences(batch, cfg.train.batch_size, max_len=cfg.data.max_len, padding=cfg.data.padding)
 
 
 def _side_row(side: str, times: list[float], batch: int, **extra) -> dict:
@@ -146,7 +156,7 @@ def time_reference(args, spec: dict, batches: list[dict], warmup: int) -> dict:
         return {"side": "reference", "skipped": f"--gr-path {args.gr_path!r} has no generative_recommenders/research "
                                                  "(expected a facebookresearch/generative-recommenders checkout)"}
     path = os.path.join(args.work_dir, "batches.npz")
-    np.savez(path, **{f"{k}_{i}": b[k] for i, b in enumerate(batches) for k in BATCH_KEYS})
+    np.savez(path, **{f"{k}_{i}": b[k] for i, b in enumerate(batches) for k in BATCH_KEYS})  # padded rows
     cmd = [args.ref_python, REFERENCE_SCRIPT, "--gr-path", args.gr_path, "--batches", path,
            "--count", str(len(batches)), "--warmup", str(warmup), "--spec", json.dumps(spec)]
     if args.ref_threads:
@@ -186,10 +196,12 @@ def main(argv=None) -> int:
         common = {"data": where, "config": os.path.relpath(args.config, ROOT), **spec,
                   "real_positions_per_batch": round(float(np.mean([b["mask"].sum() for b in batches])), 1),
                   "padded_positions_per_batch": round(float(np.mean([b["mask"].size for b in batches])), 1),
-                  "length_grouping": cfg.data.length_grouping, "length_bucket": cfg.data.length_bucket}
+                  "length_grouping": cfg.data.length_grouping, "length_bucket": cfg.data.length_bucket,
+                  "pack_rows": cfg.data.pack_rows,
+                  "rows_per_batch": round(float(np.mean([len(b["mask"]) for b in batches])), 1)}
         ours = {**time_ours(cfg, dataset, batches, args.warmup), **common}
         print(json.dumps(ours), flush=True)
-        ref = time_reference(args, spec, batches, args.warmup)
+        ref = time_reference(args, spec, [padded(b, cfg) for b in batches], args.warmup)
         print(json.dumps({**ref, **common} if "skipped" not in ref else ref), flush=True)
         if "skipped" not in ref:
             print(json.dumps({"ratio": round(ours["train_sequences_per_s"] / ref["train_sequences_per_s"], 2),

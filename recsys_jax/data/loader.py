@@ -121,7 +121,7 @@ class RecsysDataset:
     def train_iterator(self, *, batch_size: int, max_len: int, seed: int = 0, random_windows: bool = True,
                        padding: str = "left", num_epochs: int | None = None, shard_index: int | None = None,
                        shard_count: int | None = None, worker_count: int = 0, length_grouping: int = 0,
-                       length_bucket: int = 0, example_fn=None, **example_kw):
+                       length_bucket: int = 0, pack_rows: int = 0, example_fn=None, **example_kw):
         """Shuffled, repeating, checkpointable Grain iterator of autoregressive training batches
         (:func:`splits.train_example` fields, ``[batch_size, max_len]``); ``random_windows`` takes a
         random window of long sequences, else the most recent one. ``example_fn``: another example
@@ -132,7 +132,11 @@ class RecsysDataset:
         that many global batches of the shuffled order, the batch order then shuffled), and each batch is
         cut to ``[batch_size, L]`` with ``L`` its longest row rounded up to a multiple of ``length_bucket``
         (0: no cut), at most ``max_len``; see :class:`core_jax.data.LengthGrouping`. The order is global
-        (every process the same), so all processes cut a step to the same ``L``."""
+        (every process the same), so all processes cut a step to the same ``L``.
+
+        ``pack_rows`` > 0: each batch's users share rows of ``max_len`` (:mod:`core_jax.packing`: ``[R, max_len]``
+        fields plus ``segment_ids`` and ``positions``, ``R`` a multiple of ``pack_rows``; ``user`` stays
+        ``[batch_size]``), over the same global order (``length_grouping`` 0: plain shuffled batches)."""
         source = self.split_source("train")
         if len(source) == 0:
             raise ValueError(f"no training examples in {self.path}: training needs users with 2 or at least 4 "
@@ -144,17 +148,22 @@ class RecsysDataset:
         else:
             fns = dict(transforms=[functools.partial(fn, **kw)])
         grouping = None
-        if length_grouping:
-            grouping = data_lib.LengthGrouping(self.train_lengths(max_len)[source.indices], window=length_grouping,
-                                               bucket=length_bucket, max_len=max_len, padding=padding)
+        if length_grouping or pack_rows:
+            # a time split (the event examples' ``cutoff``) may train on every event of a record
+            bounds = self.train_lengths(max_len, time_split=example_kw.get("cutoff") is not None)
+            grouping = data_lib.LengthGrouping(bounds[source.indices],
+                                               window=max(1, length_grouping), bucket=length_bucket, max_len=max_len,
+                                               padding=padding, pack_rows=pack_rows)
         return data_lib.make_iterator(source, batch_size=batch_size, seed=seed, shuffle=True,
                                       num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
                                       worker_count=worker_count, length_grouping=grouping, **fns)
 
-    def train_lengths(self, max_len: int) -> np.ndarray:
+    def train_lengths(self, max_len: int, *, time_split: bool = False) -> np.ndarray:
         """Per record, the number of input/target pairs of its training example (at most ``max_len``), from
-        the stored lengths (``index.json``: no record is read)."""
-        return np.clip(train_length(np.asarray(self.lengths)) - 1, 0, max_len)
+        the stored lengths (``index.json``: no record is read); with ``time_split`` an upper bound (the events
+        before the cutoff may be all of them)."""
+        n = np.asarray(self.lengths)
+        return np.clip((n if time_split else train_length(n)) - 1, 0, max_len)
 
     def eval_iterator(self, split: str, *, batch_size: int, max_len: int, padding: str = "left",
                       shard_index: int | None = None, shard_count: int | None = None):

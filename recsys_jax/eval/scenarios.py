@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from core_jax.packing import packed_fields
 from recsys_jax.data.attribution import parse_window
 from recsys_jax.data.event_examples import INPUT_FIELDS, LabelTables, training_prefix
 from recsys_jax.data.sequences import pad_sequence
@@ -243,11 +244,12 @@ def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def trunk_outputs(model: nnx.Module, batch: Mapping[str, jax.Array], *, deterministic: bool) -> jax.Array:
-    """``[B, L, D]`` the sequence encoder's outputs, with the event features the model reads."""
+    """``[B, L, D]`` the sequence encoder's outputs, with the event features the model reads (and the segments of
+    packed rows: :mod:`core_jax.packing`)."""
     if getattr(model.cfg, "event_features", False):
         return model(batch["item_ids"], batch["timestamps"], deterministic=deterministic, actions=batch["actions"],
-                     surfaces=batch["surfaces"], is_ad=batch["is_ad"])
-    return model(batch["item_ids"], batch.get("timestamps"), deterministic=deterministic)
+                     surfaces=batch["surfaces"], is_ad=batch["is_ad"], **packed_fields(batch))
+    return model(batch["item_ids"], batch.get("timestamps"), deterministic=deterministic, **packed_fields(batch))
 
 
 def scenario_users(model: nnx.Module, h: jax.Array, label, surface) -> jax.Array:

@@ -50,11 +50,15 @@ def real_positions(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0) * m
 
 
-def causal_key_mask(mask: jax.Array) -> jax.Array:
-    """``[B, L, L]`` bool: query ``i`` may attend key ``j`` iff ``j <= i`` and ``j`` is a real item."""
+def causal_key_mask(mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """``[B, L, L]`` bool: query ``i`` may attend key ``j`` iff ``j <= i`` and ``j`` is a real item (and, in packed
+    rows, of the same segment: :mod:`core_jax.packing`)."""
     length = mask.shape[-1]
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-    return causal[None, :, :] & mask[:, None, :].astype(bool)
+    keys = causal[None, :, :] & mask[:, None, :].astype(bool)
+    if segment_ids is not None:
+        keys = keys & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    return keys
 
 
 ROW_MULTIPLE = 128  # the stored table's row count is padded to a multiple of this
@@ -265,8 +269,9 @@ class PositionalEmbedding(nnx.Module):
         )
         self.embedding = nnx.Param(init(rngs.params(), (max_seq_len, dim), jnp.float32))
 
-    def __call__(self, mask: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], real_positions(mask), axis=0)
+    def __call__(self, mask: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """``positions``: given ones (packed rows: each segment counts from its start), else :func:`real_positions`."""
+        return jnp.take(self.embedding[...], real_positions(mask) if positions is None else positions, axis=0)
 
 
 class EventEmbedding(nnx.Module):

@@ -72,6 +72,9 @@ class HSTUConfig:
     l2_normalize: bool = True
     layer_norm_eps: float = 1e-6
     time_bias_from: Literal["query", "next"] = "query"  # "query": t_i - t_j; "next": t_{i+1} - t_j (generative-recommenders)
+    # causal attention in this many query blocks, each against the keys up to its end (the same outputs; 4 blocks
+    # compute 10/16 of the [L, L] scores; 1: one dense [L, L] block)
+    causal_blocks: int = 1
     # event sequences (0 / False: off, the plain item-sequence model): vocabulary sizes of the input features
     num_actions: int = 0
     num_surfaces: int = 0
@@ -94,10 +97,14 @@ def time_buckets(dt: jax.Array, num_buckets: int) -> jax.Array:
     return jnp.clip(jnp.floor(jnp.log(dt) / TIME_BUCKET_DIVISOR), 0, num_buckets).astype(jnp.int32)
 
 
-def next_timestamps(ts: jax.Array, mask: jax.Array) -> jax.Array:
-    """``ts[i + 1]`` where position ``i + 1`` is a real item, else ``ts[i]`` (``[B, L]``)."""
+def next_timestamps(ts: jax.Array, mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """``ts[i + 1]`` where position ``i + 1`` is a real item (of the same segment in packed rows), else ``ts[i]``
+    (``[B, L]``)."""
     shifted = jnp.concatenate([ts[:, 1:], ts[:, -1:]], axis=1)
-    next_real = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
+    next_real = mask[:, 1:]
+    if segment_ids is not None:
+        next_real = next_real & (segment_ids[:, 1:] == segment_ids[:, :-1])
+    next_real = jnp.concatenate([next_real, jnp.zeros_like(mask[:, :1])], axis=1)
     return jnp.where(next_real, shifted, ts)
 
 
@@ -106,6 +113,13 @@ def relative_position_index(length: int, max_seq_len: int) -> np.ndarray:
     i = np.arange(length)[:, None]
     j = np.arange(length)[None, :]
     return (max_seq_len - 1 + j - i).astype(np.int32)
+
+
+def causal_blocks(length: int, blocks: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of ``blocks`` (at most ``length``) query blocks of nearly equal size: causal attention
+    computes block ``[start, end)`` against keys ``[0, end)`` only (with 4 blocks, 10 of the 16 key blocks)."""
+    edges = np.linspace(0, length, min(max(blocks, 1), max(length, 1)) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _layer_norm(x: jax.Array, eps: float) -> jax.Array:
@@ -167,11 +181,15 @@ class HSTULayer(nnx.Module):
         q = q.reshape(b, length, h, dqk)
         k = k.reshape(b, length, h, dqk)
         v = v.reshape(b, length, h, dv)
-        scores = jnp.einsum("bihd,bjhd->bhij", q, k)
-        scores = scores + self.attention_bias(rel_pos, buckets)[:, None]
-        weights = jax.nn.silu(scores) / cfg.max_seq_len
-        weights = jnp.where(attn_mask[:, None], weights, 0.0)
-        attn = jnp.einsum("bhij,bjhd->bihd", weights, v).reshape(b, length, h * dv)
+        parts = []
+        for start, end in causal_blocks(length, cfg.causal_blocks):  # queries [start, end) see keys [0, end)
+            scores = jnp.einsum("bihd,bjhd->bhij", q[:, start:end], k[:, :end])
+            block_buckets = None if buckets is None else buckets[:, start:end, :end]
+            scores = scores + self.attention_bias(rel_pos[start:end, :end], block_buckets)[:, None]
+            weights = jax.nn.silu(scores) / cfg.max_seq_len
+            weights = jnp.where(attn_mask[:, None, start:end, :end], weights, 0.0)
+            parts.append(jnp.einsum("bhij,bjhd->bihd", weights, v[:, :end]))
+        attn = jnp.concatenate(parts, axis=1).reshape(b, length, h * dv)
         gated = u * _layer_norm(attn, cfg.layer_norm_eps)
         return x + self.out(self.dropout(gated, deterministic=deterministic))
 
@@ -234,44 +252,52 @@ class HSTU(nnx.Module):
     def __call__(
         self, item_ids: jax.Array, timestamps: jax.Array | None, *, deterministic: bool,
         actions: jax.Array | None = None, surfaces: jax.Array | None = None, is_ad: jax.Array | None = None,
+        segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
     ) -> jax.Array:
         """``timestamps`` (seconds, int32 range: differences are taken in int32) may be None only
         when ``use_time_bias`` is off. ``actions`` / ``surfaces`` / ``is_ad`` (``[B, L]``, aligned
-        with ``item_ids``): the event features the config turns on (ignored otherwise)."""
+        with ``item_ids``): the event features the config turns on (ignored otherwise).
+        ``segment_ids`` / ``positions`` (``[B, L]``, both or neither): packed rows (:mod:`core_jax.packing`),
+        several sequences a row; each output is the one its sequence alone would give."""
         check_sequence_inputs(item_ids, timestamps, self.cfg.max_seq_len)
+        if (segment_ids is None) != (positions is None):
+            raise ValueError("HSTU: packed rows need both segment_ids and positions (core_jax.packing)")
         mask = item_ids > 0
-        x = self.embed(item_ids, deterministic=deterministic, actions=actions, surfaces=surfaces, is_ad=is_ad)
-        out = self.encode(x, mask, timestamps, deterministic=deterministic)
+        x = self.embed(item_ids, deterministic=deterministic, actions=actions, surfaces=surfaces, is_ad=is_ad,
+                       positions=positions)
+        out = self.encode(x, mask, timestamps, deterministic=deterministic, segment_ids=segment_ids)
         if self.profile and deterministic:  # late fusion with the text profile: [u; w p] . [e; t] = u.e + w p.t
             weight, length = self.profile
             out = jnp.concatenate([out, weight * self.items.text_profile(item_ids, length)], axis=-1)
         return out
 
     def embed(self, item_ids: jax.Array, *, deterministic: bool, actions: jax.Array | None = None,
-              surfaces: jax.Array | None = None, is_ad: jax.Array | None = None) -> jax.Array:
+              surfaces: jax.Array | None = None, is_ad: jax.Array | None = None,
+              positions: jax.Array | None = None) -> jax.Array:
         """``[B, L, D]`` input tokens (item, position and event embeddings, dropout; zero at padding)."""
         cfg = self.cfg
         mask = item_ids > 0
-        x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask)
+        x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask, positions)
         if cfg.event_features:
             x = x + self.events(item_ids.shape, actions, surfaces, is_ad)
         return self.input_dropout(x, deterministic=deterministic) * mask[..., None]
 
     def encode(self, x: jax.Array, mask: jax.Array, timestamps: jax.Array | None, *,
-               deterministic: bool) -> jax.Array:
-        """The HSTU layers over input tokens ``x [B, L, D]`` (real where ``mask``): ``[B, L, D]`` outputs.
-        (:class:`~recsys_jax.models.long_short.LongShortHSTU` prepends a long-term prefix token here.)"""
+               deterministic: bool, segment_ids: jax.Array | None = None) -> jax.Array:
+        """The HSTU layers over input tokens ``x [B, L, D]`` (real where ``mask``; ``segment_ids``: packed rows):
+        ``[B, L, D]`` outputs. (:class:`~recsys_jax.models.long_short.LongShortHSTU` prepends a long-term prefix
+        token here.)"""
         cfg = self.cfg
         if x.shape[1] > cfg.max_seq_len:
             raise ValueError(f"sequence length {x.shape[1]} exceeds config.max_seq_len={cfg.max_seq_len}")
-        attn_mask = causal_key_mask(mask)
+        attn_mask = causal_key_mask(mask, segment_ids)
         rel_pos = relative_position_index(x.shape[1], cfg.max_seq_len)
         buckets = None
         if cfg.use_time_bias:
             if timestamps is None:
                 raise ValueError("HSTU with use_time_bias=True needs timestamps [B, L] (unix seconds)")
             ts = jnp.asarray(timestamps)
-            query_ts = next_timestamps(ts, mask) if cfg.time_bias_from == "next" else ts
+            query_ts = next_timestamps(ts, mask, segment_ids) if cfg.time_bias_from == "next" else ts
             buckets = time_buckets(query_ts[:, :, None] - ts[:, None, :], cfg.num_time_buckets)
         for layer in self.layers:
             x = layer(x, attn_mask, rel_pos, buckets, deterministic=deterministic)

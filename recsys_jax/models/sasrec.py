@@ -129,13 +129,17 @@ class SASRec(nnx.Module):
         """``[N + 1, D]`` output-space item embeddings (row 0 zero), normalised like the users."""
         return self.items.table(self.cfg.l2_normalize, deterministic)
 
-    def __call__(self, item_ids: jax.Array, timestamps: jax.Array | None = None, *, deterministic: bool) -> jax.Array:
+    def __call__(self, item_ids: jax.Array, timestamps: jax.Array | None = None, *, deterministic: bool,
+                 segment_ids: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
+        """``segment_ids`` / ``positions`` (``[B, L]``, both or neither): packed rows (:mod:`core_jax.packing`)."""
         cfg = self.cfg
         check_sequence_inputs(item_ids, timestamps, cfg.max_seq_len)
+        if (segment_ids is None) != (positions is None):
+            raise ValueError("SASRec: packed rows need both segment_ids and positions (core_jax.packing)")
         mask = item_ids > 0
-        x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask)
+        x = self.items(item_ids, deterministic) * math.sqrt(cfg.embed_dim) + self.positions(mask, positions)
         x = self.input_dropout(x, deterministic=deterministic) * mask[..., None]
-        attn_mask = causal_key_mask(mask)
+        attn_mask = causal_key_mask(mask, segment_ids)
         for block in self.blocks:
             x = block(x, attn_mask, deterministic=deterministic)
         x = self.final_norm(x) * mask[..., None]

@@ -70,6 +70,10 @@ class DataConfig:
     # up to a multiple of length_bucket (0: no cut; a few buckets = a few compiled programs)
     length_grouping: int = 0
     length_bucket: int = 0
+    # packed training batches (hstu / sasrec): the batch's users share rows of max_len (no padding between them; attention
+    # within a user), the row count rounded up to a multiple of pack_rows (0: off; a few row counts = a few
+    # compiled programs; a multiple of the local device count)
+    pack_rows: int = 0
     # cold-item evaluation (recsys_jax.eval.coldstart): this fraction of the items (seeded) is held out of training
     # entirely (no training input, target or negative); eval reports cold and warm targets apart. 0: off
     cold_item_fraction: float = 0.0
@@ -184,6 +188,14 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
                           f"model.name hstu / sasrec without unified (their outputs at real positions do not depend "
                           f"on the padding); got model.name={cfg.model.name!r}, unified.enabled="
                           f"{cfg.unified.enabled}; set data.length_grouping=0")
+    if d.pack_rows < 0 or (d.pack_rows and d.length_bucket):
+        raise ConfigError(f"config key 'data.pack_rows': must be >= 0 and packed rows are max_len long (so "
+                          f"data.length_bucket must be 0), got pack_rows={d.pack_rows}, "
+                          f"length_bucket={d.length_bucket}")
+    if d.pack_rows and cfg.model.name not in ("hstu", "sasrec"):
+        raise ConfigError(f"config key 'data.pack_rows': packed batches are supported for model.name hstu / sasrec "
+                          f"(they keep the users of a row apart); got model.name={cfg.model.name!r}; set "
+                          "data.pack_rows=0")
     if not 0.0 <= d.cold_item_fraction < 1.0:
         raise ConfigError(f"config key 'data.cold_item_fraction': must be in [0, 1), got {d.cold_item_fraction}")
     if d.cold_item_fraction and cfg.unified.enabled:

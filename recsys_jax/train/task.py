@@ -27,6 +27,7 @@ from flax import nnx
 
 from core_jax.config import ConfigError
 from core_jax.loop import Trainer
+from core_jax.packing import packed_fields
 from core_jax.task import DataContext
 from recsys_jax.data.cold_items import cold_item_mask, cold_train_example
 from recsys_jax.data.item_text import ensure_item_text, load_item_text
@@ -117,7 +118,7 @@ class RecsysTask:
     def loss(self, model, batch, rng):
         rng_loss, rng_dropout = jax.random.split(rng)
         nnx.reseed(model, default=rng_dropout)  # dropout draws from the step's rng
-        user = model(batch["item_ids"], batch["timestamps"], deterministic=False)
+        user = model(batch["item_ids"], batch["timestamps"], deterministic=False, **packed_fields(batch))
         items = model.item_embeddings(deterministic=False)  # item_text.id_dropout acts in training only
         loss, metrics = sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
                                              self.log_q, negative_pool=self.warm_items)
@@ -140,13 +141,16 @@ class RecsysTask:
         if ctx.process_index == 0:
             save_run_dataset(self.dataset, self.cfg.train.run_dir)
         _ = self.log_q  # resolve before tracing
+        if d.pack_rows % jax.local_device_count():
+            raise ConfigError(f"config key 'data.pack_rows': {d.pack_rows} must be a multiple of the local device "
+                              f"count ({jax.local_device_count()}): packed rows are split over the devices")
         cold = {} if self.cold_items is None else {
             "example_fn": functools.partial(cold_train_example, fn=train_example, cold=self.cold_items)}
         return self.dataset.train_iterator(batch_size=ctx.batch_size, max_len=d.max_len, seed=ctx.seed,
                                            random_windows=d.random_windows, padding=d.padding,
                                            shard_index=ctx.process_index, shard_count=ctx.process_count,
                                            worker_count=d.worker_count, length_grouping=d.length_grouping,
-                                           length_bucket=d.length_bucket, **cold)
+                                           length_bucket=d.length_bucket, pack_rows=d.pack_rows, **cold)
 
     def eval_data(self, ctx: DataContext):
         e, d = self.cfg.eval, self.cfg.data

@@ -141,7 +141,8 @@ class UnifiedTask(RecsysTask):
         return self.dataset.train_iterator(batch_size=ctx.batch_size, max_len=d.max_len, seed=ctx.seed,
                                            random_windows=d.random_windows, padding=d.padding,
                                            shard_index=ctx.process_index, shard_count=ctx.process_count,
-                                           worker_count=d.worker_count, example_fn=event_train_example,
+                                           worker_count=d.worker_count, length_grouping=d.length_grouping,
+                                           pack_rows=d.pack_rows, example_fn=event_train_example,
                                            labels=self.labels, cutoff=self.cutoff, target_window=window)
 
     def eval_data(self, ctx: DataContext):

@@ -40,12 +40,35 @@ def test_harness_uses_length_grouping_when_the_config_sets_it(tmp_path, capsys, 
     monkeypatch.delenv("GR_PATH", raising=False)
     harness = _load("hstu_train_step")
     assert harness.main(["--dry-run", "--steps", "6", "--warmup", "1", "--work-dir", str(tmp_path), "--override",
-                         "data.length_grouping=2", "--override", "data.length_bucket=4"]) == 0
+                         "data.length_grouping=2", "--override", "data.length_bucket=4", "--override",
+                         "data.pack_rows=0"]) == 0
     ours = _lines(capsys.readouterr().out)[0]
     assert ours["length_grouping"] == 2 and ours["measured_steps"] == 6
     # batches cut to multiples of 4 (of L=16): fewer padded positions, one compiled program per width
     assert ours["padded_positions_per_batch"] < 8 * 16
     assert len(ours["compile_s"]) > 1 and all(k.startswith("[8, ") for k in ours["compile_s"])
+
+
+def test_harness_packs_our_batches_and_unpacks_the_references(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GR_PATH", raising=False)
+    harness = _load("hstu_train_step")
+    assert harness.main(["--dry-run", "--steps", "3", "--warmup", "1", "--work-dir", str(tmp_path), "--override",
+                         "data.pack_rows=2"]) == 0
+    ours = _lines(capsys.readouterr().out)[0]
+    assert ours["pack_rows"] == 2 and ours["rows_per_batch"] < 8 and ours["train_sequences_per_s"] > 0
+    assert ours["padded_positions_per_batch"] == ours["rows_per_batch"] * 16
+    cfg, _ = harness.load_run_config(harness_args(harness, tmp_path, ["data.pack_rows=2"]))
+    dataset = harness.load_dataset(harness.resolve_dataset(cfg.data, verbose=False))
+    packed = harness.make_batches(dataset, cfg, 1)[0]
+    rows = harness.padded(packed, cfg)  # the reference's batch: 8 users, one a row, left-padded
+    assert rows["item_ids"].shape == (8, 16) and rows["mask"].sum() == packed["mask"].sum()
+    assert rows["mask"][:, -1].all()
+
+
+def harness_args(harness, tmp_path, overrides):
+    return harness.argparse.Namespace(dry_run=True, data="", work_dir=str(tmp_path), cache_dir=None,
+                                      config=harness.os.path.join(harness.ROOT, "configs/recsys/hstu_ml1m.yaml"),
+                                      override=overrides)
 
 
 def test_reference_rows_hold_the_same_training_pairs_as_our_batch():

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import recsys_jax  # noqa: F401
-from recsys_jax.models.hstu import HSTU, HSTUConfig, relative_position_index, time_buckets
+from recsys_jax.models.hstu import HSTU, HSTUConfig, causal_blocks, relative_position_index, time_buckets
 
 
 @nnx.jit
@@ -102,6 +102,20 @@ def test_hstu_matches_naive_loop_with_left_padding():
     got = np.asarray(_apply(model, jnp.asarray(ids), jnp.asarray(ts)))[0]
     want = _naive_hstu(model, ids[0], ts[0])
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("blocks", [2, 3, 7, 50])
+def test_causal_blocks_give_the_dense_outputs(blocks):
+    cfg = HSTUConfig(embed_dim=8, num_layers=2, num_heads=2, attention_dim=4, linear_dim=3, max_seq_len=7, dropout=0.0,
+                     time_bias_from="next", causal_blocks=blocks)
+    model = HSTU(cfg, num_items=20, rngs=nnx.Rngs(3))
+    ids = np.array([[0, 0, 4, 17, 9, 4, 2], [5, 6, 7, 8, 9, 10, 11]], np.int32)
+    ts = np.array([[0, 0, 1_000, 1_003, 1_060, 90_000, 90_000], [1, 5, 90, 900, 9_000, 90_000, 900_000]], np.int32)
+    got = np.asarray(_apply(model, jnp.asarray(ids), jnp.asarray(ts)))
+    for row in range(2):
+        np.testing.assert_allclose(got[row], _naive_hstu(model, ids[row], ts[row]), atol=2e-5)
+    assert causal_blocks(200, 2) == [(0, 100), (100, 200)] and causal_blocks(7, 50) == [(i, i + 1) for i in range(7)]
+    assert causal_blocks(10, 3) == [(0, 3), (3, 7), (7, 10)] and causal_blocks(5, 1) == [(0, 5)]
 
 
 def test_time_bias_matters_and_position_bias_can_be_disabled():
