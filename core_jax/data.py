@@ -188,8 +188,8 @@ class LengthGroupedOrder:
 
     The global stream is a fresh seeded permutation of all records per epoch, epochs one after another (as
     shuffle -> repeat). Global batch ``g`` (``batch_size x shard_count`` records) lies in window
-    ``g // window``: that window's records, sorted by length (descending, ties in shuffled order), cut into
-    global batches, in a seeded shuffled batch order. Process ``shard_index`` takes its ``batch_size`` slice
+    ``g // window``: that window's records, sorted by length (descending, ties in shuffled order; not with
+    ``window`` 1), cut into global batches, in a seeded shuffled batch order. Process ``shard_index`` takes its ``batch_size`` slice
     of every global batch; every process knows every batch's length (:meth:`batch_length`) without talking
     to the others, so all of them cut a step's batch to the same length."""
 
@@ -229,7 +229,9 @@ class LengthGroupedOrder:
             for e in np.unique(epochs):
                 sel = epochs == e
                 records[sel] = self._epoch_perm(int(e))[offsets[sel]]
-            records = records[np.argsort(-self.lengths[records], kind="stable")].reshape(g1 - g0, self.global_batch)
+            if per > 1:  # (one batch: its records as drawn, so each process's slice is a random one)
+                records = records[np.argsort(-self.lengths[records], kind="stable")]
+            records = records.reshape(g1 - g0, self.global_batch)
             records = records[np.random.default_rng([self.seed, w, 1]).permutation(g1 - g0)]
             longest = self.lengths[records].max(axis=1)
             if len(self._windows) >= 4:

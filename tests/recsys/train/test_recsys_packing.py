@@ -70,7 +70,7 @@ def test_packed_batch_gives_the_padded_batchs_loss_and_gradients(dataset, data_a
     (l_packed, g_packed), (l_padded, g_padded) = (grad_fn(params, b) for b in (packed, padded))
     np.testing.assert_allclose(l_packed, l_padded, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g_packed), jax.tree.leaves(g_padded)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-6)
     # without the segments the rows' users would see each other: a different loss
     mixed = {k: v for k, v in packed.items() if k not in (packing.SEGMENT_IDS, packing.POSITIONS)}
     assert abs(float(jax.jit(loss)(params, mixed)) - float(l_padded)) > 1e-4
