@@ -189,9 +189,9 @@ class LengthGroupedOrder:
     The global stream is a fresh seeded permutation of all records per epoch, epochs one after another (as
     shuffle -> repeat). Global batch ``g`` (``batch_size x shard_count`` records) lies in window
     ``g // window``: that window's records, sorted by length (descending, ties in shuffled order; not with
-    ``window`` 1), cut into global batches, in a seeded shuffled batch order. Process ``shard_index`` takes its ``batch_size`` slice
-    of every global batch; every process knows every batch's length (:meth:`batch_length`) without talking
-    to the others, so all of them cut a step's batch to the same length."""
+    ``window`` 1), cut into global batches, in a seeded shuffled batch order. Process ``shard_index`` takes its
+    ``batch_size`` slice of every global batch; every process knows every batch's length (:meth:`batch_length`)
+    without talking to the others, so all of them cut a step's batch to the same length."""
 
     def __init__(self, grouping: LengthGrouping, num_records: int, *, batch_size: int, seed: int, shard_index: int,
                  shard_count: int, num_epochs: int | None):

@@ -118,7 +118,7 @@ def relative_position_index(length: int, max_seq_len: int) -> np.ndarray:
 def causal_blocks(length: int, blocks: int) -> list[tuple[int, int]]:
     """``[start, end)`` of ``blocks`` (at most ``length``) query blocks of nearly equal size: causal attention
     computes block ``[start, end)`` against keys ``[0, end)`` only (with 4 blocks, 10 of the 16 key blocks)."""
-    edges = np.linspace(0, length, min(max(blocks, 1), max(length, 1)) + 1).round().astype(int)
+    edges = np.linspace(0, length, min(blocks, max(length, 1)) + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
@@ -205,6 +205,8 @@ class HSTU(nnx.Module):
             raise ValueError(f"invalid HSTUConfig {cfg}: sizes must be positive")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"HSTUConfig.dropout must be in [0, 1), got {cfg.dropout}")
+        if cfg.causal_blocks < 1:
+            raise ValueError(f"HSTUConfig.causal_blocks must be >= 1 (1: one dense block), got {cfg.causal_blocks}")
         if cfg.time_bias_from not in TIME_BIAS_FROM:
             raise ValueError(f"HSTUConfig.time_bias_from must be one of {TIME_BIAS_FROM}, got {cfg.time_bias_from!r}")
         if min(cfg.num_actions, cfg.num_surfaces, cfg.num_scenario_labels, cfg.scenario_hidden_dim) < 0:

@@ -70,9 +70,9 @@ class DataConfig:
     # up to a multiple of length_bucket (0: no cut; a few buckets = a few compiled programs)
     length_grouping: int = 0
     length_bucket: int = 0
-    # packed training batches (hstu / sasrec): the batch's users share rows of max_len (no padding between them; attention
-    # within a user), the row count rounded up to a multiple of pack_rows (0: off; a few row counts = a few
-    # compiled programs; a multiple of the local device count)
+    # packed training batches (hstu / sasrec): the batch's users share rows of max_len (no padding between them;
+    # attention within a user), the row count rounded up to a multiple of pack_rows (0: off; a few row counts = a
+    # few compiled programs; a multiple of the local device count)
     pack_rows: int = 0
     # cold-item evaluation (recsys_jax.eval.coldstart): this fraction of the items (seeded) is held out of training
     # entirely (no training input, target or negative); eval reports cold and warm targets apart. 0: off
