@@ -118,18 +118,24 @@ def test_trimmed_batch_gives_the_same_loss_and_gradients(dataset, data_args, mod
     batch = next(b for b in _batches(it, 20) if b["item_ids"].shape[1] < MAX_LEN)
     width = batch["item_ids"].shape[1]
     full = {k: (np.pad(v, ((0, 0), (MAX_LEN - width, 0))) if v.ndim == 2 else v) for k, v in batch.items()}
-    model_ = task.create_model(nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model_, nnx.Param, ...)
+    assert_same_loss_and_gradients(task, batch, full, atol=1e-6)
+
+
+def assert_same_loss_and_gradients(task, batch, other, *, atol):
+    """The task's loss and gradients (fresh model, fixed rng) agree on two forms of one batch; returns the
+    jitted ``loss(params, batch)`` and the params."""
+    graphdef, params, rest = nnx.split(task.create_model(nnx.Rngs(0)), nnx.Param, ...)
 
     def loss(p, b):
         m = nnx.merge(graphdef, p, rest, copy=True)
         return task.loss(m, {k: jnp.asarray(v) for k, v in b.items()}, jax.random.key(7))[0]
 
     grad_fn = jax.jit(jax.value_and_grad(loss))
-    (l_trim, g_trim), (l_full, g_full) = (grad_fn(params, b) for b in (batch, full))
-    np.testing.assert_allclose(l_trim, l_full, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g_trim), jax.tree.leaves(g_full)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    (l_a, g_a), (l_b, g_b) = (grad_fn(params, b) for b in (batch, other))
+    np.testing.assert_allclose(l_a, l_b, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_a), jax.tree.leaves(g_b)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
+    return jax.jit(loss), params
 
 
 def test_config_checks():

@@ -15,7 +15,8 @@ from core_jax.metrics import read_jsonl
 from core_jax.task import DataContext
 from recsys_jax.train.config import load_config
 from recsys_jax.train.task import RecsysTask, make_task, train
-from tests.recsys.train.test_recsys_length_grouping import MAX_LEN, TINY, _batches, data_args, dataset  # noqa: F401
+from tests.recsys.train.test_recsys_length_grouping import (  # noqa: F401  (fixtures)
+    MAX_LEN, TINY, _batches, assert_same_loss_and_gradients, data_args, dataset)
 
 KEYS = ("item_ids", "timestamps", "target_ids", "target_timestamps", "mask")
 
@@ -60,20 +61,10 @@ def test_packed_batch_gives_the_padded_batchs_loss_and_gradients(dataset, data_a
     packed = next(dataset.train_iterator(batch_size=16, max_len=MAX_LEN, seed=1, pack_rows=2))
     padded = packing.unpack_sequences(packed, 16, max_len=MAX_LEN)
     assert packed["item_ids"].shape[0] < 16
-    graphdef, params, rest = nnx.split(task.create_model(nnx.Rngs(0)), nnx.Param, ...)
-
-    def loss(p, b):
-        m = nnx.merge(graphdef, p, rest, copy=True)
-        return task.loss(m, {k: jnp.asarray(v) for k, v in b.items()}, jax.random.key(7))[0]
-
-    grad_fn = jax.jit(jax.value_and_grad(loss))
-    (l_packed, g_packed), (l_padded, g_padded) = (grad_fn(params, b) for b in (packed, padded))
-    np.testing.assert_allclose(l_packed, l_padded, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g_packed), jax.tree.leaves(g_padded)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-6)
+    loss, params = assert_same_loss_and_gradients(task, packed, padded, atol=5e-6)
     # without the segments the rows' users would see each other: a different loss
     mixed = {k: v for k, v in packed.items() if k not in (packing.SEGMENT_IDS, packing.POSITIONS)}
-    assert abs(float(jax.jit(loss)(params, mixed)) - float(l_padded)) > 1e-4
+    assert abs(float(loss(params, mixed)) - float(loss(params, padded))) > 1e-4
 
 
 def test_packed_training_run(tmp_path, data_args):
