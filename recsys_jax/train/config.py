@@ -192,6 +192,9 @@ def validate(cfg: RecsysConfig) -> RecsysConfig:
         raise ConfigError(f"config key 'data.pack_rows': must be >= 0 and packed rows are max_len long (so "
                           f"data.length_bucket must be 0), got pack_rows={d.pack_rows}, "
                           f"length_bucket={d.length_bucket}")
+    if d.pack_rows and d.pack_rows % cfg.train.grad_accum_steps:
+        raise ConfigError(f"config key 'data.pack_rows': {d.pack_rows} must be a multiple of train.grad_accum_steps "
+                          f"({cfg.train.grad_accum_steps}): the packed rows are split into the micro-batches")
     if d.pack_rows and cfg.model.name not in ("hstu", "sasrec"):
         raise ConfigError(f"config key 'data.pack_rows': packed batches are supported for model.name hstu / sasrec "
                           f"(they keep the users of a row apart); got model.name={cfg.model.name!r}; set "

@@ -84,6 +84,8 @@ def test_config_checks():
         load_config(None, ["data.pack_rows=8", "data.length_bucket=40", "data.length_grouping=4"])
     with pytest.raises(ConfigError, match="data.pack_rows"):
         load_config(None, ["data.pack_rows=-1"])
+    with pytest.raises(ConfigError, match="multiple of train.grad_accum_steps"):
+        load_config(None, ["data.pack_rows=6", "train.grad_accum_steps=4"])
 
 
 def test_unified_packed_batch_gives_the_padded_batchs_loss(unified_run):
