@@ -12,6 +12,12 @@ popularity baseline. Variants (the README's baselines, as config overrides):
     python benchmarks/unified_targets.py compare --config configs/recsys/unified_tiny.yaml \\
         --variants unified,ads_only,per_label,two_tower [--override train.steps=400 ...]
 
+``same_users``: one run's per-scenario metrics on the users that have a scenario's test example in another run
+over the same interactions (ML-1M: the "like"-only input evaluated on the users whose last event is a like, the
+test users of the both-behaviour run), so that two inputs are compared on the same targets.
+
+    python benchmarks/unified_targets.py same_users --run RUN_LIKE_ONLY --users-of RUN_BOTH --scenario like:unknown
+
 ``throughput``: train sequences/s of plain HSTU (configs/recsys/hstu_ml1m.yaml) and the unified model
 (configs/recsys/unified_ml1m.yaml: the same sizes, L=200, batch 128, 128 negatives per label, action
 embeddings and the scenario tower) on ML-1M-half, alternating ``--rounds`` times in one process (the
@@ -35,7 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from core_jax.metrics import read_jsonl  # noqa: E402
-from recsys_jax.eval.scenarios import evaluate_run  # noqa: E402
+from recsys_jax.data.attribution import parse_window  # noqa: E402
+from recsys_jax.eval.scenarios import evaluate_run, scenario_examples  # noqa: E402
 from recsys_jax.train.config import load_config  # noqa: E402
 from recsys_jax.train.restore import restore_run  # noqa: E402
 from recsys_jax.train.task import train  # noqa: E402
@@ -112,6 +119,37 @@ def throughput(args) -> None:
                       "cpu_count": os.cpu_count()}), flush=True)
 
 
+def same_users(args) -> None:
+    """``--run``'s scenario metrics on the users that have ``--scenario``'s test example in ``--users-of`` (another
+    run over the same interactions, e.g. with more behaviours in the input), so two inputs are compared on the same
+    targets; popularity is counted on those users' training events."""
+    both, run = (restore_run(d, which="latest", eval_split="test") for d in (args.users_of, args.run))
+    label, _, surface = args.scenario.partition(":")
+    surfaces = both.task.dataset.events["surfaces"]
+    if label not in both.task.labels.names or surface not in surfaces:
+        raise SystemExit(f"--scenario {args.scenario!r}: no test example in {args.users_of} (labels "
+                         f"{list(both.task.labels.names)}, surfaces {surfaces})")
+    mine = scenario_rows(both.task, (both.task.labels.code(label), surfaces.index(surface)))
+    original = [both.task.dataset.user_map.to_original(int(u)) for u in mine]
+    ds = run.task.dataset
+    records = [ds.sequence(ds.user_map.to_dense(u)) for u in original]
+    res = evaluate_run(run.task, run.model(), records=records)
+    print(json.dumps({"mode": "same_users", "run": args.run, "users_of": args.users_of, "scenario": args.scenario,
+                      "users": len(records), "scenarios": res["scenarios"], "popularity": res["popularity"]}),
+          flush=True)
+
+
+def scenario_rows(task, key) -> list[int]:
+    """Dense user ids of ``task``'s run with a test example in scenario ``key`` ((label, surface) codes)."""
+    cfg, ds, sp = task.cfg, task.dataset, task.cfg.unified.split
+    ex = scenario_examples(ds.source, task.labels, num_surfaces=len(ds.events["surfaces"]), num_items=task.num_items,
+                           max_len=cfg.data.max_len, protocol=sp.protocol, cutoff=task.cutoff,
+                           window=parse_window(sp.window) if sp.protocol == "time" else None, padding=cfg.data.padding)
+    if key not in ex.targets:
+        raise SystemExit(f"scenario {key}: no test example in {cfg.train.run_dir}")
+    return [int(ex.users[r]) for r in ex.targets[key][0]]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -119,6 +157,10 @@ def main(argv=None) -> int:
     c.add_argument("--config", default=os.path.join(ROOT, "configs", "recsys", "unified_tiny.yaml"))
     c.add_argument("--variants", default="unified,ads_only,per_label,two_tower")
     c.add_argument("--override", action="append", default=[], help="config override for every variant (repeatable)")
+    u = sub.add_parser("same_users")
+    u.add_argument("--run", required=True, help="the run to evaluate (e.g. like-only input)")
+    u.add_argument("--users-of", required=True, help="the run whose scenario test users are kept")
+    u.add_argument("--scenario", default="like:unknown")
     t = sub.add_parser("throughput")
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--rounds", type=int, default=2)
@@ -129,6 +171,8 @@ def main(argv=None) -> int:
     if args.mode == "compare":
         args.variants = [v for v in args.variants.split(",") if v]
         compare(args)
+    elif args.mode == "same_users":
+        same_users(args)
     else:
         throughput(args)
     return 0

@@ -313,14 +313,15 @@ def evaluate_scenarios(model: nnx.Module, examples: ScenarioExamples, labels: La
 
 def evaluate_run(task, model: nnx.Module, *, split: str = "test", ks: Sequence[int] | None = None,
                  exclude_history: bool | None = None, batch_size: int | None = None,
-                 popularity: bool = True) -> dict:
+                 popularity: bool = True, records=None) -> dict:
     """Per-scenario metrics of a unified run (its task: :class:`recsys_jax.train.unified.UnifiedTask`, and
-    the restored model) on its own split (``unified.split``); JSON-ready, with what was evaluated."""
+    the restored model) on its own split (``unified.split``); JSON-ready, with what was evaluated.
+    ``records``: these of the dataset's records only (default: all; popularity then counts theirs)."""
     cfg = task.cfg
     sp, e, ds = cfg.unified.split, cfg.eval, task.dataset
     exclude_history = e.exclude_history if exclude_history is None else exclude_history
     window = parse_window(sp.window) if sp.protocol == "time" else None
-    examples = scenario_examples(ds.source, task.labels, num_surfaces=len(ds.events["surfaces"]),
+    examples = scenario_examples(ds.source if records is None else records, task.labels, num_surfaces=len(ds.events["surfaces"]),
                                  num_items=task.num_items, max_len=cfg.data.max_len, protocol=sp.protocol,
                                  split=split, cutoff=task.cutoff, window=window, padding=cfg.data.padding)
     res = evaluate_scenarios(model, examples, task.labels, ds.events["surfaces"], ks=ks or e.ks,

@@ -2,6 +2,7 @@
 no future event in any input, and `recsys-jax eval` on a unified run."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from recsys_jax.data.event_examples import DEFAULT_LABELS, compile_labels, event_train_example
 from recsys_jax.eval.scenarios import (
+    evaluate_run,
     evaluate_scenarios,
     parse_scenario,
     pool_top_k,
@@ -17,6 +19,7 @@ from recsys_jax.eval.scenarios import (
     topk_metrics,
 )
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ACTIONS = ["impression", "click", "save", "ad_click", "conversion", "purchase"]
 SURFACES = ["home", "search", "related"]
 IMP, CLICK, SAVE, AD_CLICK, CONV, PURCHASE = range(6)
@@ -257,3 +260,28 @@ def test_cli_eval_prints_scenarios_of_a_unified_run(unified_run, recsys_cli):
         assert label in res["pools"] and surface in ("home", "search", "related")
         assert m["count"] > 0 and 0 <= m["recall@10"] <= m["recall@100"] <= 1 and 0 <= m["ndcg@10"] <= 1
         assert set(m) == {f"{x}@{k}" for x in ("recall", "ndcg", "hr") for k in (10, 50, 100)} | {"count"}
+
+
+def test_same_users_evaluates_a_run_on_another_runs_scenario_users(unified_run, capsys):
+    """benchmarks/unified_targets.py same_users (here a run against itself): only the scenario's test users are
+    kept, so that scenario's count is the same and its metrics equal the full evaluation's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unified_targets", os.path.join(ROOT, "benchmarks",
+                                                                                  "unified_targets.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from recsys_jax.train.restore import restore_run
+
+    run_dir = unified_run[0].train.run_dir
+    run = restore_run(run_dir, which="latest", eval_split="test")
+    full = evaluate_run(run.task, run.model())
+    name = min(full["scenarios"], key=lambda n: full["scenarios"][n]["count"])  # a scenario of few users
+    assert bench.main(["same_users", "--run", run_dir, "--users-of", run_dir, "--scenario", name]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < res["users"] < full["users"]
+    assert res["scenarios"][name]["count"] == full["scenarios"][name]["count"] == res["users"]
+    for k, v in full["scenarios"][name].items():
+        assert res["scenarios"][name][k] == pytest.approx(v, abs=1e-6), k
+    with pytest.raises(SystemExit, match="no test example"):
+        bench.main(["same_users", "--run", run_dir, "--users-of", run_dir, "--scenario", "engagement:nowhere"])
