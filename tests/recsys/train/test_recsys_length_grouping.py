@@ -74,9 +74,14 @@ def test_grouped_batches_are_trimmed_buckets_of_similar_lengths(dataset):
 
 
 def test_grouped_iterator_resumes_exactly(dataset):
-    kw = dict(batch_size=16, max_len=MAX_LEN, seed=5, length_grouping=3, length_bucket=8)
+    assert_resumes_exactly(dataset, skip=7, batch_size=16, max_len=MAX_LEN, seed=5, length_grouping=3,
+                           length_bucket=8)  # mid-window
+
+
+def assert_resumes_exactly(dataset, *, skip, **kw):
+    """``dataset.train_iterator(**kw)`` restored from its state after ``skip`` batches gives the next 12 again."""
     it = dataset.train_iterator(**kw)
-    _batches(it, 7)  # mid-window
+    _batches(it, skip)
     state = it.get_state()
     after = _batches(it, 12)
     again = dataset.train_iterator(**kw)

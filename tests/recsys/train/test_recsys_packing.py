@@ -16,7 +16,7 @@ from core_jax.task import DataContext
 from recsys_jax.train.config import load_config
 from recsys_jax.train.task import RecsysTask, make_task, train
 from tests.recsys.train.test_recsys_length_grouping import (  # noqa: F401  (fixtures)
-    MAX_LEN, TINY, _batches, assert_same_loss_and_gradients, data_args, dataset)
+    MAX_LEN, TINY, _batches, assert_resumes_exactly, assert_same_loss_and_gradients, data_args, dataset)
 
 KEYS = ("item_ids", "timestamps", "target_ids", "target_timestamps", "mask")
 
@@ -39,17 +39,7 @@ def test_packed_batches_hold_the_same_users_in_fewer_rows(dataset):
 
 
 def test_packed_iterator_resumes_exactly(dataset):
-    kw = dict(batch_size=16, max_len=MAX_LEN, seed=5, pack_rows=2)
-    it = dataset.train_iterator(**kw)
-    _batches(it, 5)
-    state = it.get_state()
-    after = _batches(it, 8)
-    again = dataset.train_iterator(**kw)
-    again.set_state(state)
-    for a, b in zip(after, _batches(again, 8)):
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k])
+    assert_resumes_exactly(dataset, skip=5, batch_size=16, max_len=MAX_LEN, seed=5, pack_rows=2)
 
 
 @pytest.mark.parametrize("model", ["hstu:query", "hstu:next", "sasrec"])
