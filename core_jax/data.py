@@ -276,8 +276,9 @@ def trim_sequences(batch: Example, length: int, max_len: int, padding: str = "le
     if length >= max_len:
         return batch
     out = {}
+    seq = packing.sequence_keys(batch, max_len)
     for key, v in batch.items():
-        if isinstance(v, np.ndarray) and v.ndim >= 2 and v.shape[1] == max_len:
+        if key in seq:
             keep, cut = (v[:, max_len - length:], v[:, :max_len - length]) if padding == "left" else \
                 (v[:, :length], v[:, length:])
             if cut.any():

@@ -56,7 +56,8 @@ def first_fit_decreasing(bounds, capacity: int, *, row_multiple: int = 1) -> Pac
     return PackPlan(rows, offsets, bounds, num_rows)
 
 
-def _sequence_keys(batch: dict, max_len: int) -> list[str]:
+def sequence_keys(batch: dict, max_len: int) -> list[str]:
+    """The fields of ``batch`` with a sequence axis: numpy arrays ``[B, max_len, ...]``."""
     return [k for k, v in batch.items() if isinstance(v, np.ndarray) and v.ndim >= 2 and v.shape[1] == max_len]
 
 
@@ -85,7 +86,7 @@ def pack_sequences(batch: dict, plan: PackPlan, *, max_len: int, padding: str = 
     ex, src = np.nonzero(real)  # row-major: each example's positions in order
     rank = src - (max_len - n[ex] if padding == "left" else 0)
     dst_row, dst_col = plan.rows[ex], plan.offsets[ex] + rank
-    keys = _sequence_keys(batch, max_len)
+    keys = sequence_keys(batch, max_len)
     out = {k: v for k, v in batch.items() if k not in keys}
     for k in keys:
         v = np.asarray(batch[k])
@@ -117,7 +118,7 @@ def unpack_sequences(packed: dict, num_examples: int, *, max_len: int, padding: 
     ex = seg[row, col].astype(np.int64) - 1
     n = np.bincount(ex, minlength=num_examples)
     dst = pos[row, col] + (max_len - n[ex] if padding == "left" else 0)
-    keys = [k for k in _sequence_keys(packed, max_len) if k not in (SEGMENT_IDS, POSITIONS)]
+    keys = [k for k in sequence_keys(packed, max_len) if k not in (SEGMENT_IDS, POSITIONS)]
     out = {k: v for k, v in packed.items() if k not in keys and k not in (SEGMENT_IDS, POSITIONS)}
     for k in keys:
         v = np.asarray(packed[k])
