@@ -73,7 +73,26 @@ def test_cache_keeps_at_most_max_entries(tiny_vae_dir):
     again = cache.lookup(images[2:])  # still kept: a hit, and the same bits
     assert cache.hits == 1
     np.testing.assert_array_equal(again, first[2:])
-    cache.lookup(images[:1])  # evicted: encoded again
+    np.testing.assert_array_equal(cache.lookup(images[:1]), first[:1])  # evicted: encoded again, the same bits
     assert cache.misses == 4
     with pytest.raises(ValueError, match="cache size must be >= 1"):
         latent_cache(load_vae(tiny_vae_dir), max_entries=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_a_rows_encoding_does_not_depend_on_its_batch(tiny_vae_dir, chunk):
+    """New rows are encoded a chunk at a time: the same bits whichever rows share the chunk, wherever the row
+    sits in it, and duplicates in one lookup are encoded once."""
+    from canvas_jax.runs import load_vae
+
+    images = np.random.default_rng(1).uniform(-1, 1, (7, 16, 16, 3)).astype(np.float32)
+    vae = load_vae(tiny_vae_dir)
+    a = latent_cache(vae, chunk=chunk)
+    together = a.lookup(np.concatenate([images, images[:2]]))  # 7 new rows (two chunks when chunk=4), 2 repeats
+    assert (a.misses, a.hits) == (7, 2)
+    np.testing.assert_array_equal(together[7:], together[:2])
+    b = latent_cache(vae, chunk=chunk)
+    one_by_one = np.concatenate([b.lookup(images[i:i + 1]) for i in (6, 0, 3, 1, 5, 2, 4)])
+    np.testing.assert_array_equal(one_by_one, together[[6, 0, 3, 1, 5, 2, 4]])
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        latent_cache(vae, chunk=0)
