@@ -14,9 +14,11 @@ import numpy as np
 from recsys_jax.data.sequences import pad_sequence
 
 
-def history_before(items: np.ndarray, timestamps: np.ndarray, t: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """The user's events with timestamp strictly before ``t`` (the most recent ``max_len``); inputs sorted by time."""
-    end = int(np.searchsorted(timestamps, t, side="left"))  # first event at time >= t
+def history_before(items: np.ndarray, timestamps: np.ndarray, t: int, max_len: int,
+                   skip_recent: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The user's events with timestamp strictly before ``t`` (the most recent ``max_len``), leaving out the
+    ``skip_recent`` most recent of them; inputs sorted by time."""
+    end = max(0, int(np.searchsorted(timestamps, t, side="left")) - skip_recent)  # first event at time >= t
     start = max(0, end - max_len)
     return items[start:end], timestamps[start:end]
 
@@ -52,16 +54,18 @@ def dense_targets(items: np.ndarray, positions: np.ndarray, end: int, window: in
 
 
 def long_train_batch(items: list[np.ndarray], timestamps: list[np.ndarray], train_end: np.ndarray, users: np.ndarray,
-                     rng: np.random.Generator, *, max_len: int, window: int, short_len: int = 0) -> dict:
+                     rng: np.random.Generator, *, max_len: int, window: int, short_len: int = 0,
+                     skip_recent: int = 0) -> dict:
     """Dense all-action examples: a random cutoff ``c`` in each user's training prefix, the history strictly
     before ``ts[c]`` and the (up to ``window``) events from ``c`` on as targets (``targets [B, window]``).
     ``short_len > 0`` adds the short model's input at the same cutoff: ``short_ids`` / ``short_ts``
-    ``[B, short_len]``, the last ``short_len`` events before ``c`` (as the evaluation queries it)."""
+    ``[B, short_len]``, the last ``short_len`` events before ``c`` (as the evaluation queries it).
+    ``skip_recent``: the long input leaves out the most recent events (:func:`history_before`)."""
     hists, as_of, targets, short_ids, short_ts = [], [], [], [], []
     for u in users:
         m = int(train_end[u])
         c = int(rng.integers(1, m))
-        hists.append(history_before(items[u], timestamps[u], timestamps[u][c], max_len))
+        hists.append(history_before(items[u], timestamps[u], timestamps[u][c], max_len, skip_recent))
         as_of.append(timestamps[u][c])
         targets.append(future_window(items[u], c, m, window))
         if short_len:
@@ -75,13 +79,15 @@ def long_train_batch(items: list[np.ndarray], timestamps: list[np.ndarray], trai
 
 
 def short_train_batch(items: list[np.ndarray], timestamps: list[np.ndarray], train_end: np.ndarray, users: np.ndarray,
-                      rng: np.random.Generator, *, short_len: int, window: int, long_len: int = 0) -> dict:
+                      rng: np.random.Generator, *, short_len: int, window: int, long_len: int = 0,
+                      long_skip_recent: int = 0) -> dict:
     """A random window of ``short_len`` inputs from each user's training prefix, with per-position dense targets
     ``[B, short_len, window]`` (next ``window`` events inside the prefix).
 
     ``long_len > 0`` adds long-term inputs as of a random cutoff ``c`` inside the window (events strictly before
     ``ts[c]``) and ``mask`` keeps only the positions whose targets all come at or after ``c`` -- the long-term
-    embedding never saw a target (no leakage), at staleness 0 to ``short_len`` events as a daily table has.
+    embedding never saw a target (no leakage), at staleness 0 to ``short_len`` events as a daily table has;
+    ``long_skip_recent``: the long input leaves out its most recent events (:func:`history_before`).
     """
     out = {k: [] for k in ("item_ids", "timestamps", "targets", "mask")}
     hists, as_of = [], []
@@ -99,7 +105,7 @@ def short_train_batch(items: list[np.ndarray], timestamps: list[np.ndarray], tra
         if long_len:
             c = int(rng.integers(s + 1, end))  # the long cutoff: at least the first target onward
             keep = pos + 1 >= c
-            hists.append(history_before(items[u], timestamps[u], timestamps[u][c], long_len))
+            hists.append(history_before(items[u], timestamps[u], timestamps[u][c], long_len, long_skip_recent))
             as_of.append(timestamps[u][c])
         out["mask"].append(np.concatenate([np.zeros(n_pad, bool), keep]))
     batch = {k: np.stack(v) for k, v in out.items()}

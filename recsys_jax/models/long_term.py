@@ -50,12 +50,17 @@ class LongTermConfig:
     num_layers: int = 2  # chunk_hstu: HSTU layers over the chunks
     num_time_buckets: int = 64  # age buckets (log of seconds, as HSTU's time bias)
     dropout: float = 0.1
+    # events right before the cutoff left out of the long input (e.g. the short model's window, so that the two
+    # read disjoint events); applied wherever the input is built (training, the stored table)
+    skip_recent: int = 0
 
     def validate(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"LongTermConfig.encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if min(self.embed_dim, self.max_len, self.num_heads, self.hidden_dim, self.chunk) < 1:
             raise ValueError(f"LongTermConfig sizes must be positive, got {self}")
+        if self.skip_recent < 0:
+            raise ValueError(f"LongTermConfig.skip_recent must be >= 0, got {self.skip_recent}")
         if self.encoder == "chunk_hstu" and self.max_len % self.chunk:
             raise ValueError(f"LongTermConfig.max_len ({self.max_len}) must be a multiple of chunk ({self.chunk})")
 

@@ -110,7 +110,8 @@ def build_long_table(encoder: LongTermEncoder, users: Sequence[str], items: Sequ
     out = np.zeros((len(users), encoder.cfg.embed_dim), np.float32)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        hists = [history_before(items[u], timestamps[u], int(as_of[u]), encoder.cfg.max_len) for u in idx]
+        hists = [history_before(items[u], timestamps[u], int(as_of[u]), encoder.cfg.max_len, encoder.cfg.skip_recent)
+                 for u in idx]
         out[idx] = encode_long(encoder, long_inputs(hists, as_of[idx], encoder.cfg.max_len))
     return LongTable([str(u) for u in users], out, as_of)
 

@@ -203,7 +203,8 @@ def train_long(encoder, seqs: Sequences, train_end: np.ndarray, cfg: LongShortRu
     for step in tqdm(range(st.steps), desc="long", leave=False):
         b = long_train_batch(seqs.items, seqs.timestamps, train_end, rng.choice(users, st.batch_size), rng,
                              max_len=cfg.long.max_len, window=cfg.data.window,
-                             short_len=cfg.data.short_len if short is not None else 0)
+                             short_len=cfg.data.short_len if short is not None else 0,
+                             skip_recent=cfg.long.skip_recent)
         b = {k: jnp.asarray(v) for k, v in b.items()}
         key, sub = jax.random.split(key)
         # the loss stays on device: no host sync per step, the next batch is built while this one runs
@@ -230,7 +231,7 @@ def train_short(model, encoder, seqs: Sequences, train_end: np.ndarray, cfg: Lon
     for step in tqdm(range(st.steps), desc=name, leave=False):
         b = short_train_batch(seqs.items, seqs.timestamps, train_end, rng.choice(users, st.batch_size), rng,
                               short_len=cfg.data.short_len, window=cfg.data.window,
-                              long_len=cfg.long.max_len if fused else 0)
+                              long_len=cfg.long.max_len if fused else 0, long_skip_recent=cfg.long.skip_recent)
         long = encode_long(encoder, b.pop("long")) if fused else None  # stays on device
         key, sub = jax.random.split(key)
         losses.append(_short_step_jit(model, opt, {k: jnp.asarray(v) for k, v in b.items()}, long, sub, cfg.loss))

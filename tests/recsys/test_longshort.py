@@ -80,6 +80,30 @@ def test_long_table_uses_only_events_strictly_before_as_of(encoder):
                            table.embeddings[1], atol=1e-6)
 
 
+def test_skip_recent_leaves_the_most_recent_events_out_of_the_long_input():
+    rng = np.random.default_rng(3)
+    items = [np.arange(1, n + 1, dtype=np.int32) for n in (3, 20, 45)]  # id = position + 1
+    ts = [np.arange(len(s), dtype=np.int64) * 10 for s in items]
+    as_of = np.asarray([10**6, 155, 10**6])  # every event; the first 16 of user 1; every event
+    for u, expect in enumerate(([], list(range(1, 12)), list(range(1, 41)))):
+        assert history_before(items[u], ts[u], int(as_of[u]), 64, skip_recent=5)[0].tolist() == expect
+    assert history_before(items[2], ts[2], 10**6, 8, skip_recent=5)[0].tolist() == list(range(33, 41))
+    enc = LongTermEncoder(dataclasses.replace(_encoder().cfg, skip_recent=5), 45, rngs=nnx.Rngs(0))
+    table = build_long_table(enc, ["a", "b", "c"], items, ts, as_of)
+    for u in range(3):
+        hist = history_before(items[u], ts[u], int(as_of[u]), 64, skip_recent=5)
+        np.testing.assert_allclose(table.embeddings[u], encode_long(enc, long_inputs([hist], as_of[u:u + 1], 64))[0],
+                                   atol=1e-5)
+    b = short_train_batch(items, ts, np.asarray([3, 20, 45]), np.arange(3), rng, short_len=8, window=3, long_len=64,
+                          long_skip_recent=5)
+    for r in range(3):
+        seen = b["long"]["items"][r][b["long"]["items"][r] > 0]
+        before = int(np.searchsorted(ts[r], b["long"]["as_of"][r]))  # events strictly before the cutoff
+        assert seen.tolist() == list(range(1, max(0, before - 5) + 1))
+    with pytest.raises(ValueError, match="skip_recent"):
+        LongTermConfig(skip_recent=-1).validate()
+
+
 def test_short_training_batches_never_show_a_target_to_the_long_input():
     rng = np.random.default_rng(2)
     # item id = position + 1, so an id names the event; many equal timestamps
