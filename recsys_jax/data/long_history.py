@@ -18,7 +18,8 @@ def history_before(items: np.ndarray, timestamps: np.ndarray, t: int, max_len: i
                    skip_recent: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The user's events with timestamp strictly before ``t`` (the most recent ``max_len``), leaving out the
     ``skip_recent`` most recent of them; inputs sorted by time."""
-    end = max(0, int(np.searchsorted(timestamps, t, side="left")) - skip_recent)  # first event at time >= t
+    before = int(np.searchsorted(timestamps, t, side="left"))  # events [0, before) are strictly before t
+    end = max(0, before - skip_recent)
     start = max(0, end - max_len)
     return items[start:end], timestamps[start:end]
 
