@@ -17,7 +17,6 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
@@ -26,14 +25,6 @@ from canvas_jax.data import shapes  # noqa: E402
 from canvas_jax.image_text import load_image_text_model  # noqa: E402
 
 ATTRS = ("color", "shape", "size")
-
-
-def feature_map(tower, images: np.ndarray) -> np.ndarray:
-    """The tower up to (not including) its projection: flattened conv features after the LayerNorm."""
-    x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
-    for layer in tower.convs:
-        x = jax.nn.gelu(layer(x))
-    return np.asarray(tower.norm(x.reshape(x.shape[0], -1)))
 
 
 def probe(x: np.ndarray, scenes, n_train: int) -> dict:
@@ -67,8 +58,8 @@ def main(argv=None) -> int:
     scenes = [shapes.sample_scene(rng, cfg) for _ in range(args.scenes)]
     images = np.stack([shapes.render(s, cfg.resolution, jitter_seed=[1, i]) for i, s in enumerate(scenes)])
     feats = {"embedding": clip.embed_images(images),
-             "spatial": np.concatenate([feature_map(clip.model.image_tower, images[i:i + 500])
-                                        for i in range(0, len(images), 500)])}
+             "spatial": np.concatenate([np.asarray(clip.model.image_tower.features(
+                 jnp.asarray(images[i:i + 500], jnp.float32) / 127.5 - 1.0)) for i in range(0, len(images), 500)])}
     for name, x in feats.items():
         print(json.dumps({"bench": "clip_attribute_probe", "features": name, "dim": int(x.shape[1]),
                           **probe(x, scenes, args.train), "scenes": args.scenes, "train": args.train,

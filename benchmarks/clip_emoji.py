@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from canvas_jax.data.loader import decode_image, open_split  # noqa: E402
+from canvas_jax.data.loader import images_and_captions, open_split  # noqa: E402
 from canvas_jax.data.openmoji import SKIN_TONES  # noqa: E402
 from canvas_jax.eval.retrieval import evaluate_clip, evaluate_retrieval, retrieval_metrics, same_captions  # noqa: E402
 from canvas_jax.image_text import load_image_text_model  # noqa: E402
@@ -51,9 +51,7 @@ def family(caption: str) -> str:
 
 def split_records(dataset: str, split: str, n: int | None = None) -> tuple[np.ndarray, list[str]]:
     source = open_split(dataset, split)
-    records = [source[i] for i in range(len(source) if n is None else min(n, len(source)))]
-    captions = [r["caption"].decode() if isinstance(r["caption"], bytes) else str(r["caption"]) for r in records]
-    return np.stack([decode_image(r["image"]) for r in records]), captions
+    return images_and_captions([source[i] for i in range(len(source) if n is None else min(n, len(source)))])
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from canvas_jax import Pipeline  # noqa: E402
 from canvas_jax.config import CanvasTrainConfig  # noqa: E402
 from canvas_jax.convert.mobilenet import load_mobilenet_v2  # noqa: E402
-from canvas_jax.data.loader import decode_image, open_split  # noqa: E402
+from canvas_jax.data.loader import images_and_captions, open_split  # noqa: E402
 from canvas_jax.eval.frechet import frechet_distance_of_features  # noqa: E402
 from canvas_jax.eval.sampling import SamplingOptions, generate  # noqa: E402
 from canvas_jax.eval.shapes_eval import reconstructions  # noqa: E402
@@ -55,9 +55,7 @@ def emit(record: dict) -> None:
 
 def records(dataset: str, split: str, indices=None) -> tuple[np.ndarray, list[str]]:
     source = open_split(dataset, split)
-    rows = [source[int(i)] for i in (range(len(source)) if indices is None else indices)]
-    caps = [r["caption"].decode() if isinstance(r["caption"], bytes) else str(r["caption"]) for r in rows]
-    return np.stack([decode_image(r["image"]) for r in rows]), caps
+    return images_and_captions([source[int(i)] for i in (range(len(source)) if indices is None else indices)])
 
 
 def train_within(cfg: CanvasTrainConfig, minutes: float) -> dict:

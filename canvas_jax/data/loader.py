@@ -122,6 +122,11 @@ def _text(value) -> str:
     return str(value)
 
 
+def images_and_captions(records) -> tuple[np.ndarray, list[str]]:
+    """uint8 images [N, H, W, 3] and captions ("" where a record has none) of dataset records."""
+    return np.stack([decode_image(r["image"]) for r in records]), [_text(r.get("caption", "")) for r in records]
+
+
 def resize_crop(image: np.ndarray, size: int, scale: float, rng: np.random.Generator | None) -> np.ndarray:
     """Resize (shorter side to ``size * scale``) and crop ``size`` x ``size`` (at random with ``rng``)."""
     h, w = image.shape[:2]

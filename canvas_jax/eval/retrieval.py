@@ -88,7 +88,7 @@ def evaluate_retrieval(embedder, images: np.ndarray, captions: Sequence[str], he
 def test_records(cfg, num_examples: int) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """The first ``num_examples`` test records of a run config's dataset: (uint8 images, captions, held-out flags
     or None). Shapes: test scenes from the run's ``data.options``; a folder: its ``test`` split."""
-    from canvas_jax.data.loader import decode_image, open_split
+    from canvas_jax.data.loader import images_and_captions, open_split
     from canvas_jax.data.shapes import ShapesConfig, ShapesSource
 
     if num_examples < 2:
@@ -102,8 +102,7 @@ def test_records(cfg, num_examples: int) -> tuple[np.ndarray, list[str], np.ndar
         if len(source) < num_examples:
             raise InputError(f"dataset {d.dataset} has {len(source)} test records; asked for {num_examples}")
     records = [source[i] for i in range(num_examples)]
-    images = np.stack([decode_image(r["image"]) for r in records])
-    captions = [c.decode() if isinstance(c, bytes) else str(c) for c in (r.get("caption", "") for r in records)]
+    images, captions = images_and_captions(records)
     heldout = np.array([int(r["heldout"]) for r in records]) if all("heldout" in r for r in records) else None
     return images, captions, heldout
 

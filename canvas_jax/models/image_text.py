@@ -86,10 +86,14 @@ class ImageTower(nnx.Module):
         self.norm = layer_norm(flat, 1e-5, rngs=rngs, **dt)
         self.proj = dense(flat, cfg.embed_dim, ("embed", None), rngs=rngs, **dt)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def features(self, x: jax.Array) -> jax.Array:
+        """The flattened, LayerNorm'd feature map [B, side * side * channels] the projection reads."""
         for layer in self.convs:
             x = jax.nn.gelu(layer(x))
-        return self.proj(self.norm(x.reshape(x.shape[0], -1)))
+        return self.norm(x.reshape(x.shape[0], -1))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(self.features(x))
 
 
 class TextProjection(nnx.Module):
