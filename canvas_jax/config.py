@@ -224,11 +224,26 @@ class IPAdapterTrainConfig:
     embeddings of ``image_encoder`` (a ``task=clip`` run folder) of each example's condition image."""
 
     image_encoder: str = "runs/clip_shapes"
-    num_tokens: int = 4  # image tokens of the plain ImageProjection
-    image_dropout: float = 0.1  # probability of a zero image embedding (the unconditional image branch)
+    # what the adapter reads: "embeds" (the tower's pooled embedding through a plain ImageProjection) or
+    # "feature_map" (its last feature map as tokens through the IP-Adapter Plus resampler)
+    image_tokens: Literal["embeds", "feature_map"] = "embeds"
+    num_tokens: int = 4  # image tokens the projection makes (the resampler's queries with feature_map)
+    resampler_depth: int = 2  # feature_map: perceiver layers of the resampler (its width: cross_attention_dim)
+    image_dropout: float = 0.1  # probability of the unconditional image branch (zero embedding / zero image's tokens)
+    # probability that a training example becomes a composition example: one shape of the scene as the target at
+    # its cell, the caption only "at the <cell>", the condition that shape rendered in another cell (Shapes data)
+    composition_prob: float = 0.0
     cache_size: int = 50000  # image embeddings kept (one per distinct condition image)
 
     def __post_init__(self):
+        if self.image_tokens not in ("embeds", "feature_map"):
+            raise ConfigError(f"config key 'ip_adapter.image_tokens': {self.image_tokens!r}; expected 'embeds' or "
+                              "'feature_map'")
+        if not 0.0 <= self.composition_prob <= 1.0:
+            raise ConfigError(f"config key 'ip_adapter.composition_prob': {self.composition_prob!r}; expected a "
+                              "probability in [0, 1]")
+        if self.resampler_depth < 1:
+            raise ConfigError(f"config key 'ip_adapter.resampler_depth': {self.resampler_depth!r}; expected >= 1")
         if not 0.0 <= self.image_dropout <= 1.0:
             raise ConfigError(f"config key 'ip_adapter.image_dropout': {self.image_dropout!r}; expected a "
                               "probability in [0, 1]")

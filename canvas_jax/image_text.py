@@ -61,31 +61,50 @@ class ImageTextEmbedder:
         e_def, e_state = nnx.split(text_encoder)
         self._m_state, self._e_state = m_state, e_state
 
-        def images_fn(st, x):
+        def pixels(x):
             x = x.astype(jnp.float32) / 127.5 - 1.0
             if x.shape[1:3] != (self.image_size, self.image_size):
                 x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, 3), "linear", antialias=True)
-            return nnx.merge(m_def, st).embed_images(x)
+            return x
+
+        def images_fn(st, x):
+            return nnx.merge(m_def, st).embed_images(pixels(x))
+
+        def tokens_fn(st, x):
+            return nnx.merge(m_def, st).image_tokens(pixels(x)).astype(jnp.float32)
 
         def texts_fn(st, est, ids, mask):
             return nnx.merge(m_def, st).embed_pooled(pooled_text(nnx.merge(e_def, est), ids, mask))
 
-        self._images, self._texts = jax.jit(images_fn), jax.jit(texts_fn)
+        self._images, self._tokens, self._texts = jax.jit(images_fn), jax.jit(tokens_fn), jax.jit(texts_fn)
 
     @property
     def embed_dim(self) -> int:
         return self.model.config.embed_dim
 
-    def embed_images(self, images) -> np.ndarray:
-        """uint8 images [B, H, W, 3] (or one [H, W, 3]; any size, resized to the model's) -> float32 [B, D]."""
+    def _run_images(self, fn, images, what: str) -> np.ndarray:
         x = np.asarray(images)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
-            raise InputError(f"embed_images: expected uint8 images [B, H, W, 3], got {x.dtype} {list(x.shape)}")
-        out = [np.asarray(self._images(self._m_state, jnp.asarray(x[i:i + self.batch_size])))
-               for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+            raise InputError(f"{what}: expected uint8 images [B, H, W, 3], got {x.dtype} {list(x.shape)}")
+        return np.concatenate([np.asarray(fn(self._m_state, jnp.asarray(x[i:i + self.batch_size])))
+                               for i in range(0, max(len(x), 1), self.batch_size)])  # an empty batch: [0, ...]
+
+    def embed_images(self, images) -> np.ndarray:
+        """uint8 images [B, H, W, 3] (or one [H, W, 3]; any size, resized to the model's) -> float32 [B, D]."""
+        return self._run_images(self._images, images, "embed_images")
+
+    def image_tokens(self, images) -> np.ndarray:
+        """uint8 images [B, H, W, 3] (or one) -> the image tower's feature map tokens float32 [B, T, C]: the
+        ``ip_adapter_image_embeds`` of an IP-Adapter Plus trained with ``ip_adapter.image_tokens=feature_map``."""
+        return self._run_images(self._tokens, images, "image_tokens")
+
+    def negative_image_tokens(self) -> np.ndarray:
+        """The tokens [1, T, C] of an all-zero input (mid-grey): the unconditional image branch of an IP-Adapter
+        Plus on this tower (``negative_ip_adapter_image_embeds``), as diffusers encodes a zero image."""
+        zero = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
+        return np.asarray(self.model.image_tokens(zero), np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Caption strings -> float32 [B, D]."""

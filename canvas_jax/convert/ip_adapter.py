@@ -28,6 +28,7 @@ from safetensors import safe_open
 from core_jax.state_dict import StateDictMismatch, empty_module, load_state_dict, to_state_dict
 from core_jax.model_folder import save_safetensors
 from canvas_jax.models.ip_adapter import (
+    PLUS_HEAD_DIM,
     ImageProjection,
     IPAdapterPlusImageProjection,
     attach_ip_adapter,
@@ -35,7 +36,7 @@ from canvas_jax.models.ip_adapter import (
 )
 
 WEIGHT_NAME = "ip-adapter.safetensors"
-_PLUS_HEAD_DIM = 64  # diffusers infers heads = to_q rows // 64
+
 
 # (our key, original key) templates: {l} is a layer index, {p} weight or bias. to_k / to_v <-> to_kv is separate.
 _PLUS = [("layers.{l}.ln0.{p}", "layers.{l}.0.norm1.{p}"),
@@ -144,12 +145,12 @@ def build_image_proj(weights: dict[str, np.ndarray], *, what: str, dtype=None, p
     if "latents" in weights:
         _, queries, hidden = shape("latents")
         inner = shape("layers.0.0.to_q.weight")[0]
-        if inner % _PLUS_HEAD_DIM:
+        if inner % PLUS_HEAD_DIM:
             raise ValueError(f"{what}: image_proj.layers.0.0.to_q.weight has {inner} rows; IP-Adapter Plus heads are "
-                             f"{_PLUS_HEAD_DIM} wide")
+                             f"{PLUS_HEAD_DIM} wide")
         depth = 1 + max(int(m[1]) for k in weights if (m := re.match(r"layers\.(\d+)\.", k)))
         cfg = dict(embed_dims=shape("proj_in.weight")[1], output_dims=shape("proj_out.weight")[0],
-                   hidden_dims=hidden, depth=depth, dim_head=_PLUS_HEAD_DIM, heads=inner // _PLUS_HEAD_DIM,
+                   hidden_dims=hidden, depth=depth, dim_head=PLUS_HEAD_DIM, heads=inner // PLUS_HEAD_DIM,
                    num_queries=queries, ffn_ratio=shape("layers.0.1.1.weight")[0] / hidden)
         return empty_module(lambda: IPAdapterPlusImageProjection(**cfg, rngs=nnx.Rngs(0), **kw))
     raise ValueError(f"{what}: unsupported image_proj weights (keys {sorted(weights)[:6]}...); supported: the plain "

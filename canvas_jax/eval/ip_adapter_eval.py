@@ -25,9 +25,16 @@ from canvas_jax.eval.metrics import adherence_report
 from canvas_jax.eval.sampling import SamplingOptions, to_uint8
 
 
-def _sample(pipe, prompt: str, embeds: np.ndarray, size: int, opts: SamplingOptions) -> np.ndarray:
+def _sample(pipe, embedder, prompt: str, reference: np.ndarray, size: int, opts: SamplingOptions) -> np.ndarray:
+    """One image from ``prompt`` + the reference as the loaded adapter reads it: the tower's embedding, or (Plus)
+    its feature map tokens with the tokens of a zero input as the unconditional branch."""
+    if pipe.unet.ip_adapter.plus:
+        embeds = embedder.image_tokens(reference)
+        extra = {"negative_ip_adapter_image_embeds": np.repeat(embedder.negative_image_tokens(), len(embeds), 0)}
+    else:
+        embeds, extra = embedder.embed_images(reference), {}
     out = pipe(prompt, height=size, width=size, num_steps=opts.num_steps, guidance_scale=opts.guidance_scale,
-               sampler=opts.sampler, seed=opts.seed, output_type="np", ip_adapter_image_embeds=embeds).images
+               sampler=opts.sampler, seed=opts.seed, output_type="np", ip_adapter_image_embeds=embeds, **extra).images
     return to_uint8(np.asarray(out))[0]
 
 
@@ -40,7 +47,7 @@ def image_variation(pipe, embedder, cfg: shapes.ShapesConfig, *, num_references:
     results = []
     for i, (caption, scene) in enumerate(refs + held):
         ref = shapes.render(scene, cfg.resolution, jitter_seed=[opts.seed, 31, i])
-        image = _sample(pipe, "", embedder.embed_images(ref), cfg.resolution, opts)
+        image = _sample(pipe, embedder, "", ref, cfg.resolution, opts)
         results.append(bool(check(image, caption)))
     report = adherence_report(results, np.array([False] * len(refs) + [True] * len(held)))
     return {"variation_seen": report["adherence_seen"], "variation_heldout": report["adherence_held_out"],
@@ -67,7 +74,7 @@ def composition(pipe, embedder, cfg: shapes.ShapesConfig, *, num_references: int
     hits = []
     for i, (spec, position) in enumerate(composition_cases(num_references, cfg, opts.seed)):
         ref = shapes.render(shapes.Scene((spec,), cfg.backgrounds[0]), cfg.resolution, jitter_seed=[opts.seed, 43, i])
-        image = _sample(pipe, f"at the {position}", embedder.embed_images(ref), cfg.resolution, opts)
+        image = _sample(pipe, embedder, f"at the {position}", ref, cfg.resolution, opts)
         hits.append(any(d.spec.position == position and d.spec.color == spec.color and d.spec.shape == spec.shape
                         for d in detect(image)))
     return {"composition": float(np.mean(hits)) if hits else 0.0, "n": len(hits),

@@ -86,10 +86,16 @@ class ImageTower(nnx.Module):
         self.norm = layer_norm(flat, 1e-5, rngs=rngs, **dt)
         self.proj = dense(flat, cfg.embed_dim, ("embed", None), rngs=rngs, **dt)
 
-    def features(self, x: jax.Array) -> jax.Array:
-        """The flattened, LayerNorm'd feature map [B, side * side * channels] the projection reads."""
+    def feature_tokens(self, x: jax.Array) -> jax.Array:
+        """The last feature map as tokens [B, side * side, channels] (row-major cells; the analogue of a ViT's
+        penultimate hidden states: what an IP-Adapter Plus resampler reads)."""
         for layer in self.convs:
             x = jax.nn.gelu(layer(x))
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """The flattened, LayerNorm'd feature map [B, side * side * channels] the projection reads."""
+        x = self.feature_tokens(x)
         return self.norm(x.reshape(x.shape[0], -1))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -145,6 +151,10 @@ class ImageTextModel(nnx.Module):
     def embed_images(self, images: jax.Array) -> jax.Array:
         """Images float [B, S, S, 3] in [-1, 1] -> L2-normalised [B, embed_dim]."""
         return l2_normalize(self.image_tower(images))
+
+    def image_tokens(self, images: jax.Array) -> jax.Array:
+        """Images float [B, S, S, 3] in [-1, 1] -> the image tower's feature map tokens [B, T, channels]."""
+        return self.image_tower.feature_tokens(images)
 
     def embed_pooled(self, pooled: jax.Array) -> jax.Array:
         """Mean-pooled text states [B, text_dim] -> L2-normalised [B, embed_dim]."""

@@ -33,6 +33,8 @@ from flax import nnx
 from canvas_jax.models.layers import Attention, FeedForward
 from core_jax.nn import Dtype, attention, dense, layer_norm
 
+PLUS_HEAD_DIM = 64  # diffusers infers a Plus resampler's heads as to_q rows // 64
+
 
 class IPScale(nnx.Variable):
     """The run-time weight of one layer's image attention (a scalar variable: changing it does not recompile)."""

@@ -1,16 +1,25 @@
 """IP-Adapter training (``task=ip_adapter``): image prompts on the frozen model of ``init_from``.
 
-The UNet of ``init_from`` gets a plain :class:`~canvas_jax.models.ip_adapter.ImageProjection`
-(``ip_adapter.num_tokens`` tokens) and ``to_k_ip`` / ``to_v_ip`` on every cross-attention layer; only those
-(every parameter under a path element ``ip_adapter``) are trained (the task's ``trainable``): the base UNet,
-VAE and text encoder stay bit-identical. (LoRA alongside is not supported.)
+The UNet of ``init_from`` gets an image projection and ``to_k_ip`` / ``to_v_ip`` on every cross-attention layer;
+only those (every parameter under a path element ``ip_adapter``) are trained (the task's ``trainable``): the base
+UNet, VAE and text encoder stay bit-identical. (LoRA alongside is not supported.) The projection reads, from the
+image tower of the ``task=clip`` run ``ip_adapter.image_encoder``, per ``ip_adapter.image_tokens``:
+
+- ``embeds``: its pooled embedding [D] through a plain :class:`~canvas_jax.models.ip_adapter.ImageProjection`
+  (``ip_adapter.num_tokens`` tokens);
+- ``feature_map``: its last feature map as tokens [T, C] (the analogue of a ViT's penultimate hidden states)
+  through the IP-Adapter Plus resampler (``num_tokens`` queries, ``resampler_depth`` layers, width the UNet's
+  cross_attention_dim, 64-wide heads): an IP-Adapter Plus in diffusers' format.
 
 The condition is each example's ``cond_image`` (float32 [B, H, W, 3] in [-1, 1]; on Shapes a jittered rendering
-of the same scene, see :func:`canvas_jax.data.shapes.render`), embedded by the image tower of the ``task=clip``
-run ``ip_adapter.image_encoder``; the embeddings are cached like the text states (``image_emb`` [B, D]).
-Condition dropout, independent: the caption is replaced by "" with probability ``data.caption_dropout`` (in the
-data) and the image embedding by zeros (diffusers' unconditional image branch) with probability
-``ip_adapter.image_dropout`` (in the step), so guidance works on either.
+of the same scene, see :func:`canvas_jax.data.shapes.render`); its embedding / tokens are cached like the text
+states (``image_emb``). Condition dropout, independent: the caption is replaced by "" with probability
+``data.caption_dropout`` (in the data) and the image condition by the unconditional image branch with
+probability ``ip_adapter.image_dropout`` (in the step): a zero embedding (plain), or the tokens of an all-zero
+input (Plus; as diffusers encodes its negative image), so guidance works on either. With
+``ip_adapter.composition_prob`` (Shapes), some examples teach composition: the target is one shape of the scene,
+the caption only its cell ("at the top left") and the condition that shape drawn in another cell, so the
+position comes from the text and what is drawn from the image.
 
 At every checkpoint and at the end the adapter (EMA when kept) is written in diffusers' format to
 ``RUN_DIR/ip_adapter/ip-adapter.safetensors`` beside ``image_encoder.json`` (the clip run it expects)::
@@ -19,6 +28,8 @@ At every checkpoint and at the end the adapter (EMA when kept) is written in dif
     pipe.load_ip_adapter("RUN_DIR/ip_adapter", image_encoder_folder=None)
     emb = load_image_text_model(clip_run).embed_images(reference_uint8)     # [n, D]
     pipe(prompt, ip_adapter_image_embeds=emb, ...)
+    # feature_map (Plus): ip_adapter_image_embeds=clip.image_tokens(reference_uint8)  [n, T, C] and
+    # negative_ip_adapter_image_embeds=clip.negative_image_tokens() repeated to [n, T, C]
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from flax import nnx
 
 from canvas_jax.convert.ip_adapter import WEIGHT_NAME, save_ip_adapter
 from canvas_jax.image_text import load_image_text_model
-from canvas_jax.models.ip_adapter import ImageProjection, attach_ip_adapter
+from canvas_jax.models.ip_adapter import PLUS_HEAD_DIM, ImageProjection, IPAdapterPlusImageProjection, attach_ip_adapter
 from canvas_jax.models.unet import UNet2DConditionModel
 from canvas_jax.train.encode_cache import CachedIterator, EncodeCache
 from canvas_jax.train.finetune_task import unet_with_dtype
@@ -55,10 +66,30 @@ def _embed(model, image):
     return model.embed_images(image.astype(jnp.float32)).astype(jnp.float32)
 
 
+def _tokens(model, image):
+    return model.image_tokens(image.astype(jnp.float32)).astype(jnp.float32)
+
+
+def composition_example(scene, rng: np.random.Generator, resolution: int) -> tuple[np.ndarray, str, np.ndarray]:
+    """(target image, caption, condition image) teaching composition: one shape of ``scene`` at its cell, the
+    caption only "at the <cell>", the condition the same shape (jittered) in another cell."""
+    import dataclasses
+
+    from canvas_jax.data import shapes
+
+    spec = scene.shapes[int(rng.integers(len(scene.shapes)))]
+    others = [p for p in shapes.POSITIONS if p != spec.position]
+    moved = dataclasses.replace(spec, position=others[int(rng.integers(len(others)))])
+    target = shapes.render(shapes.Scene((spec,), scene.background), resolution)
+    cond = shapes.render(shapes.Scene((moved,), scene.background), resolution,
+                         jitter_seed=int(rng.integers(2 ** 31)))
+    return target, f"at the {spec.position}", cond
+
+
 def shapes_condition_data(cfg, tokenizer, ctx: DataContext, split: str, with_masks: bool):
     """In-memory Shapes batches with a condition: ``image``, ``input_ids`` / ``attention_mask`` (caption dropout
     applied) and ``cond_image`` (another, jittered rendering of the same scene)."""
-    from canvas_jax.data.shapes import ShapesConfig, ShapesSource
+    from canvas_jax.data import shapes
     from core_jax import data as data_lib
 
     d = cfg.data
@@ -67,15 +98,19 @@ def shapes_condition_data(cfg, tokenizer, ctx: DataContext, split: str, with_mas
                           "'shapes' (or pass a data_fn whose batches carry 'cond_image')")
     train = split == "train"
     n = d.num_examples if train else max(d.num_examples // 20, 64)
-    source = ShapesSource(ShapesConfig(resolution=d.image_size, **d.options), num_examples=n, split=split,
-                          with_condition=True)
+    source = shapes.ShapesSource(shapes.ShapesConfig(resolution=d.image_size, **d.options), num_examples=n,
+                                 split=split, with_condition=True)
     dropout = d.caption_dropout if train else 0.0
+    compose = cfg.ip_adapter.composition_prob if train else 0.0
 
     def convert(ex, rng):
-        caption = "" if dropout and rng.random() < dropout else ex["caption"]
+        image, caption, cond = ex["image"], ex["caption"], ex["condition"]
+        if compose and rng.random() < compose:
+            image, caption, cond = composition_example(shapes.Scene.from_json(ex["scene"]), rng, d.image_size)
+        elif dropout and rng.random() < dropout:
+            caption = ""
         tok = tokenizer([caption])  # init_from's tokenizer, at its token length
-        return {"image": ex["image"].astype(np.float32) / 127.5 - 1.0,
-                "cond_image": ex["condition"].astype(np.float32) / 127.5 - 1.0,
+        return {"image": image.astype(np.float32) / 127.5 - 1.0, "cond_image": cond.astype(np.float32) / 127.5 - 1.0,
                 "input_ids": tok["input_ids"][0], "attention_mask": tok["attention_mask"][0]}
 
     return data_lib.make_iterator(source, batch_size=ctx.batch_size, seed=ctx.seed, shuffle=train,
@@ -99,12 +134,16 @@ class IPAdapterTask(InitFromTask):
         self.embedder = load_image_text_model(enc)
         super().__init__(cfg, data_fn=data_fn or shapes_condition_data)
         self._image_dropout = cfg.ip_adapter.image_dropout
-        self.image_cache = EncodeCache(self.embedder.model, _embed, cfg.ip_adapter.cache_size,
-                                       what="image encoder", dtypes=(np.float32,))
+        self.plus = cfg.ip_adapter.image_tokens == "feature_map"
+        # the unconditional image branch: zeros (plain) or the tokens of an all-zero input (Plus)
+        self._negative = self.embedder.negative_image_tokens()[0] if self.plus else 0.0
+        self.image_cache = EncodeCache(self.embedder.model, _tokens if self.plus else _embed,
+                                       cfg.ip_adapter.cache_size, what="image encoder", dtypes=(np.float32,))
 
     @property
     def image_embed_dim(self) -> int:
-        return self.embedder.embed_dim
+        """Features per condition vector: the embedding size, or the feature map's channels (Plus)."""
+        return self.embedder.model.config.channels[-1] if self.plus else self.embedder.embed_dim
 
     def unet_config(self) -> dict:
         return self.base_unet_config()
@@ -113,8 +152,16 @@ class IPAdapterTask(InitFromTask):
         unet = unet_with_dtype(self.base_unet, self.dtype)
         cross = unet.config["cross_attention_dim"]
         cross = cross if isinstance(cross, int) else cross[0]
-        proj = ImageProjection(self.image_embed_dim, cross, self.cfg.ip_adapter.num_tokens, rngs=rngs,
-                               dtype=self.dtype)
+        ic = self.cfg.ip_adapter
+        if not self.plus:
+            proj = ImageProjection(self.image_embed_dim, cross, ic.num_tokens, rngs=rngs, dtype=self.dtype)
+        elif cross % PLUS_HEAD_DIM:
+            raise ConfigError(f"config key 'ip_adapter.image_tokens': feature_map needs the UNet's "
+                              f"cross_attention_dim ({cross}) to be a multiple of {PLUS_HEAD_DIM} (Plus heads)")
+        else:
+            proj = IPAdapterPlusImageProjection(self.image_embed_dim, cross, cross, depth=ic.resampler_depth,
+                                                dim_head=PLUS_HEAD_DIM, heads=cross // PLUS_HEAD_DIM,
+                                                num_queries=ic.num_tokens, rngs=rngs, dtype=self.dtype)
         attach_ip_adapter(unet, proj, rngs=rngs)
         return unet
 
@@ -122,11 +169,11 @@ class IPAdapterTask(InitFromTask):
         if "image_emb" not in batch:
             raise KeyError(f"batch has no 'image_emb' (keys: {sorted(batch)}); task=ip_adapter needs batches with "
                            "'cond_image' float32 [B, H, W, 3] in [-1, 1]")
-        emb = jnp.asarray(batch["image_emb"], jnp.float32)
+        emb = jnp.asarray(batch["image_emb"], jnp.float32)  # [B, D] or [B, T, C] (Plus)
         p = self._image_dropout
         if p > 0:
-            keep = jax.random.bernoulli(rng, 1.0 - p, (emb.shape[0], 1))
-            emb = jnp.where(keep, emb, 0.0)
+            keep = jax.random.bernoulli(rng, 1.0 - p, (emb.shape[0],) + (1,) * (emb.ndim - 1))
+            emb = jnp.where(keep, emb, self._negative)
         return {"ip_tokens": model.unet.ip_adapter(emb[:, None])}
 
     def eval_step(self, model, batch):
@@ -147,7 +194,11 @@ def save_adapter(unet, run_dir: str | os.PathLike, image_encoder: str) -> Path:
     """Write ``unet``'s adapter (diffusers format) and ``image_encoder.json`` to ``RUN_DIR/ip_adapter``."""
     out = adapter_dir(run_dir)
     path = save_ip_adapter(unet, out, weight_name=WEIGHT_NAME)
+    plus = unet.ip_adapter.plus
     info = {"image_encoder": os.path.abspath(image_encoder), "kind": "canvas_jax.image_text",
-            "usage": "load_image_text_model(image_encoder).embed_images(uint8) -> ip_adapter_image_embeds"}
+            "image_tokens": "feature_map" if plus else "embeds",
+            "usage": ("load_image_text_model(image_encoder).image_tokens(uint8) -> ip_adapter_image_embeds; "
+                      "its negative_image_tokens() -> negative_ip_adapter_image_embeds") if plus else
+                     "load_image_text_model(image_encoder).embed_images(uint8) -> ip_adapter_image_embeds"}
     (out / ENCODER_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return path

@@ -131,7 +131,8 @@ def test_kill9_resume_continues_exactly(tmp_path, tiny_vae_dir, t2i_run, clip_ru
 
 
 def test_ip_adapter_shapes_config_trains_on_jittered_shapes(tmp_path, t2i_run, clip_run):
-    """The shipped config, shrunk, on its own data: Shapes scenes + a jittered rendering as the condition."""
+    """The shipped config, shrunk, on its own data: Shapes scenes + a jittered rendering as the condition (and,
+    with composition_prob=1, only composition examples: one shape, the caption its cell)."""
     from pathlib import Path
 
     from canvas_jax.config import CanvasTrainConfig
@@ -150,6 +151,24 @@ def test_ip_adapter_shapes_config_trains_on_jittered_shapes(tmp_path, t2i_run, c
     _, last = Trainer(task, cfg).fit()
     assert np.isfinite(last["loss"])
 
+    from canvas_jax.data.checker import detect
+    from canvas_jax.train.ip_adapter_task import shapes_condition_data
+
+    cfg = config_lib.load(CanvasTrainConfig, Path(ROOT) / "configs/canvas/ip_adapter_shapes.yaml",
+                          ["data.num_examples=8", "ip_adapter.composition_prob=1.0"])
+    captions = []
+
+    def tokenizer(texts):
+        captions.extend(texts)
+        return {"input_ids": np.zeros((1, 4), np.int32), "attention_mask": np.ones((1, 4), np.int32)}
+
+    ctx = DataContext(seed=0, batch_size=4, process_index=0, process_count=1)
+    batch = next(shapes_condition_data(cfg, tokenizer, ctx, "train", False))
+    images = np.round((np.asarray(batch["image"]) + 1) * 127.5).astype(np.uint8)
+    found = [detect(im) for im in images]
+    assert [len(f) for f in found] == [1] * 4  # one shape each, at the cell its caption names
+    assert sorted(captions[:4]) == sorted(f"at the {f[0].spec.position}" for f in found)
+
 
 def test_eval_of_the_run_folder(ip_run):
     from canvas_jax.eval.ip_adapter_eval import evaluate_ip_adapter_run
@@ -158,3 +177,82 @@ def test_eval_of_the_run_folder(ip_run):
     report = evaluate_ip_adapter_run(ip_run[0], num_references=1, opts=SamplingOptions(num_steps=1))
     assert report["image_variation"]["n_seen"] == 1 and report["composition"]["n"] == 1
     assert 0.0 <= report["composition"]["composition"] <= 1.0 and report["image_size"] == 16
+
+
+@pytest.fixture(scope="module")
+def plus_run(tmp_path_factory, t2i_run, clip_run):
+    """A tiny ip_adapter run reading the clip tower's feature map (an IP-Adapter Plus): (run folder, task, trainer,
+    final state)."""
+    from canvas_jax.train.hooks import make_hooks
+    from canvas_jax.train.tasks import make_task
+    from core_jax.loop import Trainer
+
+    run_dir = tmp_path_factory.mktemp("ip_plus")
+    cfg = ip_config(run_dir, t2i_run, clip_run[0], **{"ip_adapter.image_tokens": "feature_map", "train.steps": 4,
+                                                      "ip_adapter.num_tokens": 3, "ip_adapter.resampler_depth": 1})
+    task = make_task(cfg, data_fn=fakes.data_fn(condition=True))
+    trainer = Trainer(task, cfg, hooks=make_hooks(task, cfg))
+    state, _ = trainer.fit()
+    return str(run_dir), task, trainer, state
+
+
+def test_feature_map_adapter_reads_the_towers_tokens(plus_run):
+    from canvas_jax.models.ip_adapter import IPAdapterPlusImageProjection
+
+    _, task, trainer, state = plus_run
+    unet = trainer.model(state).unet
+    proj = unet.ip_adapter.image_proj
+    assert isinstance(proj, IPAdapterPlusImageProjection) and proj.num_tokens == 3 and len(proj.layers) == 1
+    ref = fakes.examples(2, 16, 5)
+    ref = np.stack([e["image"] for e in ref])
+    tokens = task.embedder.image_tokens(ref)
+    assert tokens.shape[0] == 2 and tokens.shape[2] == task.image_embed_dim == proj.proj_in.in_features
+    # the dropped branch is the tokens of a zero input, not zeros
+    task._image_dropout = 1.0
+    try:
+        got = task.unet_kwargs(trainer.model(state), {"image_emb": tokens}, jax.random.key(0))["ip_tokens"]
+    finally:
+        task._image_dropout = task.cfg.ip_adapter.image_dropout
+    neg = np.repeat(task.embedder.negative_image_tokens(), 2, 0)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(unet.ip_adapter(jnp.asarray(neg)[:, None])), atol=1e-6)
+    assert np.abs(neg - tokens).max() > 1e-3
+
+
+def test_feature_map_adapter_exports_as_ip_adapter_plus(plus_run, t2i_run):
+    from canvas_jax import Pipeline
+    from canvas_jax.eval.ip_adapter_eval import evaluate_ip_adapter_run
+    from canvas_jax.eval.sampling import SamplingOptions
+    from canvas_jax.image_text import load_image_text_model
+
+    folder = os.path.join(plus_run[0], "ip_adapter")
+    info = json.load(open(os.path.join(folder, "image_encoder.json")))
+    assert info["image_tokens"] == "feature_map"
+    clip = load_image_text_model(info["image_encoder"])
+    ref = fakes.examples(1, 16, 5)[0]["image"]
+    kw = dict(num_steps=2, guidance_scale=3.0, output_type="np", seed=0,
+              ip_adapter_image_embeds=clip.image_tokens(ref), negative_ip_adapter_image_embeds=clip.negative_image_tokens())
+    pipe = Pipeline.from_pretrained(t2i_run)
+    base = pipe("a red square", **{k: v for k, v in kw.items() if "ip_adapter" not in k}).images
+    pipe.load_ip_adapter(folder, image_encoder_folder=None)
+    assert pipe.unet.ip_adapter.plus
+    assert np.abs(pipe("a red square", **kw).images - base).max() > 0
+    pipe.set_ip_adapter_scale(0.0)
+    np.testing.assert_allclose(pipe("a red square", **kw).images, base, atol=1e-6)
+    report = evaluate_ip_adapter_run(plus_run[0], num_references=1, opts=SamplingOptions(num_steps=1))
+    assert report["image_variation"]["n_seen"] == 1 and report["composition"]["n"] == 1
+
+
+def test_composition_examples_take_the_cell_from_the_text_and_the_shape_from_the_image():
+    from canvas_jax.data import shapes
+    from canvas_jax.data.checker import detect
+    from canvas_jax.train.ip_adapter_task import composition_example
+
+    rng = np.random.default_rng(0)
+    source = shapes.ShapesSource(shapes.ShapesConfig(resolution=32), num_examples=20)
+    for i in range(20):
+        scene = source.scene(i)
+        target, caption, cond = composition_example(scene, rng, 32)
+        (t,), (c,) = detect(target), detect(cond)
+        assert caption == f"at the {t.spec.position}" and t.spec in scene.shapes
+        assert (c.spec.color, c.spec.shape, c.spec.size) == (t.spec.color, t.spec.shape, t.spec.size)
+        assert c.spec.position != t.spec.position
