@@ -229,8 +229,8 @@ def test_feature_map_adapter_exports_as_ip_adapter_plus(plus_run, t2i_run):
     assert info["image_tokens"] == "feature_map"
     clip = load_image_text_model(info["image_encoder"])
     ref = fakes.examples(1, 16, 5)[0]["image"]
-    kw = dict(num_steps=2, guidance_scale=3.0, output_type="np", seed=0,
-              ip_adapter_image_embeds=clip.image_tokens(ref), negative_ip_adapter_image_embeds=clip.negative_image_tokens())
+    kw = dict(num_steps=2, guidance_scale=3.0, output_type="np", seed=0, ip_adapter_image_embeds=clip.image_tokens(ref),
+              negative_ip_adapter_image_embeds=clip.negative_image_tokens())
     pipe = Pipeline.from_pretrained(t2i_run)
     base = pipe("a red square", **{k: v for k, v in kw.items() if "ip_adapter" not in k}).images
     pipe.load_ip_adapter(folder, image_encoder_folder=None)
