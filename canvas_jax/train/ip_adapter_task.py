@@ -34,6 +34,7 @@ At every checkpoint and at the end the adapter (EMA when kept) is written in dif
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -73,8 +74,6 @@ def _tokens(model, image):
 def composition_example(scene, rng: np.random.Generator, resolution: int) -> tuple[np.ndarray, str, np.ndarray]:
     """(target image, caption, condition image) teaching composition: one shape of ``scene`` at its cell, the
     caption only "at the <cell>", the condition the same shape (jittered) in another cell."""
-    import dataclasses
-
     from canvas_jax.data import shapes
 
     spec = scene.shapes[int(rng.integers(len(scene.shapes)))]
