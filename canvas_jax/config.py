@@ -156,6 +156,9 @@ class RLConfig:
     inner_epochs: int = 2  # passes over each rollout
     sampler: str = "ddim"  # a stochastic sampler with a transition density: ddim (eta > 0), ddpm, euler_a
     num_steps: int = 10
+    # share of each trajectory's noisy steps an update trains on (a random subset per minibatch, DDPO's
+    # timestep_fraction): fewer UNet passes per update, the same rollouts
+    timestep_fraction: float = 1.0
     eta: float = 1.0
     guidance_scale: float = 1.0
     clip_range: float = 1.0e-4  # PPO's importance-ratio clip (DDPO's default)
@@ -177,6 +180,8 @@ class RLConfig:
                     "eval_per_prompt", "eval_prompts_max"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'rl.{key}': {getattr(self, key)!r}; expected >= 1")
+        if not 0.0 < self.timestep_fraction <= 1.0:
+            raise ConfigError(f"config key 'rl.timestep_fraction': {self.timestep_fraction!r}; expected in (0, 1]")
         if self.rollout_size % self.per_prompt:
             raise ConfigError(f"config key 'rl.rollout_size': {self.rollout_size} must divide by rl.per_prompt "
                               f"({self.per_prompt})")

@@ -13,7 +13,8 @@ alternates (:class:`~canvas_jax.train.rollouts.RolloutIterator`, the train data)
    statistics (``rl.stats_buffer``, ``rl.stats_min_count``), clipped to ``+- rl.adv_clip``;
 3. ``rl.inner_epochs`` passes over the rollout in minibatches of ``train.batch_size``, one optimizer step each:
    the PPO clipped surrogate (:func:`~canvas_jax.rl.objectives.clipped_policy_loss`, ``rl.clip_range``) of every
-   noisy step's importance ratio ``exp(log p_theta - log p_old)``, plus ``rl.kl_weight`` times the KL of each
+   noisy step's importance ratio ``exp(log p_theta - log p_old)`` (or, with ``rl.timestep_fraction`` < 1, of a
+   random subset of the steps drawn per minibatch, as DDPO's ``timestep_fraction``), plus ``rl.kl_weight`` times the KL of each
    step's Gaussian to the base model's (the reference of :class:`~canvas_jax.train.dpo_task.ReferenceTask`:
    LoRA adapters off, or the frozen copy under full fine-tuning) and ``rl.pretrain_weight`` times the base's
    denoising loss on ``data.dataset`` (arXiv 2401.12244's pre-training regulariser).
@@ -86,6 +87,7 @@ class RLTask(ReferenceTask):
         self.rewards = parse_rewards(rl.rewards)
         plan = make_plan(self.sched, rl.sampler, rl.num_steps, eta=self.eta)
         self.noisy_steps = np.nonzero(plan.steps["c_noise"] > 0)[0]  # steps with a density (DDPM's last has none)
+        self.steps_per_update = max(1, round(rl.timestep_fraction * len(self.noisy_steps)))
         self.uncond = self.text_embeddings([""]) if rl.guidance_scale != 1.0 else None
         self._rollout_fn = None
 
@@ -132,8 +134,9 @@ class RLTask(ReferenceTask):
         return tuple(local_rows(x, mesh) for x in outs)
 
     # ------------------------------------------------------------------ Task
-    def _step_means(self, unet, ctx, x):
-        """Each noisy step's Gaussian mean ``[n, B, ...]`` and std ``[n]`` from the states ``x`` ``[n, B, ...]``."""
+    def _step_means(self, unet, ctx, x, steps):
+        """The Gaussian mean ``[n, B, ...]`` and std ``[n]`` of trajectory ``steps`` ``[n]`` from their states ``x``
+        ``[n, B, ...]``."""
         rl, fn = self.cfg.rl, self.guided(unet, ctx)
 
         def body(_, xs):
@@ -141,24 +144,33 @@ class RLTask(ReferenceTask):
             return None, transition_mean(fn, state, self.sched, step, sampler=rl.sampler, num_steps=rl.num_steps,
                                          eta=self.eta)
 
-        _, (mean, std) = jax.lax.scan(body, None, (x, jnp.asarray(self.noisy_steps)))
+        _, (mean, std) = jax.lax.scan(body, None, (x, jnp.asarray(steps)))
         return mean, std
+
+    def step_subset(self, rng: jax.Array) -> jax.Array:
+        """``rl.timestep_fraction`` < 1: the trajectory steps one update trains on, a random ``steps_per_update``
+        of the noisy steps, in order, the same for the whole minibatch."""
+        return jnp.sort(jax.random.permutation(rng, jnp.asarray(self.noisy_steps))[:self.steps_per_update])
 
     def loss(self, model: LatentDiffusion, batch, rng):
         rl = self.cfg.rl
         missing = [k for k in ("states", "log_probs", "advantages", "text_emb") if k not in batch]
         if missing:
             raise KeyError(f"batch has no {missing} (keys: {sorted(batch)}); task=rl trains on RolloutIterator batches")
-        states, ctx, steps = batch["states"].astype(jnp.float32), batch["text_emb"], self.noisy_steps
+        steps = self.noisy_steps
+        if self.steps_per_update < len(steps):
+            rng, sub = jax.random.split(rng)
+            steps = self.step_subset(sub)
+        states, ctx = batch["states"].astype(jnp.float32), batch["text_emb"]
         x, x_next = jnp.moveaxis(states[:, steps], 1, 0), jnp.moveaxis(states[:, steps + 1], 1, 0)
-        mean, std = self._step_means(model.unet, ctx, x)
+        mean, std = self._step_means(model.unet, ctx, x, steps)
         log_probs = jax.vmap(gaussian_log_prob)(x_next, mean, std).T  # [B, n]
         adv = jnp.clip(batch["advantages"].astype(jnp.float32), -rl.adv_clip, rl.adv_clip)
         loss, metrics = clipped_policy_loss(log_probs, batch["log_probs"][:, steps].astype(jnp.float32), adv[:, None],
                                             rl.clip_range)
         if rl.kl_weight > 0:
             with self.reference_unet(model) as reference:
-                base_mean, _ = self._step_means(reference, ctx, x)
+                base_mean, _ = self._step_means(reference, ctx, x, steps)
             sq = jnp.sum(jnp.square(mean - jax.lax.stop_gradient(base_mean)).reshape(*mean.shape[:2], -1), axis=-1)
             kl = jnp.mean(sq / (2.0 * jnp.square(std)[:, None]))
             loss, metrics["kl"] = loss + rl.kl_weight * kl, kl

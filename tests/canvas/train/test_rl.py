@@ -91,3 +91,34 @@ def test_rl_trains_and_resumes_exactly_after_kill9(tmp_path, tiny_vae_dir, t2i_r
     assert {"reward_total", "reward_checker", "reward_diversity", "adherence"} <= set(held[-1])
     run = restore_run(run_dir, ema=False)  # the run folder reads back (LoRA adapters, no frozen copy)
     assert run.model.reference is None and os.path.isfile(os.path.join(run_dir, "lora", "pytorch_lora_weights.safetensors"))
+
+
+def test_timestep_fraction_trains_on_a_random_subset_of_the_steps(tmp_path, t2i_run):
+    """rl.timestep_fraction=0.5: the loss is the full-trajectory loss restricted to the minibatch's step subset."""
+    import jax
+    from flax import nnx
+
+    from canvas_jax.train.tasks import make_task
+
+    over = {"rl.num_steps": 4, "rl.sampler": "ddpm", "train.compute_dtype": "float32"}
+    half = make_task(tiny_config(tmp_path, task="rl", init_from=t2i_run, **over, **{"rl.timestep_fraction": 0.5}))
+    full = make_task(tiny_config(tmp_path, task="rl", init_from=t2i_run, **over))
+    n = len(full.noisy_steps)
+    assert full.steps_per_update == n and half.steps_per_update == max(1, round(n / 2)) < n
+    model = half.create_model(nnx.Rngs(0))
+    b, shape = 2, (8, 8, model.unet.config["in_channels"])
+    k = jax.random.split(jax.random.key(1), 4)
+    batch = {"states": jax.random.normal(k[0], (b, 5, *shape)), "log_probs": jax.random.normal(k[1], (b, 4)) - 50.0,
+             "advantages": jax.random.normal(k[2], (b,)),
+             "text_emb": jax.random.normal(k[3], (b, 12, model.unet.config["cross_attention_dim"]))}
+    rng = jax.random.key(7)
+    got, _ = half.loss(model, batch, rng)
+    subset = np.asarray(half.step_subset(jax.random.split(rng)[1]))
+    assert len(set(subset.tolist())) == half.steps_per_update and set(subset) <= set(full.noisy_steps)
+    full.noisy_steps = subset
+    want, _ = full.loss(model, batch, rng)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    subsets = {tuple(np.asarray(half.step_subset(jax.random.key(i)))) for i in range(20)}
+    assert len(subsets) > 1  # the subset changes with the key
+    with pytest.raises(ConfigError, match="timestep_fraction"):
+        tiny_config(tmp_path, task="rl", **{"rl.timestep_fraction": 0.0})
