@@ -2,6 +2,7 @@
 gets 1.0, one that ignores it gets 0.0."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -24,7 +25,11 @@ class Out:
     images: np.ndarray
 
 
-class Follower:
+class FakePipe:
+    unet = SimpleNamespace(ip_adapter=SimpleNamespace(plus=False))  # a plain adapter: fed embed_images
+
+
+class Follower(FakePipe):
     """Re-renders the reference (jitter-free), moved to the prompt's cell when the prompt names one."""
 
     def __call__(self, prompt, *, ip_adapter_image_embeds, height, **kw):
@@ -34,7 +39,7 @@ class Follower:
         return Out(shapes.render(shapes.Scene(tuple(specs)), height)[None].astype(np.float32) / 255.0)
 
 
-class Ignorer:
+class Ignorer(FakePipe):
     def __call__(self, prompt, *, height, **kw):
         return Out(np.ones((1, height, height, 3), np.float32))
 
