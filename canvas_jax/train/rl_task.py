@@ -15,8 +15,9 @@ alternates (:class:`~canvas_jax.train.rollouts.RolloutIterator`, the train data)
    the PPO clipped surrogate (:func:`~canvas_jax.rl.objectives.clipped_policy_loss`, ``rl.clip_range``) of every
    noisy step's importance ratio ``exp(log p_theta - log p_old)`` (or, with ``rl.timestep_fraction`` < 1, of a
    random subset of the steps drawn per minibatch, as DDPO's ``timestep_fraction``), plus ``rl.kl_weight`` times
-   the KL of each step's Gaussian to the base model's (the reference of :class:`~canvas_jax.train.dpo_task.ReferenceTask`:
-   LoRA adapters off, or the frozen copy under full fine-tuning) and ``rl.pretrain_weight`` times the base's
+   the KL of each step's Gaussian to the base model's (the reference of
+   :class:`~canvas_jax.train.dpo_task.ReferenceTask`: LoRA adapters off, or the frozen copy under full
+   fine-tuning) and ``rl.pretrain_weight`` times the base's
    denoising loss on ``data.dataset`` (arXiv 2401.12244's pre-training regulariser).
 
 Train and evaluation prompts are disjoint: ``rl.train_prompts=shapes`` are the single-shape Shapes prompts without
