@@ -77,6 +77,7 @@ class ImageTextEmbedder:
             return nnx.merge(m_def, st).embed_pooled(pooled_text(nnx.merge(e_def, est), ids, mask))
 
         self._images, self._tokens, self._texts = jax.jit(images_fn), jax.jit(tokens_fn), jax.jit(texts_fn)
+        self._negative_tokens = None
 
     @property
     def embed_dim(self) -> int:
@@ -103,8 +104,10 @@ class ImageTextEmbedder:
     def negative_image_tokens(self) -> np.ndarray:
         """The tokens [1, T, C] of an all-zero input (mid-grey): the unconditional image branch of an IP-Adapter
         Plus on this tower (``negative_ip_adapter_image_embeds``), as diffusers encodes a zero image."""
-        zero = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
-        return np.asarray(self.model.image_tokens(zero), np.float32)
+        if self._negative_tokens is None:  # a constant of the model: computed once
+            zero = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
+            self._negative_tokens = np.asarray(self.model.image_tokens(zero), np.float32)
+        return self._negative_tokens.copy()
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Caption strings -> float32 [B, D]."""
