@@ -4,7 +4,7 @@ embedding (what the IP-Adapter is fed) and the tower's flattened, LayerNorm'd fe
 projection ("spatial"). Prints one JSON line per feature set: per-attribute accuracy over all (cell, scene) pairs
 and over the occupied cells only (a cell holds a shape in ~23% of the pairs, so "empty" alone scores ~0.77).
 
-    python benchmarks/clip_attribute_probe.py --run runs/clip_shapes
+    python benchmarks/clip_attribute_probe.py --run runs/clip_shapes   # needs the [probes] extra (scikit-learn)
 """
 
 from __future__ import annotations

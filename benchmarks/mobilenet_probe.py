@@ -7,7 +7,7 @@ images; its L2 strength is chosen by 5-fold cross-validation on the train images
 A correct port reaches 0.75 or more; a wrong one (a transposed kernel, a missing BatchNorm statistic) lands far
 below. Prints one JSON line; ``--features FILE.npz`` keeps the features for a rerun of the probe alone.
 
-    python benchmarks/mobilenet_probe.py --train 5000 --test 2000 --size 128
+    python benchmarks/mobilenet_probe.py --train 5000 --test 2000 --size 128   # needs the [probes] extra (scikit-learn)
 """
 
 from __future__ import annotations
