@@ -239,6 +239,9 @@ class IPAdapterTrainConfig:
     # its cell, the caption only "at the <cell>", the condition that shape rendered in another cell (Shapes data)
     composition_prob: float = 0.0
     cache_size: int = 50000  # image embeddings kept (one per distinct condition image)
+    # train a copy of the clip image tower with the adapter (its weights land beside the adapter); false: frozen,
+    # its embeddings / tokens cached
+    train_image_encoder: bool = False
 
     def __post_init__(self):
         if self.image_tokens not in ("embeds", "feature_map"):

@@ -14,13 +14,16 @@ did not cache its states, else it is loaded from ``text_encoder.source``).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file
 
 from canvas_jax import text_conditioning
 from canvas_jax.config import CanvasTrainConfig
@@ -29,6 +32,10 @@ from canvas_jax.models.frozen import copy_module, freeze
 from canvas_jax.models.image_text import ImageTextModel, masked_mean
 from core_jax.text.tokenizer import Tokenizer
 from core_jax import restore as core_restore
+from core_jax.state_dict import load_state_dict
+
+ENCODER_INFO = "image_encoder.json"  # an IP-Adapter folder's note of the image encoder it reads
+TOWER_WEIGHTS = "image_encoder.safetensors"  # the fine-tuned image tower (ip_adapter.train_image_encoder)
 
 
 def pooled_text(encoder: nnx.Module, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -136,9 +143,11 @@ class _Structure:
 
 
 def load_image_text_model(run_dir: str | os.PathLike, *, which: str = "auto", ema: bool = True,
-                          batch_size: int = 256) -> ImageTextEmbedder:
+                          batch_size: int = 256, tower_weights: str | os.PathLike | None = None) -> ImageTextEmbedder:
     """The embedder of a ``task=clip`` run folder: its best checkpoint when it kept one (``which="auto"``), else
-    the latest (``"best"`` / ``"latest"`` to choose); the EMA weights when the run kept them."""
+    the latest (``"best"`` / ``"latest"`` to choose); the EMA weights when the run kept them. ``tower_weights``:
+    a safetensors file of image tower weights (torch layout) that replace the run's (an IP-Adapter run's
+    fine-tuned tower, :func:`load_adapter_image_encoder`)."""
     cfg = core_restore.load_run_config(run_dir, CanvasTrainConfig)
     if cfg.task != "clip":
         raise InputError(f"{os.fspath(run_dir)} is a task={cfg.task!r} run; expected a task=clip run")
@@ -147,7 +156,21 @@ def load_image_text_model(run_dir: str | os.PathLike, *, which: str = "auto", em
     model = restored.model(ema=ema)
     if model.text_encoder is not None:
         encoder = model.text_encoder
+    if tower_weights is not None:
+        load_state_dict(model.image_tower, load_file(os.fspath(tower_weights)), what=f"image tower {tower_weights}")
     tokenizer = text_conditioning.load_tokenizer(cfg.text_encoder.source, cfg.text_encoder.max_length)
     embedder = ImageTextEmbedder(model, encoder, tokenizer, batch_size=batch_size)
     embedder.run_config, embedder.step = cfg, restored.step
     return embedder
+
+
+def load_adapter_image_encoder(adapter_dir: str | os.PathLike, **kwargs) -> ImageTextEmbedder:
+    """The image encoder an IP-Adapter folder (``RUN_DIR/ip_adapter`` of a ``task=ip_adapter`` run) was trained
+    with, from its ``image_encoder.json``: the clip run, with the fine-tuned tower when the adapter trained one."""
+    info_file = Path(adapter_dir) / ENCODER_INFO
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{info_file}: missing; expected an IP-Adapter folder written by task=ip_adapter")
+    info = json.loads(info_file.read_text())
+    tower = info.get("tower_weights")
+    return load_image_text_model(info["image_encoder"], tower_weights=Path(adapter_dir) / tower if tower else None,
+                                 **kwargs)

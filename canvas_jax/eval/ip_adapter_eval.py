@@ -93,8 +93,8 @@ def evaluate_ip_adapter(pipe, embedder, cfg: shapes.ShapesConfig, *, num_referen
 def evaluate_ip_adapter_run(run_dir, *, num_references: int = 64,
                             opts: SamplingOptions = SamplingOptions()) -> dict:
     """Both evals of a ``task=ip_adapter`` run folder: its ``init_from`` pipeline with the run's adapter
-    (``RUN_DIR/ip_adapter``) and its ``ip_adapter.image_encoder`` clip run, on the run's Shapes setup."""
-    from canvas_jax.image_text import load_image_text_model
+    (``RUN_DIR/ip_adapter``) and the image encoder it was trained with, on the run's Shapes setup."""
+    from canvas_jax.image_text import load_adapter_image_encoder
     from canvas_jax.pipeline import Pipeline
     from canvas_jax.runs import load_config
 
@@ -102,8 +102,9 @@ def evaluate_ip_adapter_run(run_dir, *, num_references: int = 64,
     if cfg.task != "ip_adapter":
         raise InputError(f"{run_dir} is a task={cfg.task!r} run; expected a task=ip_adapter run")
     pipe = Pipeline.from_pretrained(cfg.init_from)
-    pipe.load_ip_adapter(os.path.join(run_dir, "ip_adapter"), image_encoder_folder=None)
-    embedder = load_image_text_model(cfg.ip_adapter.image_encoder)
+    folder = os.path.join(run_dir, "ip_adapter")
+    pipe.load_ip_adapter(folder, image_encoder_folder=None)
+    embedder = load_adapter_image_encoder(folder)
     scfg = shapes.ShapesConfig(resolution=cfg.data.image_size, **cfg.data.options)
     return {**evaluate_ip_adapter(pipe, embedder, scfg, num_references=num_references, opts=opts),
             "model": os.fspath(run_dir)}

@@ -13,7 +13,8 @@ image tower of the ``task=clip`` run ``ip_adapter.image_encoder``, per ``ip_adap
 
 The condition is each example's ``cond_image`` (float32 [B, H, W, 3] in [-1, 1]; on Shapes a jittered rendering
 of the same scene, see :func:`canvas_jax.data.shapes.render`); its embedding / tokens are cached like the text
-states (``image_emb``). Condition dropout, independent: the caption is replaced by "" with probability
+states (``image_emb``), unless ``ip_adapter.train_image_encoder``: then a copy of the tower trains with the
+adapter (``unet.ip_adapter.image_encoder``, run on ``cond_image`` in the step) and is written beside it. Condition dropout, independent: the caption is replaced by "" with probability
 ``data.caption_dropout`` (in the data) and the image condition by the unconditional image branch with
 probability ``ip_adapter.image_dropout`` (in the step): a zero embedding (plain), or the tokens of an all-zero
 input (Plus; as diffusers encodes its negative image), so guidance works on either. With
@@ -22,11 +23,13 @@ the caption only its cell ("at the top left") and the condition that shape drawn
 position comes from the text and what is drawn from the image.
 
 At every checkpoint and at the end the adapter (EMA when kept) is written in diffusers' format to
-``RUN_DIR/ip_adapter/ip-adapter.safetensors`` beside ``image_encoder.json`` (the clip run it expects)::
+``RUN_DIR/ip_adapter/ip-adapter.safetensors`` beside ``image_encoder.json`` (the clip run it expects) and, with
+``train_image_encoder``, ``image_encoder.safetensors`` (the tuned tower)::
 
     pipe = Pipeline.from_pretrained(cfg.init_from)
     pipe.load_ip_adapter("RUN_DIR/ip_adapter", image_encoder_folder=None)
-    emb = load_image_text_model(clip_run).embed_images(reference_uint8)     # [n, D]
+    clip = load_adapter_image_encoder("RUN_DIR/ip_adapter")   # the clip run (+ the tuned tower when trained)
+    emb = clip.embed_images(reference_uint8)     # [n, D]
     pipe(prompt, ip_adapter_image_embeds=emb, ...)
     # feature_map (Plus): ip_adapter_image_embeds=clip.image_tokens(reference_uint8)  [n, T, C + 16] and
     # negative_ip_adapter_image_embeds=clip.negative_image_tokens() repeated to [n, T, C + 16]
@@ -45,17 +48,20 @@ import numpy as np
 from flax import nnx
 
 from canvas_jax.convert.ip_adapter import WEIGHT_NAME, save_ip_adapter
-from canvas_jax.image_text import load_image_text_model
+from canvas_jax.image_text import ENCODER_INFO, TOWER_WEIGHTS, load_image_text_model
+from canvas_jax.models.frozen import copy_module
+from canvas_jax.models.image_text import l2_normalize
 from canvas_jax.models.ip_adapter import PLUS_HEAD_DIM, ImageProjection, IPAdapterPlusImageProjection, attach_ip_adapter
 from canvas_jax.models.unet import UNet2DConditionModel
 from canvas_jax.train.encode_cache import CachedIterator, EncodeCache
 from canvas_jax.train.finetune_task import unet_with_dtype
 from canvas_jax.train.init_from import InitFromTask
 from core_jax.config import ConfigError
+from core_jax.model_folder import save_safetensors
+from core_jax.state_dict import to_state_dict
 from core_jax.task import DataContext
 
 ADAPTER_TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("ip_adapter"))
-ENCODER_INFO = "image_encoder.json"
 
 
 def adapter_dir(run_dir: str | os.PathLike) -> Path:
@@ -131,11 +137,15 @@ class IPAdapterTask(InitFromTask):
             raise FileNotFoundError(f"ip_adapter.image_encoder={enc!r} does not exist; expected a task=clip run "
                                     "folder (canvas-jax train --config configs/canvas/clip_shapes.yaml)")
         self.embedder = load_image_text_model(enc)
+        if self.embedder.image_size != cfg.data.image_size:
+            raise ConfigError(f"config key 'data.image_size': {cfg.data.image_size}; the image encoder {enc!r} reads "
+                              f"{self.embedder.image_size}x{self.embedder.image_size} images: expected the same")
         super().__init__(cfg, data_fn=data_fn or shapes_condition_data)
         self._image_dropout = cfg.ip_adapter.image_dropout
         self.plus = cfg.ip_adapter.image_tokens == "feature_map"
         # the unconditional image branch: zeros (plain) or the tokens of an all-zero input (Plus)
         self._negative = self.embedder.negative_image_tokens()[0] if self.plus else 0.0
+        self.tune_encoder = cfg.ip_adapter.train_image_encoder
         self.image_cache = EncodeCache(self.embedder.model, _tokens if self.plus else _embed,
                                        cfg.ip_adapter.cache_size, what="image encoder", dtypes=(np.float32,))
 
@@ -162,17 +172,29 @@ class IPAdapterTask(InitFromTask):
                                                 dim_head=PLUS_HEAD_DIM, heads=cross // PLUS_HEAD_DIM,
                                                 num_queries=ic.num_tokens, rngs=rngs, dtype=self.dtype)
         attach_ip_adapter(unet, proj, rngs=rngs)
+        if self.tune_encoder:  # a copy of the tower under ip_adapter: trained, EMA'd and checkpointed with it
+            unet.ip_adapter.image_encoder = copy_module(self.embedder.model.image_tower)
         return unet
 
+    def _condition(self, model, batch) -> tuple[jax.Array, jax.Array | float]:
+        """(the batch's image embeddings [B, D] / tokens [B, T, C], the unconditional branch's)."""
+        if not self.tune_encoder:
+            return jnp.asarray(batch["image_emb"], jnp.float32), self._negative
+        tower = model.unet.ip_adapter.image_encoder
+        cond = jnp.asarray(batch["cond_image"], jnp.float32)
+        if not self.plus:  # embed_images: the projected, L2-normalised embedding; zeros when dropped
+            return l2_normalize(tower(cond)), 0.0
+        return tower.feature_tokens(cond), tower.feature_tokens(jnp.zeros_like(cond[:1]))[0]
+
     def unet_kwargs(self, model, batch, rng: jax.Array) -> dict:
-        if "image_emb" not in batch:
+        if ("cond_image" if self.tune_encoder else "image_emb") not in batch:
             raise KeyError(f"batch has no 'image_emb' (keys: {sorted(batch)}); task=ip_adapter needs batches with "
                            "'cond_image' float32 [B, H, W, 3] in [-1, 1]")
-        emb = jnp.asarray(batch["image_emb"], jnp.float32)  # [B, D] or [B, T, C] (Plus)
+        emb, negative = self._condition(model, batch)  # [B, D] or [B, T, C] (Plus)
         p = self._image_dropout
         if p > 0:
             keep = jax.random.bernoulli(rng, 1.0 - p, (emb.shape[0],) + (1,) * (emb.ndim - 1))
-            emb = jnp.where(keep, emb, self._negative)
+            emb = jnp.where(keep, emb, negative)
         return {"ip_tokens": model.unet.ip_adapter(emb[:, None])}
 
     def eval_step(self, model, batch):
@@ -184,7 +206,7 @@ class IPAdapterTask(InitFromTask):
 
     def _wrap(self, it):
         it = super()._wrap(it)
-        if it is not None:
+        if it is not None and not self.tune_encoder:  # a tower in training is run in the step, not cached
             it = CachedIterator(it, self.image_cache, ("cond_image",), "image_emb", drops=("cond_image",))
         return it
 
@@ -196,8 +218,12 @@ def save_adapter(unet, run_dir: str | os.PathLike, image_encoder: str) -> Path:
     plus = unet.ip_adapter.plus
     info = {"image_encoder": os.path.abspath(image_encoder), "kind": "canvas_jax.image_text",
             "image_tokens": "feature_map" if plus else "embeds",
-            "usage": ("load_image_text_model(image_encoder).image_tokens(uint8) -> ip_adapter_image_embeds; "
+            "usage": ("load_adapter_image_encoder(this folder).image_tokens(uint8) -> ip_adapter_image_embeds; "
                       "its negative_image_tokens() -> negative_ip_adapter_image_embeds") if plus else
-                     "load_image_text_model(image_encoder).embed_images(uint8) -> ip_adapter_image_embeds"}
+                     "load_adapter_image_encoder(this folder).embed_images(uint8) -> ip_adapter_image_embeds"}
+    tower = getattr(unet.ip_adapter, "image_encoder", None)
+    if tower is not None:  # the fine-tuned tower replaces the clip run's
+        save_safetensors(to_state_dict(tower), out / TOWER_WEIGHTS)
+        info["tower_weights"] = TOWER_WEIGHTS
     (out / ENCODER_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return path

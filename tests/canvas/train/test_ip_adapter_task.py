@@ -256,3 +256,64 @@ def test_composition_examples_take_the_cell_from_the_text_and_the_shape_from_the
         assert caption == f"at the {t.spec.position}" and t.spec in scene.shapes
         assert (c.spec.color, c.spec.shape, c.spec.size) == (t.spec.color, t.spec.shape, t.spec.size)
         assert c.spec.position != t.spec.position
+
+
+def test_trained_image_tower_learns_with_the_adapter_and_is_exported(tmp_path, t2i_run, clip_run):
+    """ip_adapter.train_image_encoder: a copy of the clip tower trains (the clip run and the base stay as they
+    were); the tuned tower is written beside the adapter and load_adapter_image_encoder serves its tokens."""
+    from canvas_jax.image_text import load_adapter_image_encoder, load_image_text_model
+    from canvas_jax.train.hooks import make_hooks
+    from canvas_jax.train.tasks import make_task
+    from core_jax.loop import Trainer
+
+    cfg = ip_config(tmp_path, t2i_run, clip_run[0], **{"ip_adapter.image_tokens": "feature_map", "train.steps": 3,
+                                                       "ip_adapter.num_tokens": 2, "ip_adapter.resampler_depth": 1,
+                                                       "ip_adapter.train_image_encoder": True})
+    task = make_task(cfg, data_fn=fakes.data_fn(condition=True))
+    trainer = Trainer(task, cfg, hooks=make_hooks(task, cfg))
+    init = trainer.init_state()
+    state, _ = trainer.fit()
+    before, after = trainer.model(init).unet, trainer.model(state).unet
+    clip = load_image_text_model(clip_run[0])
+    tower = _params(clip.model.image_tower, nnx.Param)
+    assert _params(before.ip_adapter.image_encoder, nnx.Param).keys() == tower.keys()
+    for k, v in _params(before.ip_adapter.image_encoder, nnx.Param).items():
+        np.testing.assert_array_equal(v, tower[k])  # starts as the clip run's tower
+    moved = _params(after.ip_adapter.image_encoder, nnx.Param)
+    assert any(np.abs(moved[k] - tower[k]).max() > 0 for k in tower)
+    base = _params(before, NOT_ADAPTER)
+    for k, v in _params(after, NOT_ADAPTER).items():
+        np.testing.assert_array_equal(v, base[k])
+
+    # the step reads the tower in training on the raw condition images (nothing cached)
+    ref = np.stack([e["image"] for e in fakes.examples(2, 16, 5)])
+    x = jnp.asarray(ref, jnp.float32) / 127.5 - 1.0
+    emb, neg = task._condition(trainer.model(state), {"cond_image": x})
+    np.testing.assert_allclose(emb, after.ip_adapter.image_encoder.feature_tokens(x), atol=1e-6)
+
+    folder = tmp_path / "ip_adapter"
+    info = json.load(open(folder / "image_encoder.json"))
+    assert info["tower_weights"] == "image_encoder.safetensors"
+    tuned = load_adapter_image_encoder(folder)
+    np.testing.assert_allclose(tuned.image_tokens(ref), emb, atol=1e-5)
+    np.testing.assert_allclose(tuned.negative_image_tokens()[0], neg, atol=1e-5)
+    assert np.abs(clip.image_tokens(ref) - emb).max() > 1e-4  # not the clip run's own tower
+
+
+def test_trained_plain_tower_feeds_the_normalised_embedding(tmp_path, t2i_run, clip_run):
+    from canvas_jax.train.tasks import make_task
+    from core_jax.loop import Trainer
+
+    cfg = ip_config(tmp_path, t2i_run, clip_run[0], **{"ip_adapter.train_image_encoder": True})
+    task = make_task(cfg, data_fn=fakes.data_fn(condition=True))
+    trainer = Trainer(task, cfg)
+    model = trainer.model(trainer.init_state())
+    ref = np.stack([e["image"] for e in fakes.examples(3, 16, 5)])
+    emb, neg = task._condition(model, {"cond_image": jnp.asarray(ref, jnp.float32) / 127.5 - 1.0})
+    np.testing.assert_allclose(emb, task.embedder.embed_images(ref), atol=1e-5)  # the untrained copy
+    assert neg == 0.0
+    from core_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.image_size.*reads 16x16 images"):
+        make_task(ip_config(tmp_path, t2i_run, clip_run[0], **{"data.image_size": 32}),
+                  data_fn=fakes.data_fn(condition=True))
