@@ -2,9 +2,7 @@
 
 - :class:`ImageTower`: a small CNN. Stages of (3x3 stride-2 conv, 3x3 conv), GELU after each; the final
   feature map is flattened (not averaged: where a shape sits is part of what a caption says), layer-normed
-  and projected to ``embed_dim``. As tokens (what an IP-Adapter Plus resampler reads) the final map's cells carry
-  a fixed sinusoidal encoding of their row and column (:func:`grid_positions`), as a ViT's hidden states carry its
-  position embeddings: attention over the tokens is otherwise blind to where each cell is.
+  and projected to ``embed_dim``.
 - :class:`TextProjection`: the frozen encoder's token states, mean-pooled over the attention mask
   (:func:`masked_mean`), through a trainable MLP (``text_hidden`` > 0) or linear map to ``embed_dim``.
 - :class:`ImageTextModel`: both, plus CLIP's learned temperature: ``log_scale`` starts at ``log(1 /
@@ -73,18 +71,6 @@ class ImageTextConfig:
         return {**dataclasses.asdict(self), "channels": list(self.channels)}
 
 
-POSITION_CHANNELS = 16  # appended to each feature-map token: sin and cos of its row and column at 4 frequencies
-
-
-def grid_positions(side: int) -> jax.Array:
-    """Fixed 2-D sinusoidal encoding [side * side, POSITION_CHANNELS] of a side x side grid in row-major order:
-    sin and cos of (index + 0.5) * pi * 2^k / (2 * side), k < 4, for the row then for the column."""
-    freqs = jnp.pi * 2.0 ** jnp.arange(POSITION_CHANNELS // 4, dtype=jnp.float32) / (2 * side)
-    angle = (jnp.arange(side, dtype=jnp.float32) + 0.5)[:, None] * freqs
-    axis = jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)  # [side, POSITION_CHANNELS // 2]
-    return jnp.concatenate([jnp.repeat(axis, side, axis=0), jnp.tile(axis, (side, 1))], axis=-1)
-
-
 class ImageTower(nnx.Module):
     """A small CNN: images float [B, S, S, 3] in [-1, 1] -> unnormalised embeddings [B, embed_dim]."""
 
@@ -100,24 +86,16 @@ class ImageTower(nnx.Module):
         self.norm = layer_norm(flat, 1e-5, rngs=rngs, **dt)
         self.proj = dense(flat, cfg.embed_dim, ("embed", None), rngs=rngs, **dt)
 
-    def feature_map(self, x: jax.Array) -> jax.Array:
-        """The last feature map [B, side, side, channels]."""
+    def feature_tokens(self, x: jax.Array) -> jax.Array:
+        """The last feature map as tokens [B, side * side, channels] (row-major cells; the analogue of a ViT's
+        penultimate hidden states: what an IP-Adapter Plus resampler reads)."""
         for layer in self.convs:
             x = jax.nn.gelu(layer(x))
-        return x
-
-    def feature_tokens(self, x: jax.Array) -> jax.Array:
-        """The last feature map as tokens [B, side * side, channels + POSITION_CHANNELS]: row-major cells, each
-        with its :func:`grid_positions` row (the analogue of a ViT's penultimate hidden states: what an
-        IP-Adapter Plus resampler reads)."""
-        x = self.feature_map(x)
-        b, side, _, c = x.shape
-        pos = jnp.broadcast_to(grid_positions(side).astype(x.dtype), (b, side * side, POSITION_CHANNELS))
-        return jnp.concatenate([x.reshape(b, side * side, c), pos], axis=-1)
+        return x.reshape(x.shape[0], -1, x.shape[-1])
 
     def features(self, x: jax.Array) -> jax.Array:
         """The flattened, LayerNorm'd feature map [B, side * side * channels] the projection reads."""
-        x = self.feature_map(x)
+        x = self.feature_tokens(x)
         return self.norm(x.reshape(x.shape[0], -1))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -174,14 +152,8 @@ class ImageTextModel(nnx.Module):
         """Images float [B, S, S, 3] in [-1, 1] -> L2-normalised [B, embed_dim]."""
         return l2_normalize(self.image_tower(images))
 
-    @property
-    def token_dim(self) -> int:
-        """Features per :meth:`image_tokens` token."""
-        return self.config.channels[-1] + POSITION_CHANNELS
-
     def image_tokens(self, images: jax.Array) -> jax.Array:
-        """Images float [B, S, S, 3] in [-1, 1] -> the image tower's feature map tokens with their cells'
-        positions [B, T, channels + POSITION_CHANNELS]."""
+        """Images float [B, S, S, 3] in [-1, 1] -> the image tower's feature map tokens [B, T, channels]."""
         return self.image_tower.feature_tokens(images)
 
     def embed_pooled(self, pooled: jax.Array) -> jax.Array:

@@ -7,8 +7,8 @@ image tower of the ``task=clip`` run ``ip_adapter.image_encoder``, per ``ip_adap
 
 - ``embeds``: its pooled embedding [D] through a plain :class:`~canvas_jax.models.ip_adapter.ImageProjection`
   (``ip_adapter.num_tokens`` tokens);
-- ``feature_map``: its last feature map as tokens [T, C + 16], each with its cell's position encoding (the
-  analogue of a ViT's penultimate hidden states) through the IP-Adapter Plus resampler (``num_tokens`` queries, ``resampler_depth`` layers, width the UNet's
+- ``feature_map``: its last feature map as tokens [T, C] (the analogue of a ViT's penultimate hidden states)
+  through the IP-Adapter Plus resampler (``num_tokens`` queries, ``resampler_depth`` layers, width the UNet's
   cross_attention_dim, 64-wide heads): an IP-Adapter Plus in diffusers' format.
 
 The condition is each example's ``cond_image`` (float32 [B, H, W, 3] in [-1, 1]; on Shapes a jittered rendering
@@ -31,8 +31,8 @@ At every checkpoint and at the end the adapter (EMA when kept) is written in dif
     clip = load_adapter_image_encoder("RUN_DIR/ip_adapter")   # the clip run (+ the tuned tower when trained)
     emb = clip.embed_images(reference_uint8)     # [n, D]
     pipe(prompt, ip_adapter_image_embeds=emb, ...)
-    # feature_map (Plus): ip_adapter_image_embeds=clip.image_tokens(reference_uint8)  [n, T, C + 16] and
-    # negative_ip_adapter_image_embeds=clip.negative_image_tokens() repeated to [n, T, C + 16]
+    # feature_map (Plus): ip_adapter_image_embeds=clip.image_tokens(reference_uint8)  [n, T, C] and
+    # negative_ip_adapter_image_embeds=clip.negative_image_tokens() repeated to [n, T, C]
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ class IPAdapterTask(InitFromTask):
 
     @property
     def image_embed_dim(self) -> int:
-        """Features per condition vector: the embedding size, or a feature-map token's (Plus)."""
-        return self.embedder.model.token_dim if self.plus else self.embedder.embed_dim
+        """Features per condition vector: the embedding size, or the feature map's channels (Plus)."""
+        return self.embedder.model.config.channels[-1] if self.plus else self.embedder.embed_dim
 
     def unet_config(self) -> dict:
         return self.base_unet_config()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from canvas_jax.models.image_text import (POSITION_CHANNELS, ImageTextConfig, ImageTextModel, contrastive_loss,
-                                          grid_positions, l2_normalize, masked_mean, same_caption)
+from canvas_jax.models.image_text import (ImageTextConfig, ImageTextModel, contrastive_loss, l2_normalize,
+                                          masked_mean, same_caption)
 
 
 def test_model_embeds_to_unit_vectors_and_clips_the_temperature():
@@ -23,26 +23,6 @@ def test_model_embeds_to_unit_vectors_and_clips_the_temperature():
     assert float(model.logit_scale()) == pytest.approx(1 / 0.07, rel=1e-5)
     model.log_scale[...] = jnp.float32(10.0)
     assert float(model.logit_scale()) == pytest.approx(100.0, rel=1e-5)
-
-
-def test_image_tokens_are_the_feature_map_cells_with_their_positions():
-    cfg = ImageTextConfig(image_size=16, channels=(8, 16), embed_dim=12, text_dim=20, text_hidden=0)
-    model = ImageTextModel(cfg, rngs=nnx.Rngs(0))
-    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
-    tokens = model.image_tokens(x)
-    fmap = model.image_tower.feature_map(x)  # [2, 4, 4, 16]
-    assert tokens.shape == (2, 16, model.token_dim) and model.token_dim == 16 + POSITION_CHANNELS
-    np.testing.assert_array_equal(tokens[:, :, :16], fmap.reshape(2, 16, 16))
-    pos = np.asarray(tokens[0, :, 16:])
-    np.testing.assert_array_equal(pos, tokens[1, :, 16:])  # the same for every image
-    np.testing.assert_array_equal(pos, grid_positions(4))
-    # every cell's encoding differs from every other's; the row half is shared along a row, the column half
-    # along a column
-    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    assert dist[~np.eye(16, dtype=bool)].min() > 0.1
-    half = POSITION_CHANNELS // 2
-    np.testing.assert_array_equal(pos[1, :half], pos[2, :half])  # cells (0, 1) and (0, 2)
-    np.testing.assert_array_equal(pos[4, half:], pos[8, half:])  # cells (1, 0) and (2, 0)
 
 
 def test_masked_mean_ignores_padding():
