@@ -14,10 +14,11 @@ image tower of the ``task=clip`` run ``ip_adapter.image_encoder``, per ``ip_adap
 The condition is each example's ``cond_image`` (float32 [B, H, W, 3] in [-1, 1]; on Shapes a jittered rendering
 of the same scene, see :func:`canvas_jax.data.shapes.render`); its embedding / tokens are cached like the text
 states (``image_emb``), unless ``ip_adapter.train_image_encoder``: then a copy of the tower trains with the
-adapter (``unet.ip_adapter.image_encoder``, run on ``cond_image`` in the step) and is written beside it. Condition dropout, independent: the caption is replaced by "" with probability
-``data.caption_dropout`` (in the data) and the image condition by the unconditional image branch with
-probability ``ip_adapter.image_dropout`` (in the step): a zero embedding (plain), or the tokens of an all-zero
-input (Plus; as diffusers encodes its negative image), so guidance works on either. With
+adapter (``unet.ip_adapter.image_encoder``, run on ``cond_image`` in the step) and is written beside it.
+Condition dropout, independent: the caption is replaced by "" with probability ``data.caption_dropout`` (in the
+data) and the image condition by the unconditional image branch with probability ``ip_adapter.image_dropout``
+(in the step): a zero embedding (plain), or the tokens of an all-zero input (Plus; as diffusers encodes its
+negative image), so guidance works on either. With
 ``ip_adapter.composition_prob`` (Shapes), some examples teach composition: the target is one shape of the scene,
 the caption only its cell ("at the top left") and the condition that shape drawn in another cell, so the
 position comes from the text and what is drawn from the image.
@@ -187,8 +188,9 @@ class IPAdapterTask(InitFromTask):
         return tower.feature_tokens(cond), tower.feature_tokens(jnp.zeros_like(cond[:1]))[0]
 
     def unet_kwargs(self, model, batch, rng: jax.Array) -> dict:
-        if ("cond_image" if self.tune_encoder else "image_emb") not in batch:
-            raise KeyError(f"batch has no 'image_emb' (keys: {sorted(batch)}); task=ip_adapter needs batches with "
+        key = "cond_image" if self.tune_encoder else "image_emb"
+        if key not in batch:
+            raise KeyError(f"batch has no {key!r} (keys: {sorted(batch)}); task=ip_adapter needs batches with "
                            "'cond_image' float32 [B, H, W, 3] in [-1, 1]")
         emb, negative = self._condition(model, batch)  # [B, D] or [B, T, C] (Plus)
         p = self._image_dropout
