@@ -147,7 +147,7 @@ def test_ip_adapter_shapes_config_trains_on_jittered_shapes(tmp_path, t2i_run, c
         "train.checkpoint.every=0", "train.log_every=1", "train.progress=false", "train.tensorboard=false"])
     task = make_task(cfg)
     batch = next(task.train_data(DataContext(seed=0, batch_size=4, process_index=0, process_count=1)))
-    assert batch["image_emb"].shape == (4, task.image_embed_dim) and "cond_image" not in batch
+    assert batch["cond_image"].shape == (4, 16, 16, 3) and "image_emb" not in batch  # the tower trains: not cached
     _, last = Trainer(task, cfg).fit()
     assert np.isfinite(last["loss"])
 
