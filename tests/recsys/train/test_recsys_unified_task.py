@@ -84,6 +84,8 @@ def test_unified_config_errors_name_the_key(tmp_path, unified_tiny):
         load_config(CONFIG, ["data.build.input=x.csv"])
     with pytest.raises(ConfigError, match="'unified.target_window'"):
         load_config(CONFIG, ["unified.target_window=-3d"])
+    with pytest.raises(ConfigError, match="'model.item_text.mode'.*id only"):
+        load_config(CONFIG, ["model.item_text.mode=sum"])
     bad = yaml.safe_load(open(CONFIG))
     bad["unified"]["labels"][0]["actions"] = ["like"]
     path = tmp_path / "bad.yaml"
