@@ -302,6 +302,7 @@ def test_trained_image_tower_learns_with_the_adapter_and_is_exported(tmp_path, t
 
 def test_trained_plain_tower_feeds_the_normalised_embedding(tmp_path, t2i_run, clip_run):
     from canvas_jax.train.tasks import make_task
+    from core_jax.config import ConfigError
     from core_jax.loop import Trainer
 
     cfg = ip_config(tmp_path, t2i_run, clip_run[0], **{"ip_adapter.train_image_encoder": True})
@@ -312,8 +313,6 @@ def test_trained_plain_tower_feeds_the_normalised_embedding(tmp_path, t2i_run, c
     emb, neg = task._condition(model, {"cond_image": jnp.asarray(ref, jnp.float32) / 127.5 - 1.0})
     np.testing.assert_allclose(emb, task.embedder.embed_images(ref), atol=1e-5)  # the untrained copy
     assert neg == 0.0
-    from core_jax.config import ConfigError
-
     with pytest.raises(ConfigError, match="data.image_size.*reads 16x16 images"):
         make_task(ip_config(tmp_path, t2i_run, clip_run[0], **{"data.image_size": 32}),
                   data_fn=fakes.data_fn(condition=True))
