@@ -147,8 +147,10 @@ class IPAdapterTask(InitFromTask):
         # the unconditional image branch: zeros (plain) or the tokens of an all-zero input (Plus)
         self._negative = self.embedder.negative_image_tokens()[0] if self.plus else 0.0
         self.tune_encoder = cfg.ip_adapter.train_image_encoder
-        self.image_cache = EncodeCache(self.embedder.model, _tokens if self.plus else _embed,
-                                       cfg.ip_adapter.cache_size, what="image encoder", dtypes=(np.float32,))
+        # a frozen tower's embeddings / tokens are cached; a tower in training is run in the step
+        self.image_cache = None if self.tune_encoder else EncodeCache(
+            self.embedder.model, _tokens if self.plus else _embed, cfg.ip_adapter.cache_size, what="image encoder",
+            dtypes=(np.float32,))
 
     @property
     def image_embed_dim(self) -> int:
@@ -208,7 +210,7 @@ class IPAdapterTask(InitFromTask):
 
     def _wrap(self, it):
         it = super()._wrap(it)
-        if it is not None and not self.tune_encoder:  # a tower in training is run in the step, not cached
+        if it is not None and self.image_cache is not None:
             it = CachedIterator(it, self.image_cache, ("cond_image",), "image_emb", drops=("cond_image",))
         return it
 
