@@ -235,9 +235,10 @@ def validate_unified(cfg: RecsysConfig) -> None:
         raise ConfigError(f"config key 'model.name': the scenario tower of unified (multi-label) training runs on "
                           f"hstu, got {cfg.model.name!r} (set unified.scenario_tower=false for an item-sequence "
                           f"baseline such as two_tower)")
-    if cfg.model.item_text.enabled:  # the unified model is built from ids alone: a text table would be ignored
-        raise ConfigError(f"config key 'model.item_text.mode': {cfg.model.item_text.mode!r}; unified (multi-label) "
-                          "training represents items by id only: expected 'id'")
+    if cfg.model.item_text.profile_weight:  # the scenario tower's user embedding has no text-profile columns
+        raise ConfigError(f"config key 'model.item_text.profile_weight': {cfg.model.item_text.profile_weight}; the "
+                          "late-fused text profile is for single-label runs: expected 0 in unified (multi-label) "
+                          "training")
     h = cfg.model.hstu
     if cfg.model.name == "hstu" and (h.num_actions < -1 or h.num_surfaces < -1):
         raise ConfigError(f"config keys 'model.hstu.num_actions' / 'num_surfaces': expected >= 0, or -1 for the "

@@ -16,6 +16,10 @@ during training (``eval_data`` is None, so a unified config sets ``train.best_me
 the task opens the dataset, so the saved ``config.yaml`` holds the numbers). With
 ``unified.scenario_tower: false`` the model may be any item-sequence encoder (``two_tower``,
 ``sasrec``): one user embedding for every label, trained with the same multi-label loss (a baseline).
+
+``model.item_text`` (modes, ``id_dropout``, ``text_loss_weight``: :class:`recsys_jax.models.ItemTextConfig`)
+represents items by their side-info text as in single-label runs (a new ad is placed by its advertiser and
+category text before it has any event); ``profile_weight`` (a late-fused score) is single-label only.
 """
 
 from __future__ import annotations
@@ -102,9 +106,10 @@ class UnifiedTask(RecsysTask):
 
     # ---------------------------------------------------------------- Task protocol
     def create_model(self, rngs):
+        text = dict(item_text=self.cfg.model.item_text, text_table=self.item_text_table)
         if self.cfg.model.name != "hstu":  # an item-sequence baseline (no scenario tower: see validate_unified)
-            return build_model(self.cfg.model.name, self.cfg.model.selected(), self.num_items, rngs)
-        return build_model("hstu", unified_model_config(self.cfg), self.num_items, rngs)
+            return build_model(self.cfg.model.name, self.cfg.model.selected(), self.num_items, rngs, **text)
+        return build_model("hstu", unified_model_config(self.cfg), self.num_items, rngs, **text)
 
     def scenario_embeddings(self, model, batch, *, deterministic: bool) -> jax.Array:
         """``[B, L, num_labels, D]``: each position's user embedding for each label's scenario
@@ -123,9 +128,19 @@ class UnifiedTask(RecsysTask):
         u = self.cfg.unified
         log_q = jnp.asarray(self.label_log_q)
         negatives = sample_negatives(rng_neg, log_q, u.loss.num_negatives) if u.loss.num_negatives else None
-        return multi_label_loss(user, batch["target_ids"], batch["label_mask"], model.item_embeddings(), negatives,
-                                log_q, self.labels.weights, u.loss, temperature=self.cfg.loss.temperature,
-                                normalize_embeddings=self.cfg.loss.l2_normalize, names=self.labels.names)
+        loss_fn = functools.partial(multi_label_loss, user, batch["target_ids"], batch["label_mask"],
+                                    negatives=negatives, log_q=log_q, weights=self.labels.weights, cfg=u.loss,
+                                    temperature=self.cfg.loss.temperature,
+                                    normalize_embeddings=self.cfg.loss.l2_normalize, names=self.labels.names)
+        # item_text.id_dropout acts in training only
+        loss, metrics = loss_fn(item_table=model.item_embeddings(deterministic=False))
+        w = self.cfg.model.item_text.text_loss_weight
+        if w:  # the same targets against every item placed by its text alone (a new ad or item, before any event)
+            text_loss, _ = loss_fn(item_table=model.items.table(model.cfg.l2_normalize, deterministic=False,
+                                                                text_only=True))
+            loss = loss + w * text_loss
+            metrics = {**metrics, "loss": loss, "text_only_loss": text_loss}
+        return loss, metrics
 
     def eval_step(self, model, batch):
         raise NotImplementedError("unified runs are evaluated per scenario after training (`recsys-jax eval`, "

@@ -84,8 +84,8 @@ def test_unified_config_errors_name_the_key(tmp_path, unified_tiny):
         load_config(CONFIG, ["data.build.input=x.csv"])
     with pytest.raises(ConfigError, match="'unified.target_window'"):
         load_config(CONFIG, ["unified.target_window=-3d"])
-    with pytest.raises(ConfigError, match="'model.item_text.mode'.*id only"):
-        load_config(CONFIG, ["model.item_text.mode=sum"])
+    with pytest.raises(ConfigError, match="'model.item_text.profile_weight'.*single-label"):
+        load_config(CONFIG, ["model.item_text.mode=sum", "model.item_text.profile_weight=0.5"])
     bad = yaml.safe_load(open(CONFIG))
     bad["unified"]["labels"][0]["actions"] = ["like"]
     path = tmp_path / "bad.yaml"
@@ -148,6 +148,36 @@ def test_vocabulary_sizes_from_the_dataset(unified_run):
     saved = load_run_config(cfg.train.run_dir)
     assert (saved.model.hstu.num_actions, saved.model.hstu.num_surfaces) == (6, 3)
     assert dataclasses.asdict(saved.unified.split)["protocol"] == "time"
+
+
+def test_item_text_features_enter_the_unified_model(unified_run, unified_tiny):
+    """model.item_text in a unified run: the text table is part of the item representation (training and the
+    restored run), id_dropout and the text-only loss act, and a different text moves the items."""
+    root = unified_run[3]
+    task0 = make_task(unified_run[0])
+    table = np.random.default_rng(0).normal(size=(task0.num_items + 1, 8)).astype(np.float32)
+    np.save(root / "text.npy", table)
+    cfg = load_config(unified_tiny.config, unified_tiny.overrides + [
+        "model.item_text.mode=sum", "model.item_text.dim=8", f"model.item_text.path={root / 'text.npy'}",
+        "model.item_text.id_dropout=0.3", "model.item_text.text_loss_weight=0.5",
+        f"data.cache_dir={root / 'cache'}", f"train.run_dir={root / 'text_run'}"])
+    from recsys_jax.train.task import train
+
+    state, metrics = train(cfg)
+    assert np.isfinite(metrics["text_only_loss"]) and metrics["loss"] > metrics["text_only_loss"] * 0.5
+    from recsys_jax.train.restore import restore_run
+
+    run = restore_run(cfg.train.run_dir, which="latest")
+    model = run.trainer.model(run.state)
+    np.testing.assert_array_equal(np.asarray(model.items.text[...])[1 : table.shape[0]], table[1:])  # restored
+    items = np.asarray(model.item_embeddings())
+    model.items.text[...] = model.items.text[...][::-1]  # other texts: other items
+    assert np.abs(np.asarray(model.item_embeddings()) - items)[1:].max() > 1e-3
+    # id_dropout: two training-mode tables differ, the inference table is deterministic
+    nnx.reseed(model, default=0)
+    a, b = (np.asarray(model.item_embeddings(deterministic=False)) for _ in range(2))
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(np.asarray(model.item_embeddings()), np.asarray(model.item_embeddings()))
 
 
 @pytest.mark.parametrize("name", ["unified_tiny", "unified_sim", "unified_ml1m", "unified_completejourney"])
