@@ -12,6 +12,13 @@ popularity baseline. Variants (the README's baselines, as config overrides):
     python benchmarks/unified_targets.py compare --config configs/recsys/unified_tiny.yaml \\
         --variants unified,ads_only,per_label,two_tower [--override train.steps=400 ...]
 
+``targets``: the simulator targets from ``compare`` output (one or more JSON-lines files with the ``unified``,
+``ads_only`` and ``per_label:*`` rows): per surface, the unified model's conversion recall@k over the ads-only
+model's (target >= 1.2) and over the best per-label model's (>= 1), and its organic recall against the organic
+label's per-label model (within 5%).
+
+    python benchmarks/unified_targets.py targets out/sim/compare.jsonl [--k 100]
+
 ``same_users``: one run's per-scenario metrics on the users that have a scenario's test example in another run
 over the same interactions (ML-1M: the "like"-only input evaluated on the users whose last event is a like, the
 test users of the both-behaviour run), so that two inputs are compared on the same targets.
@@ -139,6 +146,42 @@ def same_users(args) -> None:
           flush=True)
 
 
+def targets(args) -> None:
+    rows = {}
+    for path in args.files:
+        with open(path) as f:
+            rows.update({r["variant"]: r for r in map(json.loads, filter(str.strip, f)) if r.get("mode") == "compare"})
+    need = {"unified", "ads_only"} - set(rows)
+    per_label = {v: r for v, r in rows.items() if v.startswith("per_label:")}
+    if need or not per_label:
+        raise SystemExit(f"targets: the compare rows lack {sorted(need) or 'any per_label:* variant'} "
+                         f"(found {sorted(rows)})")
+    metric = f"recall@{args.k}"
+
+    def at(variant, scenario):
+        return rows[variant]["scenarios"].get(scenario, {}).get(metric)
+
+    out = {}
+    for scenario in sorted(rows["unified"]["scenarios"]):
+        label, _, surface = scenario.partition(":")
+        mine, entry = at("unified", scenario), {}
+        if label == args.conversion_label:
+            best_name = max(per_label, key=lambda v: at(v, scenario) or 0.0)
+            entry = {"unified": mine, "ads_only": at("ads_only", scenario), "best_per_label": best_name,
+                     "best_per_label_value": at(best_name, scenario)}
+            entry["ratio_over_ads_only"] = round(mine / entry["ads_only"], 3)
+            entry["ratio_over_best_per_label"] = round(mine / entry["best_per_label_value"], 3)
+            entry["met"] = entry["ratio_over_ads_only"] >= 1.2 and entry["ratio_over_best_per_label"] >= 1.0
+        elif f"per_label:{label}" in per_label and label == args.organic_label:
+            own = at(f"per_label:{label}", scenario)
+            entry = {"unified": mine, "per_label": own, "relative": round(mine / own - 1.0, 4),
+                     "met": mine >= 0.95 * own}
+        if entry:
+            out[scenario] = entry
+    print(json.dumps({"mode": "targets", "metric": metric, "scenarios": out,
+                      "all_met": all(e["met"] for e in out.values())}), flush=True)
+
+
 def scenario_rows(task, key) -> list[int]:
     """Dense user ids of ``task``'s run with a test example in scenario ``key`` ((label, surface) codes)."""
     cfg, ds, sp = task.cfg, task.dataset, task.cfg.unified.split
@@ -161,6 +204,11 @@ def main(argv=None) -> int:
     u.add_argument("--run", required=True, help="the run to evaluate (e.g. like-only input)")
     u.add_argument("--users-of", required=True, help="the run whose scenario test users are kept")
     u.add_argument("--scenario", default="like:unknown")
+    g = sub.add_parser("targets")
+    g.add_argument("files", nargs="+", help="JSON lines written by `compare`")
+    g.add_argument("--k", type=int, default=100)
+    g.add_argument("--conversion-label", default="conversion")
+    g.add_argument("--organic-label", default="engagement")
     t = sub.add_parser("throughput")
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--rounds", type=int, default=2)
@@ -173,6 +221,8 @@ def main(argv=None) -> int:
         compare(args)
     elif args.mode == "same_users":
         same_users(args)
+    elif args.mode == "targets":
+        targets(args)
     else:
         throughput(args)
     return 0
