@@ -39,7 +39,7 @@ from recsys_jax.data.event_examples import LabelTables, compile_labels, event_tr
 from recsys_jax.eval.scenarios import time_cutoff, trunk_outputs
 from recsys_jax.models import build_model
 from recsys_jax.models.hstu import HSTUConfig
-from recsys_jax.train.multilabel import label_log_q, multi_label_loss, sample_negatives
+from recsys_jax.train.multilabel import label_log_q, multi_label_loss, negative_cdf, sample_negatives
 from recsys_jax.train.task import RecsysTask, save_run_dataset
 
 
@@ -104,6 +104,10 @@ class UnifiedTask(RecsysTask):
                                          cutoff=self.cutoff)
         return label_log_q(self.labels.pool, counts, self.cfg.unified.loss)
 
+    @functools.cached_property
+    def label_cdf(self) -> np.ndarray:
+        return negative_cdf(self.label_log_q)
+
     # ---------------------------------------------------------------- Task protocol
     def create_model(self, rngs):
         text = dict(item_text=self.cfg.model.item_text, text_table=self.item_text_table)
@@ -127,7 +131,8 @@ class UnifiedTask(RecsysTask):
         user = self.scenario_embeddings(model, batch, deterministic=False)
         u = self.cfg.unified
         log_q = jnp.asarray(self.label_log_q)
-        negatives = sample_negatives(rng_neg, log_q, u.loss.num_negatives) if u.loss.num_negatives else None
+        negatives = sample_negatives(rng_neg, self.label_cdf, u.loss.num_negatives) if u.loss.num_negatives \
+            else None
         loss_fn = functools.partial(multi_label_loss, user, batch["target_ids"], batch["label_mask"],
                                     negatives=negatives, log_q=log_q, weights=self.labels.weights, cfg=u.loss,
                                     temperature=self.cfg.loss.temperature,
@@ -150,7 +155,7 @@ class UnifiedTask(RecsysTask):
         d = self.cfg.data
         if ctx.process_index == 0:
             save_run_dataset(self.dataset, self.cfg.train.run_dir)
-        _ = self.label_log_q  # resolve (and check the labels) before tracing
+        _ = self.label_cdf  # resolve (and check the labels) before tracing
         tw = self.cfg.unified.target_window
         window = parse_window(tw) if tw is not None else None
         return self.dataset.train_iterator(batch_size=ctx.batch_size, max_len=d.max_len, seed=ctx.seed,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recsys_jax.train.multilabel import (OUTSIDE_POOL, MultiLabelLossConfig, label_log_q, multi_label_loss,
-                                         sample_negatives)
+                                         negative_cdf, sample_negatives)
 
 N, D, T = 7, 4, 0.5
 POOL = np.zeros((2, N + 1), bool)
@@ -81,7 +81,7 @@ def test_loss_equals_brute_force(name):
     log_q = label_log_q(POOL, COUNTS, cfg)
     negatives = None
     if cfg.num_negatives:
-        negatives = np.array(sample_negatives(jax.random.key(3), jnp.asarray(log_q), cfg.num_negatives))
+        negatives = np.array(sample_negatives(jax.random.key(3), negative_cdf(log_q), cfg.num_negatives))
         negatives[0, 0], negatives[1, 0] = 2, 5  # accidental hits of targets: masked out
     loss, metrics = _loss(cfg, user, table, tgt, mask, negatives, log_q)
     want, counts = brute_force(user, table, tgt, mask, negatives, log_q, cfg)
@@ -93,7 +93,7 @@ def test_a_position_never_contributes_to_a_label_it_lacks():
     cfg = CONFIGS["popularity"]
     user, table, tgt, mask = _case(1)
     log_q = label_log_q(POOL, COUNTS, cfg)
-    neg = np.asarray(sample_negatives(jax.random.key(0), jnp.asarray(log_q), cfg.num_negatives))
+    neg = np.asarray(sample_negatives(jax.random.key(0), negative_cdf(log_q), cfg.num_negatives))
     grad = jax.grad(lambda u: _loss(cfg, u, table, tgt, mask, neg, log_q)[0])(jnp.asarray(user))
     trained = mask & (tgt > 0)[..., None]
     assert np.all(np.asarray(grad)[~trained] == 0) and np.abs(np.asarray(grad)[trained]).min() > 0
@@ -110,7 +110,7 @@ def test_negatives_come_from_the_label_pool_with_the_sampling_distribution():
     np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(q[1, 5:], (COUNTS[1, 5:] + 1) / (COUNTS[1, 5:] + 1).sum(), rtol=1e-6)
     assert (log_q[~POOL] == OUTSIDE_POOL).all()
-    draws = np.asarray(sample_negatives(jax.random.key(0), jnp.asarray(log_q), 20000))
+    draws = np.asarray(sample_negatives(jax.random.key(0), negative_cdf(log_q), 20000))
     assert POOL[np.arange(2)[:, None], draws].all()  # ads-only for the ad label, never padding
     for lab in range(2):
         freq = np.bincount(draws[lab], minlength=N + 1) / draws.shape[1]
