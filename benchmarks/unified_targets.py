@@ -19,6 +19,13 @@ label's per-label model (within 5%).
 
     python benchmarks/unified_targets.py targets out/sim/compare.jsonl [--k 100]
 
+``repeat``: a baseline with no model, per scenario of a unified config's split: the items of the user's own history
+(every event before the test target, within the scenario's candidate pool) ranked by how often they occur there,
+then the rest by popularity (the scenario's training targets); its recall@k beside popularity's, computed the same
+way (grocery baskets repeat: on completejourney this is the bar a retrieval model has to clear).
+
+    python benchmarks/unified_targets.py repeat --config configs/recsys/unified_completejourney.yaml
+
 ``same_users``: one run's per-scenario metrics on the users that have a scenario's test example in another run
 over the same interactions (ML-1M: the "like"-only input evaluated on the users whose last event is a like, the
 test users of the both-behaviour run), so that two inputs are compared on the same targets.
@@ -44,6 +51,8 @@ import statistics
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -52,7 +61,7 @@ from recsys_jax.data.attribution import parse_window  # noqa: E402
 from recsys_jax.eval.scenarios import evaluate_run, scenario_examples  # noqa: E402
 from recsys_jax.train.config import load_config  # noqa: E402
 from recsys_jax.train.restore import restore_run  # noqa: E402
-from recsys_jax.train.task import train  # noqa: E402
+from recsys_jax.train.task import make_task, train  # noqa: E402
 
 ML1M = os.path.join(ROOT, "..", "shared", "data", "recsys", "ml-1m-half", "ratings_users1-2999.dat.gz")
 QUIET = ["train.progress=false", "train.tensorboard=false"]
@@ -182,6 +191,35 @@ def targets(args) -> None:
                       "all_met": all(e["met"] for e in out.values())}), flush=True)
 
 
+def repeat(args) -> None:
+    cfg = load_config(args.config, [*args.override, "train.run_dir=" + os.path.join(args.out, "repeat")])
+    task = make_task(cfg)
+    ds, sp = task.dataset, cfg.unified.split
+    ex = scenario_examples(ds.source, task.labels, num_surfaces=len(ds.events["surfaces"]), num_items=task.num_items,
+                           max_len=cfg.data.max_len, protocol=sp.protocol, cutoff=task.cutoff,
+                           window=parse_window(sp.window) if sp.protocol == "time" else None, padding=cfg.data.padding)
+    ks, out = sorted(cfg.eval.ks), {}
+    for (lab, surf), (rows, relevant) in ex.targets.items():
+        pool = task.labels.pool[lab]
+        pop = np.where(pool, ex.train_counts[lab, surf].astype(np.float64), -1.0)
+        pop_score = pop / (pop.max() + 1.0)  # < 1: breaks ties among items seen equally often, never outranks one
+        top_pop = np.argsort(-pop, kind="stable")[: max(ks)]
+        sums = {f"{name}@{k}": 0.0 for name in ("repeat", "popularity") for k in ks}
+        for r, rel in zip(rows, relevant):
+            own = np.bincount(ex.history[r], minlength=len(pool)).astype(np.float64)
+            own[0] = 0.0
+            score = np.where(pool, own + pop_score, -np.inf)
+            top = np.argsort(-score, kind="stable")[: max(ks)]
+            rel = np.asarray(rel)
+            for k in ks:
+                sums[f"repeat@{k}"] += np.isin(rel, top[:k]).mean()
+                sums[f"popularity@{k}"] += np.isin(rel, top_pop[:k]).mean()
+        name = f"{task.labels.names[lab]}:{ds.events['surfaces'][surf]}"
+        out[name] = {"count": len(rows), **{k: round(v / len(rows), 6) for k, v in sums.items()}}
+    print(json.dumps({"mode": "repeat", "config": args.config, "overrides": args.override, "metric": "recall",
+                      "exclude_history": False, "scenarios": out}), flush=True)
+
+
 def scenario_rows(task, key) -> list[int]:
     """Dense user ids of ``task``'s run with a test example in scenario ``key`` ((label, surface) codes)."""
     cfg, ds, sp = task.cfg, task.dataset, task.cfg.unified.split
@@ -204,6 +242,9 @@ def main(argv=None) -> int:
     u.add_argument("--run", required=True, help="the run to evaluate (e.g. like-only input)")
     u.add_argument("--users-of", required=True, help="the run whose scenario test users are kept")
     u.add_argument("--scenario", default="like:unknown")
+    r = sub.add_parser("repeat")
+    r.add_argument("--config", default=os.path.join(ROOT, "configs", "recsys", "unified_completejourney.yaml"))
+    r.add_argument("--override", action="append", default=[], help="config override (repeatable)")
     g = sub.add_parser("targets")
     g.add_argument("files", nargs="+", help="JSON lines written by `compare`")
     g.add_argument("--k", type=int, default=100)
@@ -213,7 +254,7 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--rounds", type=int, default=2)
     t.add_argument("--ml1m", default=ML1M)
-    for s in (c, t):
+    for s in (c, t, r):
         s.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "unified"))
     args = p.parse_args(argv)
     if args.mode == "compare":
@@ -223,6 +264,8 @@ def main(argv=None) -> int:
         same_users(args)
     elif args.mode == "targets":
         targets(args)
+    elif args.mode == "repeat":
+        repeat(args)
     else:
         throughput(args)
     return 0
