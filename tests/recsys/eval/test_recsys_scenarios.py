@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from recsys_jax.data.attribution import parse_window
 from recsys_jax.data.event_examples import DEFAULT_LABELS, compile_labels, event_train_example
 from recsys_jax.eval.scenarios import (
     evaluate_run,
@@ -285,3 +286,72 @@ def test_same_users_evaluates_a_run_on_another_runs_scenario_users(unified_run, 
         assert res["scenarios"][name][k] == pytest.approx(v, abs=1e-6), k
     with pytest.raises(SystemExit, match="no test example"):
         bench.main(["same_users", "--run", run_dir, "--users-of", run_dir, "--scenario", "engagement:nowhere"])
+
+
+def _unified_targets_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unified_targets", os.path.join(ROOT, "benchmarks",
+                                                                                  "unified_targets.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_repeat_baseline_matches_the_evaluation_and_a_brute_force(unified_run, unified_tiny, tmp_path, capsys):
+    """benchmarks/unified_targets.py repeat: its popularity column is recsys-jax eval's; its repeat column ranks the
+    user's own history items by count, then the rest by popularity."""
+    bench = _unified_targets_module()
+    cfg = unified_run[0]
+    overrides = unified_tiny.overrides + [f"data.cache_dir={cfg.data.cache_dir}"]
+    args = ["repeat", "--config", unified_tiny.config, "--out", str(tmp_path)]
+    assert bench.main(args + [x for o in overrides for x in ("--override", o)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scenarios"]
+    from recsys_jax.train.restore import restore_run
+
+    run = restore_run(cfg.train.run_dir, which="latest", eval_split="test")
+    full = evaluate_run(run.task, run.model())
+    assert set(res) == set(full["popularity"])
+    for name, m in full["popularity"].items():
+        assert res[name]["count"] == m["count"]
+        for k in (10, 50, 100):
+            assert res[name][f"popularity@{k}"] == pytest.approx(m[f"recall@{k}"], abs=1e-6), (name, k)
+    # brute force on one scenario: own-history counts first (ties and the rest by popularity), recall@10
+    task, ds, sp = run.task, run.task.dataset, cfg.unified.split
+    ex = scenario_examples(ds.source, task.labels, num_surfaces=3, num_items=task.num_items, max_len=cfg.data.max_len,
+                           protocol="time", cutoff=task.cutoff, window=parse_window(sp.window))
+    (lab, surf), (rows, relevant) = next(iter(ex.targets.items()))
+    pool, pop = task.labels.pool[lab], ex.train_counts[lab, surf]
+    recalls = []
+    for r, rel in zip(rows, relevant):
+        own = {i: int((ex.history[r] == i).sum()) for i in range(1, task.num_items + 1) if pool[i]}
+        ranked = sorted(own, key=lambda i: (-own[i], -pop[i], i))[:10]
+        recalls.append(np.isin(rel, ranked).mean())
+    name = f"{task.labels.names[lab]}:{ds.events['surfaces'][surf]}"
+    assert res[name]["repeat@10"] == pytest.approx(np.mean(recalls), abs=1e-6)
+
+
+def test_targets_verdicts_from_compare_rows(tmp_path, capsys):
+    bench = _unified_targets_module()
+
+    def row(variant, conversion, engagement):
+        return {"mode": "compare", "variant": variant, "scenarios": {
+            "conversion:home": {"recall@100": conversion}, "engagement:home": {"recall@100": engagement}}}
+
+    path = tmp_path / "compare.jsonl"
+    rows = [row("unified", 0.5, 0.54), row("ads_only", 0.4, 0.1), row("per_label:ad_click", 0.45, 0.1),
+            row("per_label:engagement", 0.2, 0.56)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.main(["targets", str(path)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    conv = res["scenarios"]["conversion:home"]
+    assert conv["ratio_over_ads_only"] == 1.25 and conv["best_per_label"] == "per_label:ad_click" and conv["met"]
+    assert res["scenarios"]["engagement:home"]["relative"] == pytest.approx(0.54 / 0.56 - 1, abs=1e-4)
+    assert res["all_met"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [row("unified", 0.45, 0.5), *rows[1:]]))
+    assert bench.main(["targets", str(path)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert not res["scenarios"]["conversion:home"]["met"] and not res["scenarios"]["engagement:home"]["met"]
+    path.write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(SystemExit, match="lack"):
+        bench.main(["targets", str(path)])
