@@ -263,15 +263,20 @@ def test_cli_eval_prints_scenarios_of_a_unified_run(unified_run, recsys_cli):
         assert set(m) == {f"{x}@{k}" for x in ("recall", "ndcg", "hr") for k in (10, 50, 100)} | {"count"}
 
 
-def test_same_users_evaluates_a_run_on_another_runs_scenario_users(unified_run, capsys):
-    """benchmarks/unified_targets.py same_users (here a run against itself): only the scenario's test users are
-    kept, so that scenario's count is the same and its metrics equal the full evaluation's."""
+def _unified_targets_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("unified_targets", os.path.join(ROOT, "benchmarks",
                                                                                   "unified_targets.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_same_users_evaluates_a_run_on_another_runs_scenario_users(unified_run, capsys):
+    """benchmarks/unified_targets.py same_users (here a run against itself): only the scenario's test users are
+    kept, so that scenario's count is the same and its metrics equal the full evaluation's."""
+    bench = _unified_targets_module()
     from recsys_jax.train.restore import restore_run
 
     run_dir = unified_run[0].train.run_dir
@@ -286,16 +291,6 @@ def test_same_users_evaluates_a_run_on_another_runs_scenario_users(unified_run, 
         assert res["scenarios"][name][k] == pytest.approx(v, abs=1e-6), k
     with pytest.raises(SystemExit, match="no test example"):
         bench.main(["same_users", "--run", run_dir, "--users-of", run_dir, "--scenario", "engagement:nowhere"])
-
-
-def _unified_targets_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("unified_targets", os.path.join(ROOT, "benchmarks",
-                                                                                  "unified_targets.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def test_repeat_baseline_matches_the_evaluation_and_a_brute_force(unified_run, unified_tiny, tmp_path, capsys):
