@@ -122,15 +122,9 @@ class RecsysTask:
         items = model.item_embeddings(deterministic=False)  # item_text.id_dropout acts in training only
         loss, metrics = sampled_softmax_loss(user, batch["target_ids"], batch["mask"], items, rng_loss, self.cfg.loss,
                                              self.log_q, negative_pool=self.warm_items)
-        w = self.cfg.model.item_text.text_loss_weight
-        if w:  # the same targets against every item placed by its text alone (as cold items are)
-            text_items = model.items.table(model.cfg.l2_normalize, deterministic=False, text_only=True)
-            text_loss, _ = sampled_softmax_loss(user, batch["target_ids"], batch["mask"], text_items,
-                                                jax.random.fold_in(rng_loss, 1), self.cfg.loss, self.log_q,
-                                                negative_pool=self.warm_items)
-            loss = loss + w * text_loss
-            metrics = {**metrics, "loss": loss, "text_only_loss": text_loss}
-        return loss, metrics
+        return add_text_only_loss(model, self.cfg.model.item_text.text_loss_weight, loss, metrics, lambda table: (
+            sampled_softmax_loss(user, batch["target_ids"], batch["mask"], table, jax.random.fold_in(rng_loss, 1),
+                                 self.cfg.loss, self.log_q, negative_pool=self.warm_items)[0]))
 
     def eval_step(self, model, batch):
         e = self.cfg.eval
@@ -160,6 +154,17 @@ class RecsysTask:
         return eval_iterator(self.dataset, self.eval_split, batch_size=e.batch_size // ctx.process_count,
                              max_len=d.max_len, padding=d.padding, history_len=None if e.exclude_history else 0,
                              shard_index=ctx.process_index, shard_count=ctx.process_count)
+
+
+def add_text_only_loss(model, weight: float, loss, metrics: dict, loss_on_table):
+    """``item_text.text_loss_weight`` w > 0: ``loss + w * loss_on_table(text-only item table)``, the same targets
+    scored against every item placed by its text alone (as a cold item, or a new ad, is), reported as
+    ``text_only_loss``; ``(loss, metrics)`` unchanged with w = 0."""
+    if not weight:
+        return loss, metrics
+    text_loss = loss_on_table(model.items.table(model.cfg.l2_normalize, deterministic=False, text_only=True))
+    loss = loss + weight * text_loss
+    return loss, {**metrics, "loss": loss, "text_only_loss": text_loss}
 
 
 def save_run_dataset(dataset: RecsysDataset, run_dir: str) -> str:

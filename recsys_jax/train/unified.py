@@ -40,7 +40,7 @@ from recsys_jax.eval.scenarios import time_cutoff, trunk_outputs
 from recsys_jax.models import build_model
 from recsys_jax.models.hstu import HSTUConfig
 from recsys_jax.train.multilabel import label_log_q, multi_label_loss, negative_cdf, sample_negatives
-from recsys_jax.train.task import RecsysTask, save_run_dataset
+from recsys_jax.train.task import RecsysTask, add_text_only_loss, save_run_dataset
 
 
 def unified_model_config(cfg) -> HSTUConfig:
@@ -133,19 +133,15 @@ class UnifiedTask(RecsysTask):
         log_q = jnp.asarray(self.label_log_q)
         negatives = sample_negatives(rng_neg, self.label_cdf, u.loss.num_negatives) if u.loss.num_negatives \
             else None
-        loss_fn = functools.partial(multi_label_loss, user, batch["target_ids"], batch["label_mask"],
-                                    negatives=negatives, log_q=log_q, weights=self.labels.weights, cfg=u.loss,
-                                    temperature=self.cfg.loss.temperature,
+
+        def loss_on(table):
+            return multi_label_loss(user, batch["target_ids"], batch["label_mask"], table, negatives, log_q,
+                                    self.labels.weights, u.loss, temperature=self.cfg.loss.temperature,
                                     normalize_embeddings=self.cfg.loss.l2_normalize, names=self.labels.names)
-        # item_text.id_dropout acts in training only
-        loss, metrics = loss_fn(item_table=model.item_embeddings(deterministic=False))
-        w = self.cfg.model.item_text.text_loss_weight
-        if w:  # the same targets against every item placed by its text alone (a new ad or item, before any event)
-            text_loss, _ = loss_fn(item_table=model.items.table(model.cfg.l2_normalize, deterministic=False,
-                                                                text_only=True))
-            loss = loss + w * text_loss
-            metrics = {**metrics, "loss": loss, "text_only_loss": text_loss}
-        return loss, metrics
+
+        loss, metrics = loss_on(model.item_embeddings(deterministic=False))  # item_text.id_dropout: training only
+        return add_text_only_loss(model, self.cfg.model.item_text.text_loss_weight, loss, metrics,
+                                  lambda table: loss_on(table)[0])
 
     def eval_step(self, model, batch):
         raise NotImplementedError("unified runs are evaluated per scenario after training (`recsys-jax eval`, "
