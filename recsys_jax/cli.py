@@ -200,6 +200,10 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--which", choices=("auto", "best", "latest"), default="auto",
                    help="checkpoint to evaluate (auto: best when the run kept one, else latest)")
     e.add_argument("--no-baseline", action="store_true", help="skip the most-popular baseline")
+    e.add_argument("--repeat", default=None, metavar="auto|W",
+                   help="unified runs: also rank by the model's score + W * log1p(the item's count in the user's "
+                        "history) ('repeat'); auto: W per scenario chosen on the validation window (history kept "
+                        "in the ranking: eval.exclude_history=false)")
     e.add_argument("overrides", nargs="*", help="run-config overrides, e.g. eval.batch_size=512 data.dir=...")
     distributed.add_flags(e)
     e.set_defaults(func=_cmd_eval)
@@ -217,6 +221,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--scenario", default=None, help="unified runs: LABEL:SURFACE, e.g. conversion:home")
     r.add_argument("--candidates", choices=("ads", "organic", "all"), default=None,
                    help="candidate pool (default: the scenario label's pool, e.g. ads for ad labels)")
+    r.add_argument("--repeat-weight", type=float, default=0.0,
+                   help="add W * log1p(the item's count in the history) to its score (with --include-history; "
+                        "'recsys-jax eval --repeat auto' chooses W per scenario)")
     r.add_argument("--user", default=None, help="long+short runs: the user id whose stored long-term embedding "
                                                 "conditions the recent history")
     r.set_defaults(func=_cmd_recommend)
@@ -265,7 +272,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from recsys_jax.eval.scenarios import evaluate_run
 
         with contextlib.redirect_stdout(sys.stderr):  # a dataset (re)built on the way reports on stderr: one JSON
-            res = evaluate_run(run.task, run.model(), split=args.split, popularity=not args.no_baseline)
+            chosen = _repeat_weights(args, run)
+            weights = chosen if not isinstance(chosen, dict) else {n: c["weight"] for n, c in chosen.items()}
+            res = evaluate_run(run.task, run.model(), split=args.split, popularity=not args.no_baseline,
+                               repeat_weights=weights)
+        if isinstance(chosen, dict):  # auto: what each weight scored on the validation examples
+            for name, c in chosen.items():
+                if name in res["repeat"]:
+                    res["repeat"][name]["validation"] = c["validation"]
         out = {"run_dir": args.checkpoint, "checkpoint": run.which, "step": run.step, "model": run.cfg.model.name,
                **res}
         if jax.process_index() == 0:
@@ -298,6 +312,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repeat_weights(args: argparse.Namespace, run) -> dict | float | None:
+    """``eval --repeat``: auto: ``{scenario: {"weight": w, "validation": ...}}`` chosen on the validation
+    examples; a number: that weight for every scenario; None without the flag."""
+    if args.repeat is None:
+        return None
+    if run.cfg.eval.exclude_history:
+        raise SystemExit("--repeat ranks the history's items: the run excludes them (eval.exclude_history=true); "
+                         "pass the override eval.exclude_history=false")
+    if args.repeat == "auto":
+        if args.split != "test":
+            raise SystemExit("--repeat auto chooses the weights on the validation examples: evaluate --split test")
+        from recsys_jax.eval.repeat_prior import choose_repeat_weights
+
+        return choose_repeat_weights(run.task, run.model())
+    try:
+        w = float(args.repeat)
+    except ValueError:
+        w = -1.0
+    if not w >= 0:
+        raise SystemExit(f"--repeat must be 'auto' or a weight >= 0, got {args.repeat!r}")
+    return w
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
@@ -323,7 +360,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         events["user"] = args.user
     r = Retriever.from_checkpoint(args.checkpoint, which=args.which)
     items, scores = r.recommend(history, timestamps, k=args.k, exclude_history=not args.include_history,
-                                unknown="skip" if args.skip_unknown else "error", **events)
+                                unknown="skip" if args.skip_unknown else "error", repeat_weight=args.repeat_weight,
+                                **events)
     rows = []
     for item, score in zip(items, scores):
         row = {"item": item, "score": round(float(score), 6)}

@@ -343,18 +343,28 @@ class Retriever:
     def rank(self, users: np.ndarray, rows, k: int, *, exclude_history: bool = True, quotas: Mapping | None = None,
              sources: Sequence[Mapping[str, Sequence[int]]] | None = None, values: Mapping[str, float] | None = None,
              floors: Mapping[str, int] | None = None, caps: Mapping[str, int] | None = None,
-             pool: int | None = None, mask: np.ndarray | None = None):
+             pool: int | None = None, mask: np.ndarray | None = None, repeat_weight: float = 0.0):
         """Per user ``(dense ids, scores, source of each or None)``; ``sources``: per user, name -> dense ids.
-        ``mask``: ``[N]`` bool, the eligible items (dense ids ``1..N``; sources are filtered by it too).
+        ``mask``: ``[N]`` bool, the eligible items (dense ids ``1..N``; sources are filtered by it too);
+        ``repeat_weight``: see :meth:`recommend`.
 
         See :mod:`recsys_jax.serving.candidates` for how quotas and sources combine.
         """
-        exclude = [row[0] for row in rows] if exclude_history else None
+        if repeat_weight and exclude_history:
+            raise ValueError("repeat_weight boosts the items of the history: pass exclude_history=False")
+        # with the repeat prior the index searches the items outside the history, which keep the model's scores;
+        # the history's items are scored here with the prior added (exact top-k of the fused score)
+        exclude = [row[0] for row in rows] if exclude_history or repeat_weight else None
         spec = parse_quotas(quotas, k, self.categories) if quotas is not None else None
         adv, cat = self._advertiser[1:], self._category[1:]
         # histories up to the window's length share one exclusion width (one compiled search per batch size)
         cands = model_candidates(self.index, users, exclude, k, spec, advertiser=adv, category=cat, pool=pool,
                                  min_exclude=self.max_len, mask=mask)
+        if repeat_weight:
+            cands = [self._with_repeat(ids, scores, rows[u][0], users[u], repeat_weight, mask)
+                     for u, (ids, scores) in enumerate(cands)]
+            if spec is None:
+                cands = [(ids[:k], scores[:k]) for ids, scores in cands]
         if spec is None and sources is None:
             return [(ids, scores.astype(np.float32), None) for ids, scores in cands]
         out = []
@@ -372,10 +382,23 @@ class Retriever:
             out.append((final, fs, src))
         return out
 
+    def _with_repeat(self, ids, scores, history, user, weight: float, mask):
+        """The model's candidates outside ``history`` merged with the history's (eligible) items, each scored
+        ``<user, item> + weight * log1p(its count in the history)``; best first, ties by the lower id."""
+        items, counts = np.unique(np.asarray(history, np.int64), return_counts=True)
+        if mask is not None:
+            keep = np.asarray(mask, bool)[items - 1]
+            items, counts = items[keep], counts[keep]
+        fused = self._rows[items - 1] @ np.asarray(user, np.float32) + weight * np.log1p(counts)
+        ids = np.concatenate([np.asarray(ids, np.int64), items])
+        scores = np.concatenate([np.asarray(scores, np.float32), fused.astype(np.float32)])
+        order = np.lexsort((ids, -scores))
+        return ids[order], scores[order]
+
     def recommend(self, history, timestamps=None, k: int = 100, exclude_history: bool = True,
                   unknown: str = "error", quotas: Mapping | None = None, sources: Mapping | None = None,
                   allocator=None, now: float | None = None, pool: int | None = None, actions=None, surfaces=None,
-                  scenario=None, candidates: str | None = None, user=None):
+                  scenario=None, candidates: str | None = None, user=None, repeat_weight: float = 0.0):
         """Top-``k`` items after ``history`` (original ids, oldest first) or a batch of histories.
 
         ``timestamps``: unix seconds per history item (same shape as ``history``), for models with
@@ -399,6 +422,10 @@ class Retriever:
         ``candidates`` (``"ads"``, ``"organic"``, ``"all"``; default the scenario label's pool) limits the
         items returned (and the sources' items).
 
+        ``repeat_weight`` (>= 0; with ``exclude_history=False``): each item's score is the model's plus
+        ``repeat_weight * log1p(its count in the history)`` (:mod:`recsys_jax.eval.repeat_prior`; ``recsys-jax eval
+        --repeat auto`` chooses one per scenario on the validation window), for items people buy again.
+
         Long+short runs: ``user`` (original user id; for a batch one per history) selects the stored
         long-term embedding; an id not in the table is an error, or with ``unknown="skip"`` a zero
         embedding (a user without long-term history).
@@ -407,6 +434,8 @@ class Retriever:
             raise ValueError(f"unknown must be one of {UNKNOWN}, got {unknown!r}")
         if not 1 <= int(k) <= self.num_items:
             raise ValueError(f"k must be in [1, {self.num_items}] (the number of items), got {k}")
+        if not float(repeat_weight) >= 0:
+            raise ValueError(f"repeat_weight must be >= 0, got {repeat_weight}")
         batch = _is_batch(history)
         histories = list(history) if batch else [history]
         if timestamps is None:
@@ -443,7 +472,8 @@ class Retriever:
                 floors, caps = allocator.floors, allocator.caps
         long = self.long_rows(user, len(rows), batch, unknown)
         ranked = self.rank(self.user_vectors(rows, code, long), rows, int(k), exclude_history=exclude_history,
-                           quotas=quotas, sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask)
+                           quotas=quotas, sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask,
+                           repeat_weight=float(repeat_weight))
         out_items = [[self.item_map.to_original(j) for j in ids] for ids, _, _ in ranked]
         out_scores = [scores for _, scores, _ in ranked]
         out_sources = [src for _, _, src in ranked]

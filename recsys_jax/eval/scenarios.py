@@ -180,10 +180,16 @@ def scenario_examples(records, labels: LabelTables, *, num_surfaces: int, num_it
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def pool_top_k(user: jax.Array, table: jax.Array, allowed: jax.Array, exclude: jax.Array | None, k: int) -> jax.Array:
+def pool_top_k(user: jax.Array, table: jax.Array, allowed: jax.Array, exclude: jax.Array | None, k: int,
+               history: jax.Array | None = None, repeat_weight: jax.Array | float = 0.0) -> jax.Array:
     """``[B, k]`` ids of the best ``allowed`` items (``[N + 1]`` bool) by ``<user, item>``, ``exclude``
-    (``[B, M]`` ids, 0: none) removed; ties: the lower id first; -1 where fewer than ``k`` are eligible."""
+    (``[B, M]`` ids, 0: none) removed; ties: the lower id first; -1 where fewer than ``k`` are eligible.
+    ``history`` (``[B, M]`` ids, 0: none): the score is ``<user, item> + repeat_weight * log1p(count)``, ``count``
+    the item's occurrences in the row's history (:mod:`recsys_jax.eval.repeat_prior`)."""
     s = jnp.matmul(user.astype(jnp.float32), table.astype(jnp.float32).T, precision=_HIGHEST)
+    if history is not None:
+        counts = jnp.zeros(s.shape, jnp.float32).at[jnp.arange(s.shape[0])[:, None], history].add(1.0)
+        s = s + repeat_weight * jnp.log1p(counts.at[:, 0].set(0.0))
     s = jnp.where(allowed[None, :], s, -jnp.inf)
     if exclude is not None:
         s = s.at[jnp.arange(s.shape[0])[:, None], exclude].set(-jnp.inf)
@@ -218,15 +224,18 @@ def topk_metrics(top: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence[i
     return out
 
 
-def _rank_scenario(users: np.ndarray, table, allowed, exclude: np.ndarray | None, relevant, ks, batch_size: int):
-    """Means of :func:`topk_metrics` over rows ``users`` ``[R, D]`` in fixed-size batches."""
+def rank_scenario(users: np.ndarray, table, allowed, exclude: np.ndarray | None, relevant, ks, batch_size: int,
+                  history: np.ndarray | None = None, repeat_weight: float = 0.0):
+    """Means of :func:`topk_metrics` over rows ``users`` ``[R, D]`` in fixed-size batches (``history``
+    ``[R, M]`` and ``repeat_weight``: the repeat prior of :func:`pool_top_k`)."""
     k = min(max(ks), int(table.shape[0]) - 1)
     sums: dict[str, float] = {}
     for start in range(0, len(users), batch_size):
         n = min(batch_size, len(users) - start)
         u = _pad_rows(users[start:start + n], batch_size)
         ex = None if exclude is None else jnp.asarray(_pad_rows(exclude[start:start + n], batch_size))
-        top = np.asarray(pool_top_k(jnp.asarray(u), table, allowed, ex, k))[:n]
+        hist = None if history is None else jnp.asarray(_pad_rows(history[start:start + n], batch_size))
+        top = np.asarray(pool_top_k(jnp.asarray(u), table, allowed, ex, k, hist, jnp.float32(repeat_weight)))[:n]
         for key, v in topk_metrics(top, relevant[start:start + n], ks).items():
             sums[key] = sums.get(key, 0.0) + v
     count = sums.pop("count")
@@ -275,59 +284,91 @@ def scenario_user_embeddings(model, batch, label, surface):
     return scenario_users(model, h, label, surface)
 
 
-def evaluate_scenarios(model: nnx.Module, examples: ScenarioExamples, labels: LabelTables,
-                       surfaces: Sequence[str], *, ks: Sequence[int] = DEFAULT_KS, exclude_history: bool = True,
-                       batch_size: int = 256, popularity: bool = True) -> dict[str, dict]:
-    """``{"scenarios": {"label:surface": metrics}, "popularity": {...}}`` of ``model`` on ``examples``."""
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
-    out: dict[str, dict] = {"scenarios": {}, "popularity": {}}
-    if not examples.targets:
-        return out
-    table = model.item_embeddings()
+def scenario_user_rows(model: nnx.Module, examples: ScenarioExamples, batch_size: int) -> dict:
+    """``{(label, surface): [R, D]}`` the scenario's user embeddings of its example rows."""
     h = []
     for start in range(0, len(examples.users), batch_size):
         n = min(batch_size, len(examples.users) - start)
         batch = {k: jnp.asarray(_pad_rows(v[start:start + n], batch_size)) for k, v in examples.inputs.items()}
         h.append(np.asarray(_last_trunk(model, batch))[:n])
-    h = np.concatenate(h)
-    ones = np.ones((batch_size, 1), np.float32)
-    for (l, s), (rows, relevant) in examples.targets.items():
-        name = scenario_name(labels.names[l], surfaces[s])
-        allowed = jnp.asarray(labels.pool[l])
-        exclude = examples.history[rows] if exclude_history else None
-        users = np.concatenate([
+    h = np.concatenate(h) if h else np.zeros((0, 1), np.float32)
+    out = {}
+    for (l, s), (rows, _) in examples.targets.items():
+        out[l, s] = np.concatenate([
             np.asarray(_scenario_users(model, jnp.asarray(_pad_rows(h[rows[i:i + batch_size]], batch_size)),
                                        jnp.int32(l), jnp.int32(s)))[:len(rows[i:i + batch_size])]
             for i in range(0, len(rows), batch_size)])
-        out["scenarios"][name] = _rank_scenario(users, table, allowed, exclude, relevant, ks, batch_size)
+    return out
+
+
+def evaluate_scenarios(model: nnx.Module, examples: ScenarioExamples, labels: LabelTables,
+                       surfaces: Sequence[str], *, ks: Sequence[int] = DEFAULT_KS, exclude_history: bool = True,
+                       batch_size: int = 256, popularity: bool = True,
+                       repeat_weights: Mapping[str, float] | float | None = None) -> dict[str, dict]:
+    """``{"scenarios": {"label:surface": metrics}, "popularity": {...}}`` of ``model`` on ``examples``;
+    ``repeat_weights`` (scenario name -> weight, or one weight for all; history not excluded): also ``"repeat"``, the metrics of the
+    model's scores fused with the repeat prior (:func:`pool_top_k`) and the weight of each."""
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    if repeat_weights is not None and exclude_history:
+        raise ValueError("the repeat prior ranks the history's items: it needs the history kept in the ranking "
+                         "(exclude_history=False, eval.exclude_history: false)")
+    out: dict[str, dict] = {"scenarios": {}, "popularity": {}}
+    if repeat_weights is not None:
+        out["repeat"] = {}
+    if not examples.targets:
+        return out
+    table = model.item_embeddings()
+    ones = np.ones((batch_size, 1), np.float32)
+    for (l, s), users in scenario_user_rows(model, examples, batch_size).items():
+        rows, relevant = examples.targets[l, s]
+        name = scenario_name(labels.names[l], surfaces[s])
+        allowed = jnp.asarray(labels.pool[l])
+        exclude = examples.history[rows] if exclude_history else None
+        out["scenarios"][name] = rank_scenario(users, table, allowed, exclude, relevant, ks, batch_size)
         if popularity:
             pop = jnp.asarray(examples.train_counts[l, s].astype(np.float32)[:, None])
-            out["popularity"][name] = _rank_scenario(np.resize(ones, (len(rows), 1)), pop, allowed, exclude,
-                                                     relevant, ks, batch_size)
+            out["popularity"][name] = rank_scenario(np.resize(ones, (len(rows), 1)), pop, allowed, exclude,
+                                                    relevant, ks, batch_size)
+        w = repeat_weights.get(name) if isinstance(repeat_weights, Mapping) else repeat_weights
+        if w is not None:
+            w = float(w)
+            out["repeat"][name] = {"weight": w, **rank_scenario(users, table, allowed, None, relevant, ks, batch_size,
+                                                                examples.history[rows], w)}
     if not popularity:
         del out["popularity"]
     return out
 
 
+def run_examples(task, *, split: str = "test", records=None, cutoff: int | None = None) -> ScenarioExamples:
+    """The examples of a unified run's split (``unified.split``); ``cutoff``: another ``T`` of its time split
+    (default the run's); ``records``: these of the dataset's records only (default: all)."""
+    cfg, ds = task.cfg, task.dataset
+    sp = cfg.unified.split
+    window = parse_window(sp.window) if sp.protocol == "time" else None
+    return scenario_examples(ds.source if records is None else records, task.labels,
+                             num_surfaces=len(ds.events["surfaces"]), num_items=task.num_items,
+                             max_len=cfg.data.max_len, protocol=sp.protocol, split=split,
+                             cutoff=task.cutoff if cutoff is None else cutoff, window=window, padding=cfg.data.padding)
+
+
 def evaluate_run(task, model: nnx.Module, *, split: str = "test", ks: Sequence[int] | None = None,
                  exclude_history: bool | None = None, batch_size: int | None = None,
-                 popularity: bool = True, records=None) -> dict:
+                 popularity: bool = True, records=None,
+                 repeat_weights: Mapping[str, float] | float | None = None) -> dict:
     """Per-scenario metrics of a unified run (its task: :class:`recsys_jax.train.unified.UnifiedTask`, and
     the restored model) on its own split (``unified.split``); JSON-ready, with what was evaluated.
-    ``records``: these of the dataset's records only (default: all; popularity then counts theirs)."""
+    ``records``: these of the dataset's records only (default: all; popularity then counts theirs);
+    ``repeat_weights``: see :func:`evaluate_scenarios` (:func:`recsys_jax.eval.repeat_prior.choose_repeat_weights`)."""
     cfg = task.cfg
     sp, e, ds = cfg.unified.split, cfg.eval, task.dataset
     exclude_history = e.exclude_history if exclude_history is None else exclude_history
-    window = parse_window(sp.window) if sp.protocol == "time" else None
-    examples = scenario_examples(ds.source if records is None else records, task.labels, num_surfaces=len(ds.events["surfaces"]),
-                                 num_items=task.num_items, max_len=cfg.data.max_len, protocol=sp.protocol,
-                                 split=split, cutoff=task.cutoff, window=window, padding=cfg.data.padding)
+    examples = run_examples(task, split=split, records=records)
     res = evaluate_scenarios(model, examples, task.labels, ds.events["surfaces"], ks=ks or e.ks,
                              exclude_history=exclude_history, batch_size=batch_size or e.batch_size,
-                             popularity=popularity)
+                             popularity=popularity, repeat_weights=repeat_weights)
     split_info = {"protocol": sp.protocol, "split": split} if sp.protocol == "leave_one_out" else {
-        "protocol": "time", "cutoff": examples.cutoff, "window_seconds": window}
+        "protocol": "time", "cutoff": examples.cutoff, "window_seconds": examples.window}
     return {**split_info, "exclude_history": exclude_history, "users": len(examples.users),
             "pools": {lab.name: lab.pool for lab in cfg.unified.labels}, **res}
