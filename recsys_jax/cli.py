@@ -204,6 +204,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
                    help="unified runs: also rank by the model's score + W * log1p(the item's count in the user's "
                         "history) ('repeat'); auto: W per scenario chosen on the validation window (history kept "
                         "in the ranking: eval.exclude_history=false)")
+    e.add_argument("--repeat-model", default=None, metavar="RUN",
+                   help="with --repeat auto: choose the weights with this backtest run (the same config with "
+                        "unified.split.backtest=1) on its test window, the run's validation window")
     e.add_argument("overrides", nargs="*", help="run-config overrides, e.g. eval.batch_size=512 data.dir=...")
     distributed.add_flags(e)
     e.set_defaults(func=_cmd_eval)
@@ -320,12 +323,23 @@ def _repeat_weights(args: argparse.Namespace, run) -> dict | float | None:
     if run.cfg.eval.exclude_history:
         raise SystemExit("--repeat ranks the history's items: the run excludes them (eval.exclude_history=true); "
                          "pass the override eval.exclude_history=false")
+    if args.repeat_model is not None and args.repeat != "auto":
+        raise SystemExit("--repeat-model chooses the weights of --repeat auto")
     if args.repeat == "auto":
         if args.split != "test":
             raise SystemExit("--repeat auto chooses the weights on the validation examples: evaluate --split test")
-        from recsys_jax.eval.repeat_prior import choose_repeat_weights
+        from recsys_jax.eval.repeat_prior import backtest_examples, choose_repeat_weights
 
-        return choose_repeat_weights(run.task, run.model())
+        if args.repeat_model is None:
+            return choose_repeat_weights(run.task, run.model())
+        from recsys_jax.train.restore import restore_run
+
+        back = restore_run(args.repeat_model, which=args.which)
+        try:
+            examples = backtest_examples(run.task, back.task)
+        except ValueError as e:
+            raise SystemExit(f"--repeat-model {args.repeat_model}: {e}") from None
+        return choose_repeat_weights(back.task, back.model(), examples=examples)
     try:
         w = float(args.repeat)
     except ValueError:

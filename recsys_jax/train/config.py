@@ -111,11 +111,15 @@ class ScenarioSplitConfig:
     ``leave_one_out``: train on each user's events but the last two, test on the last (validation: the
     one before). ``time``: train on the events before ``T`` (the ``cutoff`` quantile of the dataset's
     event timestamps), test on the events in ``[T, T + window)`` from the history before ``T``.
+    ``backtest``: ``T`` moved back by this many windows: a run with ``backtest: 1`` trains on the events before
+    the unshifted run's validation window and is tested on it, e.g. to choose the repeat prior's weights
+    (``recsys-jax eval --repeat auto --repeat-model RUN``) with a model that never saw that window.
     """
 
     protocol: Literal["leave_one_out", "time"] = "leave_one_out"
     cutoff: float = 0.9  # time: T is this quantile of every stored event's timestamp
     window: int | str = "7d"  # time: the test window after T (seconds, or a number with a unit s/m/h/d/w)
+    backtest: int = 0  # time: T moved back by this many windows
 
 
 @dataclasses.dataclass
@@ -257,6 +261,11 @@ def validate_unified(cfg: RecsysConfig) -> None:
                 raise ValueError(f"the window must be > 0, got {u.split.window!r}")
         except ValueError as e:
             raise ConfigError(f"config key 'unified.split.window': {e}") from None
+    if not (isinstance(u.split.backtest, int) and u.split.backtest >= 0):
+        raise ConfigError(f"config key 'unified.split.backtest': a number of windows >= 0, got {u.split.backtest!r}")
+    if u.split.backtest and u.split.protocol != "time":
+        raise ConfigError("config key 'unified.split.backtest': moves a time split's T; the protocol is "
+                          f"{u.split.protocol!r}")
     if not u.labels:
         raise ConfigError("config key 'unified.labels': at least one label is needed")
     names = [lab.name for lab in u.labels]

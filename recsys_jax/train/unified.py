@@ -73,9 +73,10 @@ class UnifiedTask(RecsysTask):
     @functools.cached_property
     def cutoff(self) -> int | None:
         """``T`` of a time split (unix seconds; training uses the events before it), else None."""
-        if self.cfg.unified.split.protocol != "time":
+        sp = self.cfg.unified.split
+        if sp.protocol != "time":
             return None
-        return time_cutoff(self.dataset, self.cfg.unified.split.cutoff)
+        return time_cutoff(self.dataset, sp.cutoff) - sp.backtest * parse_window(sp.window)
 
 
     @functools.cached_property

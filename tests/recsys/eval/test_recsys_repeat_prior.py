@@ -123,3 +123,41 @@ def test_retriever_serves_the_fused_score_exactly(unified_served, recsys_cli):
     rc, out, err = recsys_cli(args)
     assert rc == 0, err[-2000:]
     assert [row["item"] for row in json.loads(out)["items"]] == items
+
+
+def test_backtest_run_chooses_the_weights_on_the_runs_validation_window(unified_run, unified_tiny, tmp_path,
+                                                                        recsys_cli):
+    """unified.split.backtest=1 moves T back one window; `eval --repeat auto --repeat-model` chooses with that run
+    on its test window (the run's validation window) and refuses a run that does not test that window."""
+    from recsys_jax.eval.repeat_prior import backtest_examples
+    from recsys_jax.train.config import load_config
+    from recsys_jax.train.restore import restore_run
+    from recsys_jax.train.task import train
+
+    cfg = unified_run[0]
+    back_dir = tmp_path / "back"
+    overrides = unified_tiny.overrides + [f"data.cache_dir={cfg.data.cache_dir}", f"train.run_dir={back_dir}",
+                                          "unified.split.backtest=1"]
+    train(load_config(unified_tiny.config, overrides))
+    run = restore_run(cfg.train.run_dir, which="latest", eval_split="test")
+    back = restore_run(str(back_dir), which="latest", eval_split="test")
+    val = validation_examples(run.task)
+    ex = backtest_examples(run.task, back.task)
+    assert back.task.cutoff == run.task.cutoff - ex.window == val.cutoff
+    assert set(ex.targets) == set(val.targets)
+    for key in ex.targets:  # the same examples (the same users, targets and histories)
+        np.testing.assert_array_equal(ex.users[ex.targets[key][0]], val.users[val.targets[key][0]])
+    rc, out, err = recsys_cli(["eval", "--checkpoint", cfg.train.run_dir, "--which", "latest", "--repeat", "auto",
+                               "--repeat-model", str(back_dir), "--no-baseline"])
+    assert rc == 0, err[-2000:]
+    assert json.loads(out)["repeat"]
+    with pytest.raises(ValueError, match="does not test the run's validation window.*backtest 0: expected 1"):
+        backtest_examples(run.task, run.task)
+    rc, _, err = recsys_cli(["eval", "--checkpoint", str(back_dir), "--which", "latest", "--repeat", "auto",
+                             "--repeat-model", str(back_dir)])
+    assert rc != 0 and "expected 2" in str(rc) + err
+    for bad, msg in (("unified.split.backtest=-1", "a number of windows >= 0"),
+                     ("unified.split.protocol=leave_one_out", "moves a time split's T")):
+        extra = [bad] if "protocol" not in bad else [bad, "unified.split.backtest=1"]
+        with pytest.raises(Exception, match=msg):
+            load_config(unified_tiny.config, unified_tiny.overrides + extra)
