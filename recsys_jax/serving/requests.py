@@ -10,6 +10,7 @@
      "scenario": "conversion:home",        # unified runs with scenario towers: "<label>:<surface>" (required)
      "candidates": "ads",                  # unified runs: "ads", "organic" or "all" (default: the label's pool)
      "user": "42",                         # long+short runs: the user id of the stored long-term table
+     "repeat_weight": 0.2,                 # optional, with "exclude_history": false: the repeat prior's weight
      "quotas": {"per_advertiser": 3, "categories": {"Drama": {"min": 2, "max": 10}}}}  # optional
 """
 
@@ -22,7 +23,7 @@ from recsys_jax.data.event_examples import POOLS
 from recsys_jax.retriever import UNKNOWN
 
 FIELDS = ("history", "timestamps", "k", "exclude_history", "unknown", "actions", "surfaces", "scenario", "candidates",
-          "user", "quotas")
+          "user", "quotas", "repeat_weight")
 MAX_HISTORY = 100_000
 _INT32 = 2**31 - 1
 
@@ -48,6 +49,7 @@ class RecommendRequest:
     surfaces: list[str] | None = None
     candidates: str | None = None
     user: str | int | None = None
+    repeat_weight: float = 0.0
 
 
 def _is_int(v: Any) -> bool:
@@ -104,8 +106,13 @@ def parse_recommend(body: Any, *, default_k: int, max_k: int, unknown: str = "er
     user = body.get("user")
     if user is not None and not (isinstance(user, str) or _is_int(user)):
         raise BadRequest("user", f"expected a user id (a string or an integer), got {user!r:.40}")
+    repeat = body.get("repeat_weight", 0.0)
+    if not (isinstance(repeat, (int, float)) and not isinstance(repeat, bool)) or not repeat >= 0:
+        raise BadRequest("repeat_weight", f"expected a number >= 0, got {repeat!r:.40}")
+    if repeat and exclude:
+        raise BadRequest("repeat_weight", "boosts the items of the history: send \"exclude_history\": false")
     quotas = body.get("quotas")
     if quotas is not None and not isinstance(quotas, dict):
         raise BadRequest("quotas", f"expected an object like {{\"per_advertiser\": 3}}, got {quotas!r:.80}")
     return RecommendRequest(history, ts, k, exclude, policy, scenario, quotas, candidates=candidates, user=user,
-                            **per_event)
+                            repeat_weight=float(repeat), **per_event)

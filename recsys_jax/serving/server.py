@@ -142,18 +142,19 @@ class RecommendService:
             for j, u in zip(js, r.user_vectors([rows[j] for j in js], code, long)):
                 users[j] = u
         users = np.stack(users)
-        groups: dict = {}  # requests without quotas share one search per (exclude_history, scenario, candidates)
+        groups: dict = {}  # requests without quotas share one search per (exclude_history, scenario, candidates, w)
         for j, i in enumerate(live):
             q = reqs[i]
             if q.quotas is None:
-                groups.setdefault((q.exclude_history, codes[j], q.candidates), []).append(j)
+                groups.setdefault((q.exclude_history, codes[j], q.candidates, q.repeat_weight), []).append(j)
             else:
                 ((ids, scores, _),) = r.rank(users[j:j + 1], [rows[j]], q.k, exclude_history=q.exclude_history,
-                                             quotas=q.quotas, mask=masks[j])
+                                             quotas=q.quotas, mask=masks[j], repeat_weight=q.repeat_weight)
                 out[i] = self._answer(r, ids, scores, model)
-        for (exclude, _, _), js in groups.items():
+        for (exclude, _, _, repeat), js in groups.items():
             k = min(r.num_items, _bucket(max(reqs[live[j]].k for j in js)))
-            ranked = r.rank(users[js], [rows[j] for j in js], k, exclude_history=exclude, mask=masks[js[0]])
+            ranked = r.rank(users[js], [rows[j] for j in js], k, exclude_history=exclude, mask=masks[js[0]],
+                            repeat_weight=repeat)
             for j, (ids, scores, _) in zip(js, ranked):
                 kk = reqs[live[j]].k
                 out[live[j]] = self._answer(r, ids[:kk], scores[:kk], model)

@@ -238,16 +238,25 @@ def test_unified_run_requests_with_events_scenarios_and_pools(unified_served):
                  ("engagement:home", None), ("engagement:home", "ads"), ("conversion:home", "all")]
         bodies = [{**q, "scenario": s, "k": 5 + i, **({"candidates": c} if c else {})}
                   for i, (s, c) in enumerate(cases)]
-        for body, (status, got) in zip(bodies, post_all(srv.url, bodies)):
+        # the repeat prior (history kept): two weights in one batch
+        bodies += [{**q, "scenario": "engagement:home", "k": 6, "exclude_history": False, "repeat_weight": w}
+                   for w in (0.0, 0.5)]
+        answers = post_all(srv.url, bodies)
+        assert answers[-1][1]["items"] != answers[-2][1]["items"]  # the weight reached the ranking
+        for body, (status, got) in zip(bodies, answers):
             assert status == 200, got
-            items, scores = r.recommend(**q, scenario=body["scenario"], k=body["k"], candidates=body.get("candidates"))
+            items, scores = r.recommend(**q, scenario=body["scenario"], k=body["k"], candidates=body.get("candidates"),
+                                        exclude_history=body.get("exclude_history", True),
+                                        repeat_weight=body.get("repeat_weight", 0.0))
             assert got["items"] == items, body
             np.testing.assert_allclose(got["scores"], scores, rtol=1e-5, atol=1e-6)
         bad = [({**q}, "scenario"), ({**q, "scenario": "purchase:home"}, "scenario"),
                ({**q, "scenario": "conversion:home", "candidates": "promoted"}, "candidates"),
                ({**q, "scenario": "conversion:home", "actions": ["like"] * len(q["history"])}, "actions"),
                ({**q, "scenario": "conversion:home", "surfaces": ["home"]}, "surfaces"),
-               ({k: v for k, v in q.items() if k != "actions"} | {"scenario": "conversion:home"}, "actions")]
+               ({k: v for k, v in q.items() if k != "actions"} | {"scenario": "conversion:home"}, "actions"),
+               ({**q, "scenario": "conversion:home", "repeat_weight": 0.5}, "repeat_weight"),  # history excluded
+               ({**q, "scenario": "conversion:home", "exclude_history": False, "repeat_weight": -1}, "repeat_weight")]
         for (body, field), (status, got) in zip(bad, post_all(srv.url, [b for b, _ in bad])):
             assert status == 400 and got["field"] == field, (body, got)
     finally:
