@@ -269,6 +269,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     distributed.initialize_from_args(args)  # several processes evaluate on one mesh
     run = restore_run(args.checkpoint, which=args.which, overrides=args.overrides, eval_split=args.split)
+    if (args.repeat or args.repeat_model) is not None and not run.cfg.unified.enabled:
+        raise ValueError(f"--repeat / --repeat-model: {args.checkpoint} is not a unified run (unified.enabled)")
     if run.cfg.unified.enabled:  # per-scenario metrics ("<label>:<surface>") and popularity per scenario
         import contextlib
 
@@ -279,7 +281,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             weights = chosen if not isinstance(chosen, dict) else {n: c["weight"] for n, c in chosen.items()}
             res = evaluate_run(run.task, run.model(), split=args.split, popularity=not args.no_baseline,
                                repeat_weights=weights)
-        if isinstance(chosen, dict):  # auto: what each weight scored on the validation examples
+        if isinstance(chosen, dict):  # auto: what each weight scored on the validation examples, of which run
+            res["repeat_chosen_with"] = args.repeat_model or args.checkpoint
             for name, c in chosen.items():
                 if name in res["repeat"]:
                     res["repeat"][name]["validation"] = c["validation"]
@@ -321,13 +324,13 @@ def _repeat_weights(args: argparse.Namespace, run) -> dict | float | None:
     if args.repeat is None:
         return None
     if run.cfg.eval.exclude_history:
-        raise SystemExit("--repeat ranks the history's items: the run excludes them (eval.exclude_history=true); "
+        raise ValueError("--repeat ranks the history's items: the run excludes them (eval.exclude_history=true); "
                          "pass the override eval.exclude_history=false")
     if args.repeat_model is not None and args.repeat != "auto":
-        raise SystemExit("--repeat-model chooses the weights of --repeat auto")
+        raise ValueError("--repeat-model chooses the weights of --repeat auto")
     if args.repeat == "auto":
         if args.split != "test":
-            raise SystemExit("--repeat auto chooses the weights on the validation examples: evaluate --split test")
+            raise ValueError("--repeat auto chooses the weights on the validation examples: evaluate --split test")
         from recsys_jax.eval.repeat_prior import backtest_examples, choose_repeat_weights
 
         if args.repeat_model is None:
@@ -338,14 +341,14 @@ def _repeat_weights(args: argparse.Namespace, run) -> dict | float | None:
         try:
             examples = backtest_examples(run.task, back.task)
         except ValueError as e:
-            raise SystemExit(f"--repeat-model {args.repeat_model}: {e}") from None
+            raise ValueError(f"--repeat-model {args.repeat_model}: {e}") from None
         return choose_repeat_weights(back.task, back.model(), examples=examples)
     try:
         w = float(args.repeat)
     except ValueError:
         w = -1.0
     if not w >= 0:
-        raise SystemExit(f"--repeat must be 'auto' or a weight >= 0, got {args.repeat!r}")
+        raise ValueError(f"--repeat must be 'auto' or a weight >= 0, got {args.repeat!r}")
     return w
 
 

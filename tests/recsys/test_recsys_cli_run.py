@@ -72,3 +72,5 @@ def test_cli_errors_are_one_line_with_exit_code_2(recsys_run, recsys_cli, tmp_pa
     assert rc == 2 and "not found" in err
     rc, _, err = recsys_cli(["eval", "--checkpoint", recsys_run.run_dir, "--which", "best", "mesh.tensor=7"])
     assert rc == 2 and "mesh" in err
+    rc, _, err = recsys_cli(["eval", "--checkpoint", recsys_run.run_dir, "--repeat", "auto"])
+    assert rc == 2 and "not a unified run" in err
