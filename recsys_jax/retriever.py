@@ -472,8 +472,8 @@ class Retriever:
                 floors, caps = allocator.floors, allocator.caps
         long = self.long_rows(user, len(rows), batch, unknown)
         ranked = self.rank(self.user_vectors(rows, code, long), rows, int(k), exclude_history=exclude_history,
-                           quotas=quotas, sources=per_user, values=values, floors=floors, caps=caps, pool=pool, mask=mask,
-                           repeat_weight=float(repeat_weight))
+                           quotas=quotas, sources=per_user, values=values, floors=floors, caps=caps, pool=pool,
+                           mask=mask, repeat_weight=float(repeat_weight))
         out_items = [[self.item_map.to_original(j) for j in ids] for ids, _, _ in ranked]
         out_scores = [scores for _, scores, _ in ranked]
         out_sources = [src for _, _, src in ranked]

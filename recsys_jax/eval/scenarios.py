@@ -306,8 +306,8 @@ def evaluate_scenarios(model: nnx.Module, examples: ScenarioExamples, labels: La
                        batch_size: int = 256, popularity: bool = True,
                        repeat_weights: Mapping[str, float] | float | None = None) -> dict[str, dict]:
     """``{"scenarios": {"label:surface": metrics}, "popularity": {...}}`` of ``model`` on ``examples``;
-    ``repeat_weights`` (scenario name -> weight, or one weight for all; history not excluded): also ``"repeat"``, the metrics of the
-    model's scores fused with the repeat prior (:func:`pool_top_k`) and the weight of each."""
+    ``repeat_weights`` (scenario name -> weight, or one weight for all; history not excluded): also ``"repeat"``,
+    the metrics of the model's scores fused with the repeat prior (:func:`pool_top_k`) and the weight of each."""
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")

@@ -17,7 +17,7 @@ def _fused_top(user, table, allowed, history, w, k):
     for u, h in zip(user, history):
         counts = np.bincount(h[h > 0], minlength=len(table))
         s = table.astype(np.float64) @ u.astype(np.float64) + w * np.log1p(counts)
-        ids = [i for i in sorted(np.flatnonzero(allowed), key=lambda i: (-s[i], i))]
+        ids = sorted(np.flatnonzero(allowed), key=lambda i: (-s[i], i))
         out.append(ids[:k])
     return np.asarray(out)
 
@@ -116,7 +116,8 @@ def test_retriever_serves_the_fused_score_exactly(unified_served, recsys_cli):
         r.recommend(**query, scenario=scenario, k=k, repeat_weight=w)
     with pytest.raises(ValueError, match="repeat_weight must be >= 0"):
         r.recommend(**query, scenario=scenario, k=k, exclude_history=False, repeat_weight=-1)
-    args = ["recommend", "--checkpoint", cfg.train.run_dir, "--which", "latest", "--history", ",".join(query["history"]),
+    args = ["recommend", "--checkpoint", cfg.train.run_dir, "--which", "latest",
+            "--history", ",".join(query["history"]),
             "--timestamps", ",".join(map(str, query["timestamps"])), "--actions", ",".join(query["actions"]),
             "--surfaces", ",".join(query["surfaces"]), "--k", str(k), "--scenario", scenario, "--include-history",
             "--repeat-weight", str(w)]
