@@ -6,6 +6,9 @@ popularity baseline. Variants (the README's baselines, as config overrides):
 
 * ``unified``: the config as shipped;
 * ``ads_only``: ``unified.label_weights.<organic label>=0`` (the labels whose pool is not ``ads``);
+* ``ads_data``: ``ads_only`` and the organic labels' actions dropped from the data (``data.build.drop_actions``):
+  a model that reads and learns ad events only (not the issue's baseline: it tells what organic data gives as
+  input; its test users are those with an ad event before T, so compare on them with ``same_users``);
 * ``per_label``: one run per label, the other labels' weights 0 (``per_label:<label>`` rows);
 * ``two_tower``: ``model.name=two_tower unified.scenario_tower=false data.pack_rows=0``.
 
@@ -75,12 +78,18 @@ def _variants(cfg, names: list[str]) -> list[tuple[str, list[str]]]:
             out.append((name, []))
         elif name == "ads_only":
             out.append((name, [f"unified.label_weights.{n}=0" for n, pool in labels if pool != "ads"]))
+        elif name == "ads_data":
+            ad_actions = {a for lab in cfg.unified.labels if lab.pool == "ads" for a in lab.actions}
+            organic = {a for lab in cfg.unified.labels if lab.pool != "ads" for a in lab.actions} - ad_actions
+            drop = ",".join(sorted(organic | set(cfg.data.build.drop_actions)))
+            out.append((name, [f"unified.label_weights.{n}=0" for n, pool in labels if pool != "ads"]
+                        + [f"data.build.drop_actions=[{drop}]"]))
         elif name == "per_label":
             out += [(f"per_label:{n}", [f"unified.label_weights.{o}=0" for o, _ in labels if o != n]) for n, _ in labels]
         elif name == "two_tower":
             out.append((name, ["model.name=two_tower", "unified.scenario_tower=false", "data.pack_rows=0"]))
         else:
-            raise SystemExit(f"unknown variant {name!r}: expected unified, ads_only, per_label, two_tower")
+            raise SystemExit(f"unknown variant {name!r}: expected unified, ads_only, ads_data, per_label, two_tower")
     return out
 
 

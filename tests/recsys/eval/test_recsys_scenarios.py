@@ -350,3 +350,22 @@ def test_targets_verdicts_from_compare_rows(tmp_path, capsys):
     path.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(SystemExit, match="lack"):
         bench.main(["targets", str(path)])
+
+
+def test_ads_data_variant_keeps_only_the_ad_labels_events(unified_tiny, tmp_path):
+    """compare's ads_data baseline: the organic labels' weights 0 and their actions dropped from the built data."""
+    from recsys_jax.data.loader import load_dataset
+    from recsys_jax.train.config import load_config
+    from recsys_jax.train.dataset_cache import resolve_dataset
+
+    bench = _unified_targets_module()
+    base = load_config(unified_tiny.config, unified_tiny.overrides)
+    ((name, extra),) = bench._variants(base, ["ads_data"])
+    assert name == "ads_data" and "unified.label_weights.engagement=0" in extra
+    cfg = load_config(unified_tiny.config, unified_tiny.overrides + extra + [f"data.cache_dir={tmp_path}"])
+    assert set(cfg.data.build.drop_actions) == {"impression", "click", "save", "purchase"}
+    ds = load_dataset(resolve_dataset(cfg.data, verbose=False))
+    seen = set()
+    for i in range(len(ds.source)):
+        seen |= {ds.events["actions"][a] for a in ds.source[i]["actions"]}
+    assert "ad_click" in seen and not seen & {"impression", "click", "save", "purchase"}  # conversions are ad data
