@@ -24,10 +24,12 @@ from core_jax.loop import Hook  # noqa: E402
 @exit_on_error
 def main():
     run_dir, vae_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    # data.dataset "fake" (the data is fakes.data_fn's): no default Shapes prompts, so no sample grid at the end
     over = {"train.steps": steps, "train.ema_decay": 0.9, "train.checkpoint.every": 4, "train.checkpoint.keep": 10,
-            "train.checkpoint.async_save": True, "sampling.prompts": [], "vae.cache_latents": True}
+            "train.checkpoint.async_save": True, "sampling.prompts": [], "vae.cache_latents": True,
+            "data.dataset": "fake"}
     if len(sys.argv) > 4:
-        over.update({"vae.pretrain_steps": int(sys.argv[4]), "train.checkpoint.every": 2, "data.dataset": "fake"})
+        over.update({"vae.pretrain_steps": int(sys.argv[4]), "train.checkpoint.every": 2})
     ip = os.environ.get("IP_ADAPTER")  # "INIT_FROM_RUN:CLIP_RUN": a task=ip_adapter run on those
     if ip:
         init_from, encoder = ip.split(":")
