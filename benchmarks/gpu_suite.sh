@@ -15,6 +15,8 @@ mkdir -p "$(dirname "$OUTFILE")"
 if [[ "$DRY" == 1 ]]; then
   PY=${PYTHON:-python}
   BUDGET=${GPU_SUITE_BUDGET_S:-600}
+  # the rows' processes share compiled programs (the two training rows run the same tiny step)
+  export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$(dirname "$OUTFILE")/xla_cache}
 else
   VENV=${GPU_SUITE_VENV:-.venv-gpu}
   if [[ ! -x "$VENV/bin/python" ]]; then
