@@ -6,6 +6,7 @@
     recsys-jax data build --format marketplace --out out/sim [--drop-actions impression]   # event dataset
     recsys-jax train --config configs/recsys/hstu_ml1m.yaml [key.sub=value ...]
     recsys-jax eval --checkpoint RUN_DIR [--split test|validation] [--which auto|best|latest]
+    recsys-jax eval --checkpoint UNIFIED_RUN --repeat auto [--repeat-model BACKTEST_RUN]   # + the repeat prior
     recsys-jax recommend --checkpoint RUN_DIR --history 1193,661,914 [--timestamps ...] [--k 10]
     recsys-jax recommend --checkpoint LONGSHORT_RUN_DIR --user 42 --history ... --timestamps ...
     recsys-jax longshort train --config configs/recsys/longshort_ml1m.yaml [key.sub=value ...]
