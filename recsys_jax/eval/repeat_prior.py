@@ -78,10 +78,8 @@ def choose_repeat_weights(task, model: nnx.Module, *, grid: Sequence[float] = RE
     for (l, s), users in scenario_user_rows(model, examples, batch_size).items():
         rows, relevant = examples.targets[l, s]
         allowed = jnp.asarray(task.labels.pool[l])
-        scores = {}
-        for w in grid:
-            m = rank_scenario(users, table, allowed, None, relevant, ks, batch_size, examples.history[rows], w)
-            scores[w] = round(float(np.mean([m[f"recall@{k}"] for k in ks])), 6)
+        metrics = rank_scenario(users, table, allowed, None, relevant, ks, batch_size, examples.history[rows], grid)
+        scores = {w: round(float(np.mean([m[f"recall@{k}"] for k in ks])), 6) for w, m in zip(grid, metrics)}
         best = max(grid, key=lambda w: (scores[w], -w))
         out[scenario_name(task.labels.names[l], surfaces[s])] = {
             "weight": best, "validation": {str(w): v for w, v in scores.items()}, "count": len(rows)}

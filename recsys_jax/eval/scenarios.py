@@ -185,16 +185,23 @@ def pool_top_k(user: jax.Array, table: jax.Array, allowed: jax.Array, exclude: j
     """``[B, k]`` ids of the best ``allowed`` items (``[N + 1]`` bool) by ``<user, item>``, ``exclude``
     (``[B, M]`` ids, 0: none) removed; ties: the lower id first; -1 where fewer than ``k`` are eligible.
     ``history`` (``[B, M]`` ids, 0: none): the score is ``<user, item> + repeat_weight * log1p(count)``, ``count``
-    the item's occurrences in the row's history (:mod:`recsys_jax.eval.repeat_prior`)."""
+    the item's occurrences in the row's history (:mod:`recsys_jax.eval.repeat_prior`); ``repeat_weight`` ``[W]``:
+    ``[W, B, k]``, one ranking per weight from one score matrix."""
     s = jnp.matmul(user.astype(jnp.float32), table.astype(jnp.float32).T, precision=_HIGHEST)
-    if history is not None:
-        counts = jnp.zeros(s.shape, jnp.float32).at[jnp.arange(s.shape[0])[:, None], history].add(1.0)
-        s = s + repeat_weight * jnp.log1p(counts.at[:, 0].set(0.0))
     s = jnp.where(allowed[None, :], s, -jnp.inf)
     if exclude is not None:
         s = s.at[jnp.arange(s.shape[0])[:, None], exclude].set(-jnp.inf)
-    vals, ids = jax.lax.top_k(s, k)
-    return jnp.where(jnp.isneginf(vals), -1, ids)
+
+    def top(scores):
+        vals, ids = jax.lax.top_k(scores, k)
+        return jnp.where(jnp.isneginf(vals), -1, ids)
+
+    if history is None:
+        return top(s)
+    counts = jnp.zeros(s.shape, jnp.float32).at[jnp.arange(s.shape[0])[:, None], history].add(1.0)
+    prior = jnp.log1p(counts.at[:, 0].set(0.0))
+    w = jnp.asarray(repeat_weight, jnp.float32)
+    return top(s + w * prior) if w.ndim == 0 else jax.lax.map(lambda x: top(s + x * prior), w)
 
 
 def topk_metrics(top: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str, float]:
@@ -225,21 +232,28 @@ def topk_metrics(top: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence[i
 
 
 def rank_scenario(users: np.ndarray, table, allowed, exclude: np.ndarray | None, relevant, ks, batch_size: int,
-                  history: np.ndarray | None = None, repeat_weight: float = 0.0):
+                  history: np.ndarray | None = None, repeat_weight: float | Sequence[float] = 0.0):
     """Means of :func:`topk_metrics` over rows ``users`` ``[R, D]`` in fixed-size batches (``history``
-    ``[R, M]`` and ``repeat_weight``: the repeat prior of :func:`pool_top_k`)."""
+    ``[R, M]`` and ``repeat_weight``: the repeat prior of :func:`pool_top_k`; a sequence of weights: one dict each)."""
     k = min(max(ks), int(table.shape[0]) - 1)
-    sums: dict[str, float] = {}
+    grid = not np.isscalar(repeat_weight)
+    weights = jnp.asarray(np.atleast_1d(repeat_weight), jnp.float32)
+    sums: list[dict[str, float]] = [{} for _ in range(len(weights))]
     for start in range(0, len(users), batch_size):
         n = min(batch_size, len(users) - start)
-        u = _pad_rows(users[start:start + n], batch_size)
+        u = jnp.asarray(_pad_rows(users[start:start + n], batch_size))
         ex = None if exclude is None else jnp.asarray(_pad_rows(exclude[start:start + n], batch_size))
-        hist = None if history is None else jnp.asarray(_pad_rows(history[start:start + n], batch_size))
-        top = np.asarray(pool_top_k(jnp.asarray(u), table, allowed, ex, k, hist, jnp.float32(repeat_weight)))[:n]
-        for key, v in topk_metrics(top, relevant[start:start + n], ks).items():
-            sums[key] = sums.get(key, 0.0) + v
-    count = sums.pop("count")
-    return {**{key: round(v / count, 6) for key, v in sums.items()}, "count": int(count)}
+        if history is None:
+            tops = np.asarray(pool_top_k(u, table, allowed, ex, k))[None]
+        else:
+            hist = jnp.asarray(_pad_rows(history[start:start + n], batch_size))
+            tops = np.asarray(pool_top_k(u, table, allowed, ex, k, hist, weights))
+        for total, top in zip(sums, tops):
+            for key, v in topk_metrics(top[:n], relevant[start:start + n], ks).items():
+                total[key] = total.get(key, 0.0) + v
+    out = [{**{key: round(v / total["count"], 6) for key, v in total.items() if key != "count"},
+            "count": int(total["count"])} for total in sums]
+    return out if grid else out[0]
 
 
 def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:

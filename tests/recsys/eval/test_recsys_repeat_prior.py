@@ -36,6 +36,10 @@ def test_pool_top_k_with_the_repeat_prior_matches_brute_force(w):
     top = np.asarray(pool_top_k(jnp.asarray(user), jnp.asarray(table), jnp.asarray(allowed), None, k,
                                 jnp.asarray(history), jnp.float32(w)))
     np.testing.assert_array_equal(top, _fused_top(user, table, allowed, history, w, k))
+    grid = np.asarray(pool_top_k(jnp.asarray(user), jnp.asarray(table), jnp.asarray(allowed), None, k,
+                                 jnp.asarray(history), jnp.asarray([0.1, w], jnp.float32)))  # one ranking per weight
+    np.testing.assert_array_equal(grid[1], top)
+    np.testing.assert_array_equal(grid[0], _fused_top(user, table, allowed, history, 0.1, k))
     plain = np.asarray(pool_top_k(jnp.asarray(user), jnp.asarray(table), jnp.asarray(allowed), None, k))
     if w == 0:
         np.testing.assert_array_equal(top, plain)
