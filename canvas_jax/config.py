@@ -242,6 +242,13 @@ class IPAdapterTrainConfig:
     # train a copy of the clip image tower with the adapter (its weights land beside the adapter); false: frozen,
     # its embeddings / tokens cached
     train_image_encoder: bool = False
+    # teacher distillation: the UNet's target becomes (1 - distill) * the denoising target + distill * the frozen
+    # base model's prediction at the same noisy latents given the target image's full caption (examples whose image
+    # condition is dropped: given their own caption); 0 = plain denoising. A far less noisy target than the noise.
+    distill: float = 0.0
+    # start each layer's to_k_ip / to_v_ip from its text to_k / to_v (as the IP-Adapter paper's training does)
+    # instead of at random: image tokens then act like text states from the first step
+    kv_from_text: bool = False
 
     def __post_init__(self):
         if self.image_tokens not in ("embeds", "feature_map"):
@@ -257,6 +264,8 @@ class IPAdapterTrainConfig:
                               "probability in [0, 1]")
         if self.num_tokens < 1:
             raise ConfigError(f"config key 'ip_adapter.num_tokens': {self.num_tokens!r}; expected >= 1")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ConfigError(f"config key 'ip_adapter.distill': {self.distill!r}; expected a weight in [0, 1]")
 
 
 @dataclasses.dataclass

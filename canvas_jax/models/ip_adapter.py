@@ -173,15 +173,20 @@ def cross_attention_layers(unet) -> list[tuple[str, Attention]]:
 
 
 def attach_ip_adapter(unet, image_proj: ImageProjection | IPAdapterPlusImageProjection, *, rngs: nnx.Rngs,
-                      scale: float = 1.0) -> list[str]:
+                      scale: float = 1.0, kv_from_text: bool = False) -> list[str]:
     """Give ``unet`` an IP-Adapter in place: ``unet.ip_adapter`` (the projection) and fresh ``to_k_ip`` /
-    ``to_v_ip`` on every cross-attention layer (replacing any adapter already there). Returns the layer names."""
+    ``to_v_ip`` on every cross-attention layer (replacing any adapter already there; with ``kv_from_text``, copies
+    of the layer's text ``to_k`` / ``to_v`` kernels, as the IP-Adapter paper initialises them). Returns the layer
+    names."""
     kw = dict(dtype=unet.dtype, param_dtype=unet.conv_in.kernel[...].dtype)
     unet.ip_adapter = IPAdapter(image_proj)
     names = []
     for name, attn in cross_attention_layers(unet):
         context_dim, inner = attn.to_k.in_features, attn.to_k.out_features
         attn.ip_adapter = IPAdapterAttention(context_dim, inner, scale=scale, rngs=rngs, **kw)
+        if kv_from_text:
+            attn.ip_adapter.to_k_ip.kernel[...] = attn.to_k.kernel[...]
+            attn.ip_adapter.to_v_ip.kernel[...] = attn.to_v.kernel[...]
         names.append(name)
     if not names:
         raise ValueError("attach_ip_adapter: the UNet has no cross-attention layers")

@@ -21,7 +21,11 @@ data) and the image condition by the unconditional image branch with probability
 negative image), so guidance works on either. With
 ``ip_adapter.composition_prob`` (Shapes), some examples teach composition: the target is one shape of the scene,
 the caption only its cell ("at the top left") and the condition that shape drawn in another cell, so the
-position comes from the text and what is drawn from the image.
+position comes from the text and what is drawn from the image. With ``ip_adapter.distill`` the target mixes in
+the frozen base UNet's prediction at the same noisy latents given the target's full caption (``teacher_emb``,
+cached like the text states): the adapter learns to say with the image what the caption would have said, against
+a target far less noisy than the noise itself. ``ip_adapter.kv_from_text`` starts every ``to_k_ip`` / ``to_v_ip``
+as a copy of its layer's ``to_k`` / ``to_v``.
 
 At every checkpoint and at the end the adapter (EMA when kept) is written in diffusers' format to
 ``RUN_DIR/ip_adapter/ip-adapter.safetensors`` beside ``image_encoder.json`` (the clip run it expects) and, with
@@ -78,18 +82,20 @@ def _tokens(model, image):
     return model.image_tokens(image.astype(jnp.float32)).astype(jnp.float32)
 
 
-def composition_example(scene, rng: np.random.Generator, resolution: int) -> tuple[np.ndarray, str, np.ndarray]:
-    """(target image, caption, condition image) teaching composition: one shape of ``scene`` at its cell, the
-    caption only "at the <cell>", the condition the same shape (jittered) in another cell."""
+def composition_example(scene, rng: np.random.Generator, resolution: int
+                        ) -> tuple[np.ndarray, str, np.ndarray, str]:
+    """(target image, caption, condition image, the target's full caption) teaching composition: one shape of
+    ``scene`` at its cell, the caption only "at the <cell>", the condition the same shape (jittered) in another
+    cell."""
     from canvas_jax.data import shapes
 
     spec = scene.shapes[int(rng.integers(len(scene.shapes)))]
     others = [p for p in shapes.POSITIONS if p != spec.position]
     moved = dataclasses.replace(spec, position=others[int(rng.integers(len(others)))])
-    target = shapes.render(shapes.Scene((spec,), scene.background), resolution)
+    target_scene = shapes.Scene((spec,), scene.background)
     cond = shapes.render(shapes.Scene((moved,), scene.background), resolution,
                          jitter_seed=int(rng.integers(2 ** 31)))
-    return target, f"at the {spec.position}", cond
+    return shapes.render(target_scene, resolution), f"at the {spec.position}", cond, target_scene.caption
 
 
 def shapes_condition_data(cfg, tokenizer, ctx: DataContext, split: str, with_masks: bool):
@@ -108,16 +114,22 @@ def shapes_condition_data(cfg, tokenizer, ctx: DataContext, split: str, with_mas
                                  split=split, with_condition=True)
     dropout = d.caption_dropout if train else 0.0
     compose = cfg.ip_adapter.composition_prob if train else 0.0
+    teacher = cfg.ip_adapter.distill > 0
 
     def convert(ex, rng):
         image, caption, cond = ex["image"], ex["caption"], ex["condition"]
+        full = caption
         if compose and rng.random() < compose:
-            image, caption, cond = composition_example(shapes.Scene.from_json(ex["scene"]), rng, d.image_size)
+            image, caption, cond, full = composition_example(shapes.Scene.from_json(ex["scene"]), rng, d.image_size)
         elif dropout and rng.random() < dropout:
             caption = ""
         tok = tokenizer([caption])  # init_from's tokenizer, at its token length
-        return {"image": image.astype(np.float32) / 127.5 - 1.0, "cond_image": cond.astype(np.float32) / 127.5 - 1.0,
-                "input_ids": tok["input_ids"][0], "attention_mask": tok["attention_mask"][0]}
+        out = {"image": image.astype(np.float32) / 127.5 - 1.0, "cond_image": cond.astype(np.float32) / 127.5 - 1.0,
+               "input_ids": tok["input_ids"][0], "attention_mask": tok["attention_mask"][0]}
+        if teacher:  # distillation: the teacher reads the target image's full caption
+            tok = tokenizer([full])
+            out.update(teacher_input_ids=tok["input_ids"][0], teacher_attention_mask=tok["attention_mask"][0])
+        return out
 
     return data_lib.make_iterator(source, batch_size=ctx.batch_size, seed=ctx.seed, shuffle=train,
                                   num_epochs=None if train else 1, random_transforms=[convert],
@@ -142,7 +154,7 @@ class IPAdapterTask(InitFromTask):
             raise ConfigError(f"config key 'data.image_size': {cfg.data.image_size}; the image encoder {enc!r} reads "
                               f"{self.embedder.image_size}x{self.embedder.image_size} images: expected the same")
         super().__init__(cfg, data_fn=data_fn or shapes_condition_data)
-        self._image_dropout = cfg.ip_adapter.image_dropout
+        self._image_dropout, self._distill = cfg.ip_adapter.image_dropout, cfg.ip_adapter.distill
         self.plus = cfg.ip_adapter.image_tokens == "feature_map"
         # the unconditional image branch: zeros (plain) or the tokens of an all-zero input (Plus)
         self._negative = self.embedder.negative_image_tokens()[0] if self.plus else 0.0
@@ -174,7 +186,7 @@ class IPAdapterTask(InitFromTask):
             proj = IPAdapterPlusImageProjection(self.image_embed_dim, cross, cross, depth=ic.resampler_depth,
                                                 dim_head=PLUS_HEAD_DIM, heads=cross // PLUS_HEAD_DIM,
                                                 num_queries=ic.num_tokens, rngs=rngs, dtype=self.dtype)
-        attach_ip_adapter(unet, proj, rngs=rngs)
+        attach_ip_adapter(unet, proj, rngs=rngs, kv_from_text=ic.kv_from_text)
         if self.tune_encoder:  # a copy of the tower under ip_adapter: trained, EMA'd and checkpointed with it
             unet.ip_adapter.image_encoder = copy_module(self.embedder.model.image_tower)
         return unet
@@ -195,23 +207,46 @@ class IPAdapterTask(InitFromTask):
             raise KeyError(f"batch has no {key!r} (keys: {sorted(batch)}); task=ip_adapter needs batches with "
                            "'cond_image' float32 [B, H, W, 3] in [-1, 1]")
         emb, negative = self._condition(model, batch)  # [B, D] or [B, T, C] (Plus)
-        p = self._image_dropout
-        if p > 0:
-            keep = jax.random.bernoulli(rng, 1.0 - p, (emb.shape[0],) + (1,) * (emb.ndim - 1))
+        if self._image_dropout > 0:
+            keep = self._keep_image(rng, emb.shape[0]).reshape((-1,) + (1,) * (emb.ndim - 1))
             emb = jnp.where(keep, emb, negative)
         return {"ip_tokens": model.unet.ip_adapter(emb[:, None])}
 
+    def _keep_image(self, rng: jax.Array, batch_size: int) -> jax.Array:
+        """[B] bool: the examples that keep their image condition (the rest get the unconditional branch)."""
+        return jax.random.bernoulli(rng, 1.0 - self._image_dropout, (batch_size,))
+
+    def teacher_target(self, model, batch, x_in, t, context, target, rng):
+        """With ``ip_adapter.distill``: mix in the frozen base UNet's prediction (no image tokens) given the full
+        caption of the target image (``teacher_emb``), or the example's own caption where its image is dropped."""
+        w = self._distill
+        if not w:
+            return target
+        if "teacher_emb" not in batch:
+            raise KeyError(f"batch has no 'teacher_emb' (keys: {sorted(batch)}); ip_adapter.distill needs batches "
+                           "with 'teacher_input_ids' / 'teacher_attention_mask' (the target's full caption)")
+        teacher_ctx = jnp.asarray(batch["teacher_emb"], context.dtype)
+        if self._image_dropout > 0:
+            keep = self._keep_image(rng, x_in.shape[0])[:, None, None]
+            teacher_ctx = jnp.where(keep, teacher_ctx, context)
+        teacher = jax.lax.stop_gradient(model.unet(x_in, t, teacher_ctx).astype(jnp.float32))
+        return (1.0 - w) * target + w * teacher
+
     def eval_step(self, model, batch):
-        self._image_dropout = 0.0  # eval: every example keeps its image condition (read while tracing)
+        # eval (read while tracing): every example keeps its image condition; the loss is the plain denoising one
+        self._image_dropout, self._distill = 0.0, 0.0
         try:
             return super().eval_step(model, batch)
         finally:
-            self._image_dropout = self.cfg.ip_adapter.image_dropout
+            self._image_dropout, self._distill = self.cfg.ip_adapter.image_dropout, self.cfg.ip_adapter.distill
 
     def _wrap(self, it):
         it = super()._wrap(it)
         if it is not None and self.image_cache is not None:
             it = CachedIterator(it, self.image_cache, ("cond_image",), "image_emb", drops=("cond_image",))
+        if it is not None and self._distill > 0:
+            it = CachedIterator(it, self.cache, ("teacher_input_ids", "teacher_attention_mask"), "teacher_emb",
+                                drops=("teacher_input_ids", "teacher_attention_mask"))
         return it
 
 

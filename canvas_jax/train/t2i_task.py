@@ -123,6 +123,12 @@ class TextToImageTask:
         """Further keyword arguments of the UNet call (IP-Adapter: ``ip_tokens``)."""
         return {}
 
+    def teacher_target(self, model: LatentDiffusion, batch, x_in: jax.Array, t: jax.Array, context: jax.Array,
+                       target: jax.Array, rng: jax.Array) -> jax.Array:
+        """The UNet's training target (the schedule's ``target`` here; IP-Adapter distillation mixes in the base
+        model's prediction). ``rng`` is the one :meth:`unet_kwargs` got."""
+        return target
+
     def per_example_loss(self, model: LatentDiffusion, batch, rng: jax.Array) -> jax.Array:
         cfg, sched = self.cfg.diffusion, self.sched
         if "image" not in batch:
@@ -138,8 +144,11 @@ class TextToImageTask:
         target = training_target(sched, x0, noise, t)
         extra = self.extra_inputs(model, batch, x0)
         x_in = x_t if extra is None else jnp.concatenate([x_t, extra], axis=-1)
-        kwargs = self.unet_kwargs(model, batch, jax.random.fold_in(rng, 7))
-        pred = model.unet(x_in, t, self.context(model, batch), **kwargs).astype(jnp.float32)
+        r_kwargs = jax.random.fold_in(rng, 7)
+        kwargs = self.unet_kwargs(model, batch, r_kwargs)
+        context = self.context(model, batch)
+        target = self.teacher_target(model, batch, x_in, t, context, target, r_kwargs)
+        pred = model.unet(x_in, t, context, **kwargs).astype(jnp.float32)
         mse = jnp.mean(jnp.square(pred - target), axis=(1, 2, 3))
         return mse, min_snr_weights(sched, t, cfg.min_snr_gamma)
 

@@ -40,7 +40,8 @@ def examples(n: int, size: int, seed: int = 0) -> list[dict]:
 def data_fn(n: int = 64, size: int = 16, delay: float = 0.0, condition: bool = False):
     """A ``canvas_jax.train.data.DataFn`` over ``n`` in-memory examples (test split: 16 others); ``delay``
     seconds of sleep per training example slow a run down (for the signal tests); ``condition``: each batch
-    carries ``cond_image`` (the image mirrored top-bottom, for IP-Adapter training)."""
+    carries ``cond_image`` (the image mirrored top-bottom, for IP-Adapter training; with ``ip_adapter.distill``
+    also the full caption's ``teacher_input_ids`` / ``teacher_attention_mask``)."""
     train, test = examples(n, size, 0), examples(16, size, 1)
 
     def fn(cfg, tokenizer, ctx, split, with_masks):
@@ -56,6 +57,10 @@ def data_fn(n: int = 64, size: int = 16, delay: float = 0.0, condition: bool = F
                 caption = "" if rng.random() < dropout else ex["caption"]
                 tok = tokenizer([caption])
                 out["input_ids"], out["attention_mask"] = tok["input_ids"][0], tok["attention_mask"][0]
+                if condition and cfg.ip_adapter.distill > 0:  # the distillation teacher reads the full caption
+                    tok = tokenizer([ex["caption"]])
+                    out["teacher_input_ids"], out["teacher_attention_mask"] = tok["input_ids"][0], \
+                        tok["attention_mask"][0]
             if with_masks:
                 m = np.zeros((size, size, 1), np.float32)
                 y0, x0 = rng.integers(0, size // 2, 2)

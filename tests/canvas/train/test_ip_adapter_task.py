@@ -251,11 +251,62 @@ def test_composition_examples_take_the_cell_from_the_text_and_the_shape_from_the
     source = shapes.ShapesSource(shapes.ShapesConfig(resolution=32), num_examples=20)
     for i in range(20):
         scene = source.scene(i)
-        target, caption, cond = composition_example(scene, rng, 32)
+        target, caption, cond, full = composition_example(scene, rng, 32)
         (t,), (c,) = detect(target), detect(cond)
         assert caption == f"at the {t.spec.position}" and t.spec in scene.shapes
+        assert shapes.parse_caption(full) == (t.spec,)
         assert (c.spec.color, c.spec.shape, c.spec.size) == (t.spec.color, t.spec.shape, t.spec.size)
         assert c.spec.position != t.spec.position
+
+
+def test_distillation_targets_the_base_model_given_the_full_caption(tmp_path, t2i_run, clip_run):
+    """ip_adapter.distill=1: the target is the frozen base UNet's prediction given the full caption where the image
+    is kept, the example's own (here dropped) caption where not; every adapter weight trains on it.
+    kv_from_text: every to_k_ip / to_v_ip starts as its layer's to_k / to_v."""
+    from canvas_jax import text_conditioning
+    from canvas_jax.models.ip_adapter import cross_attention_layers
+    from canvas_jax.train.tasks import make_task
+    from core_jax.loop import Trainer
+    from core_jax.task import DataContext
+
+    cfg = ip_config(tmp_path, t2i_run, clip_run[0], **{"ip_adapter.distill": 1.0, "ip_adapter.kv_from_text": True,
+                                                       "ip_adapter.image_dropout": 0.5, "data.caption_dropout": 1.0})
+    task = make_task(cfg, data_fn=fakes.data_fn(condition=True))
+    trainer = Trainer(task, cfg)
+    init = trainer.init_state()
+    model = trainer.model(init)
+    for name, attn in cross_attention_layers(model.unet):
+        np.testing.assert_array_equal(attn.ip_adapter.to_k_ip.kernel[...], attn.to_k.kernel[...], err_msg=name)
+        np.testing.assert_array_equal(attn.ip_adapter.to_v_ip.kernel[...], attn.to_v.kernel[...], err_msg=name)
+
+    batch = next(task.train_data(DataContext(seed=0, batch_size=4, process_index=0, process_count=1)))
+    captions = sorted({ex["caption"] for ex in fakes.examples(64, 16, 0)})
+    tok = task.tokenizer(captions + [""])
+    states = np.asarray(text_conditioning.encode(task.text_encoder, jnp.asarray(tok["input_ids"]),
+                                                 jnp.asarray(tok["attention_mask"])))
+    for row in batch["text_emb"]:  # every caption dropped: the student reads ""
+        np.testing.assert_allclose(row, states[-1], atol=1e-4)
+    for row in batch["teacher_emb"]:  # the teacher reads the example's caption
+        assert min(np.abs(row - s).max() for s in states[:-1]) < 1e-4
+
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, model.unet.config["in_channels"]))
+    t, ctx = jnp.array([10, 300, 600, 900]), jnp.asarray(batch["text_emb"])
+    target = jnp.zeros(x.shape[:3] + (model.unet.config["out_channels"],))
+    rng = jax.random.key(3)
+    keep = np.asarray(task._keep_image(rng, 4))
+    assert keep.any() and not keep.all()
+    got = np.asarray(task.teacher_target(model, batch, x, t, ctx, target, rng))
+    want = np.where(keep[:, None, None, None], np.asarray(task.base_unet(x, t, jnp.asarray(batch["teacher_emb"]))),
+                    np.asarray(task.base_unet(x, t, ctx)))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    ip = nnx.PathContains("ip_adapter")
+    start = _params(model.unet, ip)
+    state, last = trainer.fit()
+    assert np.isfinite(last["loss"]) and last["nan_skips"] == 0, last
+    end = _params(trainer.model(state).unet, ip)
+    moved = [k for k in start if not np.array_equal(start[k], end[k])]
+    assert len(moved) == len(start), sorted(set(start) - set(moved))
 
 
 def test_trained_image_tower_learns_with_the_adapter_and_is_exported(tmp_path, t2i_run, clip_run):
