@@ -46,22 +46,44 @@ def test_attention_with_padding_mask_and_causal():
     ("cuda", jnp.bfloat16, 20, False, "xla"),   # not a multiple of 8 (SDXL's 5/10/20-wide heads in tiny tests)
     ("cuda", jnp.bfloat16, 64, True, "xla"),    # masked
     ("rocm", jnp.bfloat16, 64, False, "xla"),
-    ("cpu", jnp.bfloat16, 64, False, "xla"),
+    ("cpu", jnp.bfloat16, 64, False, "cpu"),   # core_jax.nn.cpu_attention
+    ("cpu", jnp.float32, 64, True, "xla"),
     ("tpu", jnp.bfloat16, 64, False, "xla"),
 ])
 def test_attention_implementation_is_decided_up_front(platform, dtype, head_dim, masked, expected):
     assert attention_implementation(platform, dtype, head_dim, masked=masked) == expected
 
 
-@pytest.mark.parametrize("heads, platform, expected", [(3, "cuda", "cudnn"), (4, "cuda", "xla"), (3, "cpu", "xla")])
-def test_attention_passes_the_decision_to_jax(monkeypatch, heads, platform, expected):
+@pytest.mark.parametrize("heads, platform, causal, expected", [
+    (3, "cuda", False, "cudnn"), (4, "cuda", False, "xla"), (3, "cpu", False, "cpu"), (3, "cpu", True, "xla")])
+def test_attention_passes_the_decision_to_jax(monkeypatch, heads, platform, causal, expected):
     seen = []
     monkeypatch.setattr(nn, "_platform", lambda: platform)
     monkeypatch.setattr(nn.jax.nn, "dot_product_attention",
                         lambda q, *a, implementation, **kw: seen.append(implementation) or q)
+    monkeypatch.setattr(nn, "cpu_attention", lambda q, k, v: seen.append("cpu") or q)
     x = jnp.zeros((1, 4, 48), jnp.bfloat16)  # 3 heads of 16, or 4 heads of 12
-    attention(x, x, x, heads)
+    attention(x, x, x, heads, is_causal=causal)
     assert seen == [expected]
+
+
+@pytest.mark.parametrize("t, s", [(7, 5), (1024, 77), (768, 768)])  # the last two query blocks of QUERY_CHUNK
+def test_cpu_attention_matches_jax_forward_and_backward(t, s):
+    g = np.random.default_rng(2)
+    q = jnp.asarray(g.standard_normal((2, t, 2, 8)), jnp.float32)
+    k, v = (jnp.asarray(g.standard_normal((2, s, 2, 8)) * 2, jnp.float32) for _ in range(2))
+    cot = jnp.asarray(g.standard_normal(q.shape), jnp.float32)
+
+    def grads(f):
+        out, vjp = jax.vjp(jax.jit(f), q, k, v)
+        return (out, *vjp(cot))
+
+    ours = grads(nn.cpu_attention)
+    want = grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))
+    for a, b in zip(ours, want):  # output, then the gradients of q, k, v
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    if t > nn.QUERY_CHUNK_ABOVE:
+        np.testing.assert_allclose(ours[0], nn._softmax_attention(q, k, v), rtol=1e-6, atol=1e-6)
 
 
 def test_attention_in_bf16_matches_the_reference():
