@@ -104,8 +104,8 @@ def attention_implementation(platform: str, dtype, head_dim: int, *, masked: boo
             and head_dim % 8 == 0 and 0 < head_dim <= 128 else "xla")
 
 
-# cpu_attention: queries at a time once a sequence is longer than QUERY_CHUNK_ABOVE
-QUERY_CHUNK, QUERY_CHUNK_ABOVE = 256, 512
+# cpu_attention: QUERY_CHUNK queries at a time once queries and keys are both longer than CHUNK_ABOVE
+QUERY_CHUNK, CHUNK_ABOVE = 256, 512
 
 
 def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -120,11 +120,12 @@ def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 def cpu_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Unmasked scaled dot-product attention on ``[B, T, H, D]`` heads, shaped for XLA:CPU: the softmax is
     normalised on the ``[B, T, H, D]`` output instead of the ``[B, H, T, S]`` probabilities (one pass less over
-    the largest array, forward and backward), and queries of sequences longer than ``QUERY_CHUNK_ABOVE`` go
-    ``QUERY_CHUNK`` at a time so that each block's logits stay in cache. Against ``jax.nn``'s XLA path on 2 CPU
-    cores: SD-1.5's 1,024-token self-attention 1.75x faster forward, ~2x forward + backward (BENCHMARKS.md)."""
+    the largest array, forward and backward), and where queries and keys are both longer than ``CHUNK_ABOVE``
+    the queries go ``QUERY_CHUNK`` at a time so that each block's logits stay in cache. Against ``jax.nn``'s
+    XLA path on 2 CPU cores: SD-1.5's 1,024-token self-attention ~2x faster forward, ~2.4x forward + backward
+    (``benchmarks/attention_cpu.py``)."""
     b, t, h, d = q.shape
-    if t <= QUERY_CHUNK_ABOVE or t % QUERY_CHUNK:
+    if t <= CHUNK_ABOVE or k.shape[1] <= CHUNK_ABOVE or t % QUERY_CHUNK:
         return _softmax_attention(q, k, v)
     blocks = q.reshape(b, t // QUERY_CHUNK, QUERY_CHUNK, h, d).swapaxes(0, 1)
     out = jax.lax.map(lambda block: _softmax_attention(block, k, v), blocks)
