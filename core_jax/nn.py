@@ -93,12 +93,13 @@ def _platform() -> str:
     return "cuda" if "cuda" in jax.extend.backend.get_backend().platform_version.lower() else "rocm"
 
 
-def attention_implementation(platform: str, dtype, head_dim: int, *, masked: bool) -> str:
+def attention_implementation(platform: str, dtype, head_dim: int, *, masked: bool, causal: bool = False) -> str:
     """How :func:`attention` computes, decided from static facts before tracing (so unsupported calls never reach
     cuDNN): ``"cudnn"`` (flash attention) where cuDNN supports the call on every GPU generation (a CUDA backend,
     bf16/fp16 inputs, no mask, a head dim that is a multiple of 8 and at most 128, the limit before Hopper);
-    ``"cpu"`` (:func:`cpu_attention`) for unmasked calls on CPU; else ``"xla"`` (``jax.nn``'s XLA path)."""
-    if platform == "cpu" and not masked:
+    ``"cpu"`` (:func:`cpu_attention`) for calls on CPU with neither mask nor causality; else ``"xla"``
+    (``jax.nn``'s XLA path)."""
+    if platform == "cpu" and not masked and not causal:
         return "cpu"
     return ("cudnn" if platform == "cuda" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not masked
             and head_dim % 8 == 0 and 0 < head_dim <= 128 else "xla")
@@ -156,12 +157,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, mask:
         if mask.ndim == 2:
             mask = mask[:, None, None, :]
     if implementation is None:
-        implementation = attention_implementation(_platform(), q.dtype, d, masked=mask is not None)
-    if implementation == "cpu" and mask is None and not is_causal:
+        implementation = attention_implementation(_platform(), q.dtype, d, masked=mask is not None,
+                                                  causal=is_causal)
+    if implementation == "cpu":
+        if mask is not None or is_causal:
+            raise ValueError("attention: implementation='cpu' (core_jax.nn.cpu_attention) takes no mask and no "
+                             "is_causal; expected implementation=None or 'xla' for masked or causal attention")
         out = cpu_attention(heads(q), heads(k), heads(v))
     else:
         out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), mask=mask, is_causal=is_causal,
-                                           implementation="xla" if implementation == "cpu" else implementation)
+                                           implementation=implementation)
     return out.reshape(b, t, inner)
 
 

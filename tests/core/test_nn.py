@@ -54,6 +54,14 @@ def test_attention_implementation_is_decided_up_front(platform, dtype, head_dim,
     assert attention_implementation(platform, dtype, head_dim, masked=masked) == expected
 
 
+def test_causal_attention_on_cpu_stays_with_jax_and_explicit_cpu_refuses_a_mask():
+    assert attention_implementation("cpu", jnp.float32, 64, masked=False, causal=True) == "xla"
+    assert attention_implementation("cuda", jnp.bfloat16, 64, masked=False, causal=True) == "cudnn"
+    x = jnp.zeros((1, 4, 48))
+    with pytest.raises(ValueError, match="implementation='cpu'"):
+        attention(x, x, x, 3, is_causal=True, implementation="cpu")
+
+
 @pytest.mark.parametrize("heads, platform, causal, expected", [
     (3, "cuda", False, "cudnn"), (4, "cuda", False, "xla"), (3, "cpu", False, "cpu"), (3, "cpu", True, "xla")])
 def test_attention_passes_the_decision_to_jax(monkeypatch, heads, platform, causal, expected):
