@@ -123,7 +123,7 @@ def cpu_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     normalised on the ``[B, T, H, D]`` output instead of the ``[B, H, T, S]`` probabilities (one pass less over
     the largest array, forward and backward), and where queries and keys are both longer than ``CHUNK_ABOVE``
     the queries go ``QUERY_CHUNK`` at a time so that each block's logits stay in cache. Against ``jax.nn``'s
-    XLA path on 2 CPU cores: SD-1.5's 1,024-token self-attention ~2x faster forward, ~2.4x forward + backward
+    XLA path on 2 CPU cores: SD-1.5's 1,024-token self-attention ~2.2x faster forward, ~2.3x forward + backward
     (``benchmarks/attention_cpu.py``)."""
     b, t, h, d = q.shape
     if t <= CHUNK_ABOVE or k.shape[1] <= CHUNK_ABOVE or t % QUERY_CHUNK:
