@@ -48,9 +48,12 @@ demo-smoke:
 # two pytest-xdist workers (one per core on the 2-core CI machine; each holds up to ~7 GiB by the end). A session
 # fixture (a tiny trained model) is built once per worker that needs it. (xdist's --dist loadgroup cannot pin
 # tests to a worker under pytest 9: it renames node ids through an attribute pytest 9 no longer reads.)
+# --dist worksteal: a worker that runs out of tests takes half of the other's queue. The default (--dist load)
+# fixes each worker's queue once every test is handed out, so a worker whose queue holds the slow canvas
+# training tests ran on alone for minutes at the end (BENCHMARKS.md, "The test suite").
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=25
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
