@@ -10,7 +10,8 @@ steps on constant batches (``benchmarks/train_compile.py``). After warm-up, ``--
 profiler (:func:`core_jax.op_profile.op_profile`). Prints one line per op of the ``--top`` slowest ({op,
 ms_per_step, calls_per_step, shape, source}: ``source`` is the JAX operation, ``transpose(...)`` in it meaning
 the backward pass) and a summary {program, step_ms (timed without the profiler), op_ms_per_step (all ops; ops run
-concurrently, so it can exceed step_ms), ops}.
+concurrently, so it can exceed step_ms), ops}. XLA:CPU's Eigen convolutions run outside their profiled spans
+(``core_jax.op_profile``): where step_ms exceeds op_ms_per_step, their time is in the difference.
 """
 
 from __future__ import annotations

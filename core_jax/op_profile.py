@@ -12,6 +12,10 @@ scatter, ... as the runtime names it), slowest first::
 run concurrently (XLA:CPU runs independent ops on its thread pool), so their times may add up to more than the
 step's wall time. Used by ``benchmarks/op_profile.py``; BENCHMARKS.md has what it found (the canvas convolution
 gradients, the HSTU bias reduction).
+
+Blind spot: XLA:CPU runs its own (Eigen) convolutions asynchronously on its thread pool, and the profiler's span
+for one covers only its dispatch (0.1 ms for a 3x3 convolution that takes 30 ms, 2026-12-03), so convolution time
+is in none of the rows. Compare the rows' sum with the step's wall time (``benchmarks/op_profile.py`` prints both).
 """
 
 from __future__ import annotations

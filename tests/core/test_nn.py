@@ -88,8 +88,10 @@ def test_cpu_attention_matches_jax_forward_and_backward(t, s):
 
     ours = grads(nn.cpu_attention)
     want = grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))
-    for a, b in zip(ours, want):  # output, then the gradients of q, k, v
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # output, then the gradients of q, k, v. Two float32 code paths (different dot blocking and exp kernels):
+    # on a 2-core AMD AVX2 machine one 768-key row differed by 5.4e-5 on values of magnitude ~2 (v has std 2)
+    for a, b in zip(ours, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     if min(t, s) > nn.CHUNK_ABOVE:
         np.testing.assert_allclose(ours[0], nn._softmax_attention(q, k, v), rtol=1e-6, atol=1e-6)
 
