@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from core_jax.nn import Dtype, activation, attention, dense, layer_norm
+from core_jax.nn import Dtype, activation, attention, dense, gelu, layer_norm
 
 # ----------------------------------------------------------------------------------------------------
 # Parameterised primitives with logical axis names.
@@ -282,7 +282,7 @@ class GEGLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden, gate = jnp.split(self.proj(x), 2, axis=-1)
-        return hidden * jax.nn.gelu(gate, approximate=False)
+        return hidden * gelu(gate)
 
 
 class GELU(nnx.Module):
@@ -294,7 +294,7 @@ class GELU(nnx.Module):
                           param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.gelu(self.proj(x), approximate=False)
+        return gelu(self.proj(x))
 
 
 class FeedForward(nnx.Module):

@@ -139,3 +139,15 @@ def test_take_rows_equals_take_and_its_gradient():
         want = jax.grad(lambda t: jnp.sum(jnp.take(t, idx, axis=0) * ct))(table)
         got = jax.jit(jax.grad(lambda t: jnp.sum(take_rows(t, idx) * ct)))(table)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_is_torchs_exact_gelu():
+    torch = pytest.importorskip("torch")
+    x = np.concatenate([np.linspace(-12, 12, 20001), [0.0, -0.5, 3.7]]).astype(np.float32)
+    got = np.asarray(nn.gelu(jnp.asarray(x)))
+    np.testing.assert_allclose(got, torch.nn.functional.gelu(torch.from_numpy(x)).numpy(), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(got, np.asarray(jax.nn.gelu(x, approximate=False)), rtol=0, atol=2e-6)
+    assert nn.activation("gelu") is nn.gelu
+    g = jax.grad(lambda v: nn.gelu(v).sum())(jnp.asarray(x))  # the derivative too: Phi(x) + x phi(x)
+    want = jax.grad(lambda v: jax.nn.gelu(v, approximate=False).sum())(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=0, atol=1e-5)
